@@ -1,0 +1,214 @@
+"""Pinhole cameras, poses and trajectories.
+
+Conventions used everywhere in the project:
+
+- World frame: z up. Street scenes run along +x, with +y to the left of a car driving along +x.
+- Poses are camera-to-world 4x4 matrices in the OpenCV camera convention
+  (x right, y down, z forward). ``viewmats`` are their inverses (world-to-camera), as gsplat expects.
+- Intrinsics are pixel units with the pixel-centre convention of gsplat/OpenCV: pixel (u, v) covers
+  [u, u+1) and its centre is u+0.5.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from simharmony.errors import InvalidCameraError, NonFiniteError, ShapeMismatchError
+from simharmony.utils.config import Config
+
+ORTHONORMAL_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class Intrinsics(Config):
+    """Pinhole intrinsics in pixels for an image of ``width`` x ``height``."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        for name in ("fx", "fy", "cx", "cy"):
+            v = getattr(self, name)
+            if not np.isfinite(v):
+                raise InvalidCameraError(f"intrinsics {name}={v} is not finite")
+        if self.fx <= 0 or self.fy <= 0:
+            raise InvalidCameraError(f"focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
+        if int(self.width) != self.width or int(self.height) != self.height or self.width <= 0 or self.height <= 0:
+            raise InvalidCameraError(f"image size must be positive integers, got {self.width}x{self.height}")
+
+    @classmethod
+    def from_fov(cls, fov_x_deg: float, width: int, height: int) -> "Intrinsics":
+        """Square pixels, principal point at the image centre, horizontal field of view in degrees."""
+        if not 0 < fov_x_deg < 180:
+            raise InvalidCameraError(f"horizontal field of view must be in (0, 180) degrees, got {fov_x_deg}")
+        f = 0.5 * width / np.tan(np.deg2rad(fov_x_deg) / 2)
+        return cls(float(f), float(f), width / 2.0, height / 2.0, int(width), int(height))
+
+    @classmethod
+    def from_matrix(cls, K: np.ndarray, width: int, height: int) -> "Intrinsics":
+        K = np.asarray(K, dtype=np.float64)
+        if K.shape != (3, 3):
+            raise ShapeMismatchError(f"intrinsic matrix must be 3x3, got shape {K.shape}")
+        return cls(float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2]), int(width), int(height))
+
+    @property
+    def K(self) -> np.ndarray:
+        """[3, 3] float64 intrinsic matrix."""
+        return np.array([[self.fx, 0.0, self.cx], [0.0, self.fy, self.cy], [0.0, 0.0, 1.0]])
+
+    @property
+    def fov_x_deg(self) -> float:
+        return float(np.rad2deg(2 * np.arctan(0.5 * self.width / self.fx)))
+
+    def scaled(self, factor: float) -> "Intrinsics":
+        """Intrinsics of the same camera at ``factor`` times the resolution."""
+        w, h = round(self.width * factor), round(self.height * factor)
+        sx, sy = w / self.width, h / self.height
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, w, h)
+
+
+def check_pose(c2w: np.ndarray, name: str = "pose") -> np.ndarray:
+    """Validate one camera-to-world matrix and return it as float64 [4, 4].
+
+    Accepts [4, 4] or [3, 4]. Raises if it is not finite, its rotation is not orthonormal with
+    determinant +1 (tolerance 1e-4), or its last row is not [0, 0, 0, 1].
+    """
+    m = np.asarray(c2w, dtype=np.float64)
+    if m.shape == (3, 4):
+        m = np.vstack([m, [0.0, 0.0, 0.0, 1.0]])
+    if m.shape != (4, 4):
+        raise ShapeMismatchError(f"{name} must be a 4x4 or 3x4 matrix, got shape {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise NonFiniteError(f"{name} contains NaN or inf")
+    if not np.allclose(m[3], [0, 0, 0, 1], atol=ORTHONORMAL_TOL):
+        raise InvalidCameraError(f"{name} last row must be [0, 0, 0, 1], got {m[3].tolist()}")
+    R = m[:3, :3]
+    err = np.abs(R.T @ R - np.eye(3)).max()
+    if err > ORTHONORMAL_TOL:
+        raise InvalidCameraError(f"{name} rotation is not orthonormal (max |R^T R - I| = {err:.2e})")
+    if np.linalg.det(R) < 0:
+        raise InvalidCameraError(f"{name} rotation has determinant -1 (a reflection, not a rotation)")
+    return m
+
+
+def check_poses(c2w: np.ndarray, name: str = "poses") -> np.ndarray:
+    """Validate a stack of camera-to-world matrices: [N, 4, 4] (or [N, 3, 4]) -> float64 [N, 4, 4]."""
+    arr = np.asarray(c2w, dtype=np.float64)
+    if arr.ndim != 3 or arr.shape[1:] not in ((4, 4), (3, 4)):
+        raise ShapeMismatchError(f"{name} must have shape [N, 4, 4], got {arr.shape}")
+    if len(arr) == 0:
+        raise InvalidCameraError(f"{name} is empty")
+    return np.stack([check_pose(p, f"{name}[{i}]") for i, p in enumerate(arr)])
+
+
+def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """Camera-to-world [4, 4] (OpenCV convention) at ``eye`` looking at ``target``."""
+    eye, target, up = (np.asarray(v, dtype=np.float64) for v in (eye, target, up))
+    forward = target - eye
+    n = np.linalg.norm(forward)
+    if n < 1e-12:
+        raise InvalidCameraError("look_at: eye and target coincide")
+    forward /= n
+    right = np.cross(forward, up)
+    if np.linalg.norm(right) < 1e-9:
+        raise InvalidCameraError("look_at: viewing direction is parallel to the up vector")
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = right, down, forward, eye
+    return m
+
+
+def opengl_to_opencv(c2w: np.ndarray) -> np.ndarray:
+    """Convert camera-to-world poses from OpenGL/nerfstudio (x right, y up, z back) to OpenCV. Self-inverse."""
+    out = np.array(c2w, dtype=np.float64, copy=True)
+    out[..., :3, 1:3] *= -1
+    return out
+
+
+opencv_to_opengl = opengl_to_opencv
+
+
+@dataclass
+class Trajectory:
+    """A camera path: ``poses`` [N, 4, 4] camera-to-world (OpenCV), shared ``intrinsics``, ``times`` [N] seconds."""
+
+    poses: np.ndarray
+    intrinsics: Intrinsics
+    times: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.poses = check_poses(self.poses)
+        if self.times is None:
+            self.times = np.arange(len(self.poses), dtype=np.float64) / 10.0
+        self.times = np.asarray(self.times, dtype=np.float64)
+        if self.times.shape != (len(self.poses),):
+            raise ShapeMismatchError(f"times must have shape [{len(self.poses)}], got {self.times.shape}")
+
+    def __len__(self) -> int:
+        return len(self.poses)
+
+    def __getitem__(self, idx) -> "Trajectory":
+        idx = np.atleast_1d(np.arange(len(self))[idx])
+        return Trajectory(self.poses[idx], self.intrinsics, self.times[idx])
+
+    @property
+    def viewmats(self) -> np.ndarray:
+        """[N, 4, 4] world-to-camera matrices."""
+        return np.linalg.inv(self.poses)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """[N, 3] camera centres in world coordinates."""
+        return self.poses[:, :3, 3].copy()
+
+    def shifted_laterally(self, meters: float) -> "Trajectory":
+        """The same path moved sideways by ``meters`` (positive = to the driver's left).
+
+        "Sideways" is the camera's right axis projected onto the ground plane (z up), so pitch and
+        roll do not tilt the shift. Orientation is unchanged, as for a vehicle in the next lane.
+        """
+        right = self.poses[:, :3, 0].copy()
+        right[:, 2] = 0.0
+        norm = np.linalg.norm(right, axis=1, keepdims=True)
+        if np.any(norm < 1e-9):
+            raise InvalidCameraError("cannot shift laterally: a camera looks straight up or down")
+        left = -right / norm
+        poses = self.poses.copy()
+        poses[:, :3, 3] += meters * left
+        return Trajectory(poses, self.intrinsics, self.times.copy())
+
+    def with_intrinsics(self, intrinsics: Intrinsics) -> "Trajectory":
+        return Trajectory(self.poses.copy(), intrinsics, self.times.copy())
+
+
+def straight_trajectory(
+    intrinsics: Intrinsics,
+    num_frames: int,
+    start=(0.0, 0.0, 1.6),
+    speed_mps: float = 8.0,
+    fps: float = 10.0,
+    heading_deg: float = 0.0,
+    pitch_deg: float = -3.0,
+    lateral_sway_m: float = 0.0,
+) -> Trajectory:
+    """An ego camera driving along ``heading_deg`` (0 = +x) at ``speed_mps`` with optional gentle sway."""
+    if num_frames < 1:
+        raise InvalidCameraError(f"num_frames must be >= 1, got {num_frames}")
+    times = np.arange(num_frames) / fps
+    h = np.deg2rad(heading_deg)
+    fwd = np.array([np.cos(h), np.sin(h), 0.0])
+    left = np.array([-np.sin(h), np.cos(h), 0.0])
+    poses = []
+    for t in times:
+        sway = lateral_sway_m * np.sin(2 * np.pi * t / max(times[-1], 1e-6)) if num_frames > 1 else 0.0
+        eye = np.asarray(start, dtype=np.float64) + fwd * speed_mps * t + left * sway
+        look = fwd * np.cos(np.deg2rad(pitch_deg)) + np.array([0, 0, np.sin(np.deg2rad(pitch_deg))])
+        poses.append(look_at(eye, eye + look))
+    return Trajectory(np.stack(poses), intrinsics, times)
