@@ -187,6 +187,36 @@ class Trajectory:
     def with_intrinsics(self, intrinsics: Intrinsics) -> "Trajectory":
         return Trajectory(self.poses.copy(), intrinsics, self.times.copy())
 
+    def to_dict(self) -> dict:
+        return {
+            "intrinsics": self.intrinsics.to_dict(),
+            "times": self.times.tolist(),
+            "poses": [p[:3].tolist() for p in self.poses],  # 3x4 rows; last row is implied
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Trajectory":
+        try:
+            intr = Intrinsics.from_dict(data["intrinsics"])
+            poses = np.asarray(data["poses"], dtype=np.float64)
+            times = np.asarray(data["times"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidCameraError(f"trajectory data is incomplete or malformed: {e!r}") from e
+        if poses.ndim == 3 and poses.shape[1:] == (3, 4):
+            poses = np.concatenate([poses, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(poses), 1, 1))], axis=1)
+        return cls(poses, intr, times)
+
+    def save(self, path) -> None:
+        from simharmony.utils.io import save_yaml
+
+        save_yaml(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path) -> "Trajectory":
+        from simharmony.utils.io import load_yaml
+
+        return cls.from_dict(load_yaml(path))
+
 
 def straight_trajectory(
     intrinsics: Intrinsics,

@@ -203,3 +203,15 @@ def test_trajectory_rejects_bad_poses():
     poses[1, :3, :3] *= 2
     with pytest.raises(InvalidCameraError, match=r"poses\[1\]"):
         Trajectory(poses, intr)
+
+
+def test_trajectory_yaml_roundtrip(tmp_path):
+    traj = straight_trajectory(Intrinsics.from_fov(70, 64, 36), 4, lateral_sway_m=0.3)
+    traj.save(tmp_path / "t.yaml")
+    back = Trajectory.load(tmp_path / "t.yaml")
+    np.testing.assert_allclose(back.poses, traj.poses, atol=1e-12)
+    np.testing.assert_allclose(back.times, traj.times)
+    assert back.intrinsics == traj.intrinsics
+    (tmp_path / "bad.yaml").write_text("intrinsics: {fx: 1}\n")
+    with pytest.raises(Exception, match="intrinsics|unknown|missing"):
+        Trajectory.load(tmp_path / "bad.yaml")

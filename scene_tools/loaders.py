@@ -1,0 +1,679 @@
+"""Capture loaders: nerfstudio / instant-ngp ``transforms.json`` and COLMAP text models -> :class:`PosedImages`.
+
+transforms.json (read by :func:`load_transforms_json`, written by :func:`save_transforms_json`):
+
+- Intrinsics ``fl_x, fl_y, cx, cy, w, h`` at the top level or per frame; ``camera_angle_x`` (and
+  ``camera_angle_y``) when focal lengths are missing (instant-ngp / Blender); ``cx, cy`` default to the
+  image centre and ``w, h`` to the first image's size. Pixel centres are at +0.5 (nerfstudio, COLMAP
+  and OpenCV agree), so the numbers are used as they are.
+- All frames must share one camera; several cameras are a later extension. Non-zero distortion
+  (``k1..k4, p1, p2``) is refused: undistortion is future work.
+- ``transform_matrix`` is camera-to-world in the OpenGL convention and is converted to OpenCV.
+  nerfstudio's ``applied_transform`` and its dataparser's auto-orientation / centring / scaling are
+  **not** applied: poses are used exactly as stored in the frames.
+- ``file_path`` (relative to the json; a missing extension is tried as .png / .jpg / .jpeg as in the
+  Blender synthetic sets), optional ``mask_path`` (8/16-bit, 0 = ignore), optional ``depth_file_path``:
+  a 16-bit PNG in millimetres (0 = no depth -> inf; ``depth_unit_scale`` changes the unit) or a
+  ``.safetensors`` file with one [H, W] tensor in metres. ``.npy`` and other pickle-capable formats are
+  refused on purpose. Images with an alpha channel give the alpha as the mask when no mask is given.
+- Frames keep the json order; an optional per-frame ``time`` becomes the trajectory times.
+- ``ply_file_path`` (nerfstudio's sparse point cloud) becomes ``points`` / ``point_colors``.
+- Our extension: ``instance_file_path``, a 16-bit PNG of instance ids (ignored by other readers).
+
+COLMAP text models (:func:`load_colmap_text`, :func:`save_colmap_text`): cameras.txt (PINHOLE,
+SIMPLE_PINHOLE; SIMPLE_RADIAL / RADIAL / OPENCV / FULL_OPENCV only with all distortion zero),
+images.txt (world-to-camera quaternion qw qx qy qz and translation, two lines per image),
+points3D.txt (optional) -> ``points`` / ``point_colors``. Binary models (.bin) are not read: convert them
+with ``colmap model_converter --output_type TXT``. Frames are sorted by image name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from scene_tools.cameras import Intrinsics, Trajectory, check_pose, opencv_to_opengl, opengl_to_opencv
+from scene_tools.views import PosedImages
+from simharmony.errors import (
+    CorruptFileError,
+    InvalidCameraError,
+    InvalidInputError,
+    MissingFileError,
+    ShapeMismatchError,
+)
+from simharmony.utils.io import PathLike, write_bytes_atomic, write_text_atomic
+
+_IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".JPG", ".PNG", ".JPEG")
+_DIST_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+_INTR_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h")
+_MAX_PNG_DEPTH_MM = 65535
+
+
+# ---------------------------------------------------------------------------------------------- image I/O
+def read_image(path: PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read an 8/16-bit image -> (rgb [H, W, 3] float32 in [0, 1], alpha [H, W] float32 or None)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"image not found: {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CorruptFileError(f"cannot decode image {path} (corrupt or unsupported format)")
+    scale = 65535.0 if img.dtype == np.uint16 else 255.0 if img.dtype == np.uint8 else 1.0
+    img = img.astype(np.float32) / scale
+    alpha = None
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    elif img.shape[2] == 4:
+        alpha = img[..., 3]
+        img = img[..., 2::-1]
+    elif img.shape[2] == 3:
+        img = img[..., ::-1]
+    else:
+        raise CorruptFileError(f"image {path} has {img.shape[2]} channels; expected 1, 3 or 4")
+    return np.ascontiguousarray(img), alpha
+
+
+def _read_gray(path: Path, what: str) -> np.ndarray:
+    if not path.is_file():
+        raise MissingFileError(f"{what} not found: {path}")
+    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise CorruptFileError(f"cannot decode {what} {path}")
+    return img[..., 0] if img.ndim == 3 else img
+
+
+def _encode_png(arr: np.ndarray, path: Path) -> None:
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:
+        raise CorruptFileError(f"cannot encode PNG for {path}")
+    write_bytes_atomic(path, buf.tobytes())
+
+
+def write_image(path: PathLike, rgb: np.ndarray, quality: int = 95) -> None:
+    """Write rgb [H, W, 3] float in [0, 1] as 8-bit PNG or JPEG (by suffix), atomically."""
+    path = Path(path)
+    bgr = np.clip(np.round(np.asarray(rgb)[..., ::-1] * 255.0), 0, 255).astype(np.uint8)
+    ext = path.suffix.lower()
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, bgr, params)
+    if not ok:
+        raise InvalidInputError(f"cannot encode image as {ext!r} for {path}")
+    write_bytes_atomic(path, buf.tobytes())
+
+
+def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    if arr.shape[1] == size[0] and arr.shape[0] == size[1]:
+        return arr
+    return cv2.resize(arr, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+
+
+def _read_depth(path: Path, depth_unit_scale: float) -> np.ndarray:
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        raw = _read_gray(path, "depth image")
+        if raw.dtype != np.uint16:
+            raise CorruptFileError(f"depth PNG {path} must be 16-bit (millimetres), got {raw.dtype}")
+        d = raw.astype(np.float32) * np.float32(depth_unit_scale)
+        d[raw == 0] = np.inf
+        return d
+    if suffix == ".safetensors":
+        from simharmony.utils.io import load_tensors
+
+        tensors, _ = load_tensors(path)
+        if len(tensors) != 1 and "depth" not in tensors:
+            raise CorruptFileError(
+                f"depth file {path} must hold one tensor (or one named 'depth'), got "
+                f"{list(tensors)}"
+            )
+        t = tensors["depth"] if "depth" in tensors else next(iter(tensors.values()))
+        d = t.float().numpy()
+        if d.ndim == 3 and d.shape[-1] == 1:
+            d = d[..., 0]
+        if d.ndim != 2:
+            raise CorruptFileError(f"depth tensor in {path} must be [H, W], got {list(d.shape)}")
+        return d
+    raise InvalidInputError(
+        f"unsupported depth file {path}: use a 16-bit PNG in millimetres or .safetensors in metres "
+        "(.npy / pickle-capable formats are not read)"
+    )
+
+
+def _resolve_image(base: Path, rel: str, frame: str) -> Path:
+    p = base / rel
+    if p.is_file():
+        return p
+    if not p.suffix or p.suffix not in _IMAGE_EXTS:
+        for ext in _IMAGE_EXTS:
+            q = p.with_name(p.name + ext)
+            if q.is_file():
+                return q
+    raise MissingFileError(f"{frame}: image file not found: {p}")
+
+
+# ---------------------------------------------------------------------------------------------- transforms.json
+def _num(d: dict, key: str, where: str) -> float:
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise CorruptFileError(f"{where}: '{key}' must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _camera_from(d: dict, fallback: dict, where: str, size: tuple[int, int] | None) -> tuple[float, ...]:
+    """(fx, fy, cx, cy, w, h) from a frame dict with the top level as fallback."""
+    get = lambda k: d[k] if k in d else fallback.get(k)  # noqa: E731
+    merged = {k: get(k) for k in (*_INTR_KEYS, "camera_angle_x", "camera_angle_y", *_DIST_KEYS)}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    for k in _DIST_KEYS:
+        if k in merged and _num(merged, k, where) != 0.0:
+            raise InvalidCameraError(
+                f"{where}: unsupported distortion ({k}={merged[k]}); only undistorted pinhole images are "
+                "supported (undistortion is future work)"
+            )
+    model = d.get("camera_model", fallback.get("camera_model", "OPENCV"))
+    if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
+        raise InvalidCameraError(
+            f"{where}: unsupported camera_model {model!r}; expected OPENCV/PINHOLE without "
+            "distortion"
+        )
+    if "w" in merged and "h" in merged:
+        w, h = _num(merged, "w", where), _num(merged, "h", where)
+    elif size is not None:
+        w, h = float(size[0]), float(size[1])
+    else:
+        raise CorruptFileError(f"{where}: image size unknown (no 'w'/'h')")
+    if "fl_x" in merged:
+        fx = _num(merged, "fl_x", where)
+    elif "camera_angle_x" in merged:
+        ax = _num(merged, "camera_angle_x", where)
+        if not 0 < ax < math.pi:
+            raise InvalidCameraError(f"{where}: camera_angle_x must be in (0, pi) radians, got {ax}")
+        fx = 0.5 * w / math.tan(0.5 * ax)
+    else:
+        raise CorruptFileError(f"{where}: missing focal length: need 'fl_x' or 'camera_angle_x'")
+    if "fl_y" in merged:
+        fy = _num(merged, "fl_y", where)
+    elif "camera_angle_y" in merged:
+        fy = 0.5 * h / math.tan(0.5 * _num(merged, "camera_angle_y", where))
+    else:
+        fy = fx
+    cx = _num(merged, "cx", where) if "cx" in merged else w / 2.0
+    cy = _num(merged, "cy", where) if "cy" in merged else h / 2.0
+    if fx <= 0 or fy <= 0:
+        raise InvalidCameraError(f"{where}: focal lengths must be positive, got fl_x={fx}, fl_y={fy}")
+    return fx, fy, cx, cy, w, h
+
+
+def _check_downscale(downscale: int) -> int:
+    if isinstance(downscale, bool) or not isinstance(downscale, (int, np.integer)) or downscale < 1:
+        raise InvalidInputError(f"downscale must be a positive integer, got {downscale!r}")
+    return int(downscale)
+
+
+def load_transforms_json(
+    path_or_folder: PathLike,
+    downscale: int = 1,
+    *,
+    depth_unit_scale: float = 1e-3,
+    progress: bool = True,
+) -> PosedImages:
+    """Load a nerfstudio / instant-ngp capture (see the module docstring for the accepted keys).
+
+    Args:
+        path_or_folder: the transforms.json file or the folder holding it.
+        downscale: integer factor; images and masks are area-averaged, depth and ids nearest-sampled,
+            intrinsics scaled to match.
+        depth_unit_scale: metres per unit of 16-bit depth PNGs (nerfstudio's default: millimetres).
+        progress: show a tqdm bar while reading images.
+
+    Returns:
+        PosedImages with images [N, H, W, 3], poses in OpenCV convention, and masks / depths /
+        instance_ids / points where the file provides them (for all frames or none).
+    """
+    downscale = _check_downscale(downscale)
+    path = Path(path_or_folder)
+    if path.is_dir():
+        path = path / "transforms.json"
+    if not path.is_file():
+        raise MissingFileError(f"transforms file not found: {path}")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CorruptFileError(f"cannot parse {path}: {e}") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
+        raise CorruptFileError(f"{path}: expected an object with a 'frames' list")
+    frames = meta["frames"]
+    if not frames:
+        raise CorruptFileError(f"{path}: 'frames' is empty")
+    base = path.parent
+
+    images, masks, depths, ids, poses, times, names = [], [], [], [], [], [], []
+    camera = None
+    size = None
+    for i, fr in enumerate(tqdm(frames, desc=f"loading {path.name}", disable=not progress, leave=False)):
+        if not isinstance(fr, dict):
+            raise CorruptFileError(f"{path}: frame {i} is not an object")
+        where = f"{path} frame {i}"
+        for key in ("file_path", "transform_matrix"):
+            if key not in fr:
+                raise CorruptFileError(f"{where}: missing key '{key}'")
+        where = f"{path} frame {i} ({fr['file_path']})"
+        img_path = _resolve_image(base, str(fr["file_path"]), where)
+        rgb, alpha = read_image(img_path)
+        if size is None:
+            size = (rgb.shape[1], rgb.shape[0])
+        elif (rgb.shape[1], rgb.shape[0]) != size:
+            raise ShapeMismatchError(
+                f"{where}: image is {rgb.shape[1]}x{rgb.shape[0]} but earlier frames are "
+                f"{size[0]}x{size[1]}"
+            )
+        cam = _camera_from(fr, meta, where, size)
+        if camera is None:
+            camera = cam
+            if (int(cam[4]), int(cam[5])) != size:
+                raise ShapeMismatchError(
+                    f"{where}: image is {size[0]}x{size[1]} but w/h say "
+                    f"{int(cam[4])}x{int(cam[5])}"
+                )
+        elif not np.allclose(cam, camera, rtol=1e-6, atol=1e-9):
+            raise InvalidCameraError(
+                f"{where}: intrinsics {cam} differ from frame 0 {camera}; all frames must share one camera "
+                "(several cameras are a later extension)"
+            )
+        try:
+            m = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise CorruptFileError(f"{where}: transform_matrix is not a numeric matrix") from e
+        poses.append(opengl_to_opencv(check_pose(m, f"{where} transform_matrix")))
+
+        if "mask_path" in fr:
+            mk = _read_gray(base / str(fr["mask_path"]), f"{where}: mask")
+            mk = mk.astype(np.float32) / (65535.0 if mk.dtype == np.uint16 else 255.0)
+        elif alpha is not None:
+            mk = alpha
+        else:
+            mk = None
+        if mk is not None and (mk.shape[1], mk.shape[0]) != size:
+            raise ShapeMismatchError(f"{where}: mask is {mk.shape[1]}x{mk.shape[0]}, image is {size[0]}x{size[1]}")
+        masks.append(mk)
+        dp = _read_depth(base / str(fr["depth_file_path"]), depth_unit_scale) if "depth_file_path" in fr else None
+        if dp is not None and (dp.shape[1], dp.shape[0]) != size:
+            raise ShapeMismatchError(f"{where}: depth is {dp.shape[1]}x{dp.shape[0]}, image is {size[0]}x{size[1]}")
+        depths.append(dp)
+        inst = None
+        if "instance_file_path" in fr:
+            inst = _read_gray(base / str(fr["instance_file_path"]), f"{where}: instance ids")
+        if inst is not None and (inst.shape[1], inst.shape[0]) != size:
+            raise ShapeMismatchError(
+                f"{where}: instance ids are {inst.shape[1]}x{inst.shape[0]}, image is "
+                f"{size[0]}x{size[1]}"
+            )
+        ids.append(inst)
+        times.append(fr.get("time"))
+        names.append(Path(str(fr["file_path"])).stem)
+        images.append(rgb)
+
+    fx, fy, cx, cy, w, h = camera
+    intr = Intrinsics(fx, fy, cx, cy, int(w), int(h))
+    if downscale > 1:
+        intr = intr.scaled(1.0 / downscale)
+    out_size = (intr.width, intr.height)
+
+    def stack(items: list, what: str, nearest: bool) -> np.ndarray | None:
+        present = [x is not None for x in items]
+        if not any(present):
+            return None
+        if not all(present):
+            raise CorruptFileError(
+                f"{path}: {what} given for some frames but not all (frame "
+                f"{present.index(False)} lacks it)"
+            )
+        return np.stack([_resize(x, out_size, nearest) for x in items])
+
+    traj_times = None
+    if all(t is not None for t in times):
+        traj_times = np.asarray(times, dtype=np.float64)
+    points = colors = None
+    if "ply_file_path" in meta:
+        from scene_tools.ply import load_points_ply
+
+        points, colors = load_points_ply(base / str(meta["ply_file_path"]))
+    return PosedImages(
+        images=np.stack([_resize(x, out_size) for x in images]),
+        trajectory=Trajectory(np.stack(poses), intr, traj_times),
+        masks=stack(masks, "masks", nearest=False),
+        depths=stack(depths, "depths", nearest=True),
+        instance_ids=None if (s := stack(ids, "instance ids", nearest=True)) is None else s.astype(np.int32),
+        points=points,
+        point_colors=colors,
+        names=names,
+    )
+
+
+def _safe_names(images: PosedImages) -> list[str]:
+    if images.names is None:
+        return [f"frame_{i:05d}" for i in range(len(images))]
+    names = [Path(str(n)).stem.replace("/", "_") or f"frame_{i:05d}" for i, n in enumerate(images.names)]
+    if len(set(names)) != len(names):  # keep files distinct
+        names = [f"{i:05d}_{n}" for i, n in enumerate(names)]
+    return names
+
+
+def save_transforms_json(
+    images: PosedImages,
+    folder: PathLike,
+    image_format: str = "png",
+    *,
+    depth_format: str = "safetensors",
+    progress: bool = True,
+) -> Path:
+    """Write ``folder``/transforms.json plus images/, masks/, depths/, instances/ and sparse_pc.ply.
+
+    Poses are written in the OpenGL convention with global intrinsics (nerfstudio style), every file
+    atomically. ``image_format`` "png" (lossless to 8 bits: round trip within 1/255) or "jpg".
+    ``depth_format`` "safetensors" (exact float32, inf kept) or "png" (16-bit millimetres as nerfstudio
+    reads them; depth beyond 65.535 m or inf is written as 0 = no depth). Instance ids go to 16-bit
+    PNGs under our ``instance_file_path`` key. Returns the path of transforms.json.
+    """
+    if not isinstance(images, PosedImages):
+        raise InvalidInputError(f"save_transforms_json expects PosedImages, got {type(images).__name__}")
+    fmt = image_format.lower().lstrip(".")
+    if fmt not in ("png", "jpg", "jpeg"):
+        raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    if depth_format not in ("safetensors", "png"):
+        raise InvalidInputError(f"depth_format must be 'safetensors' or 'png', got {depth_format!r}")
+    folder = Path(folder)
+    intr = images.trajectory.intrinsics
+    meta: dict[str, Any] = {
+        "camera_model": "OPENCV",
+        "fl_x": intr.fx, "fl_y": intr.fy, "cx": intr.cx, "cy": intr.cy, "w": intr.width, "h": intr.height,
+        "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+        "frames": [],
+    }
+    if images.instance_ids is not None and (images.instance_ids.min() < 0 or images.instance_ids.max() > 65535):
+        raise InvalidInputError("instance ids must be in [0, 65535] to be stored as 16-bit PNG")
+    gl = opencv_to_opengl(images.trajectory.poses)
+    for i, name in enumerate(tqdm(_safe_names(images), desc="saving frames", disable=not progress, leave=False)):
+        fr: dict[str, Any] = {"file_path": f"images/{name}.{fmt}", "transform_matrix": gl[i].tolist(),
+                              "time": float(images.trajectory.times[i])}
+        write_image(folder / fr["file_path"], images.images[i])
+        if images.masks is not None:
+            fr["mask_path"] = f"masks/{name}.png"
+            _encode_png(np.clip(np.round(images.masks[i] * 255), 0, 255).astype(np.uint8), folder / fr["mask_path"])
+        if images.depths is not None:
+            d = images.depths[i]
+            if depth_format == "png":
+                fr["depth_file_path"] = f"depths/{name}.png"
+                mm = np.round(np.where(np.isfinite(d), d, 0) * 1000.0)
+                mm[(mm > _MAX_PNG_DEPTH_MM) | (mm < 0)] = 0
+                _encode_png(mm.astype(np.uint16), folder / fr["depth_file_path"])
+            else:
+                import torch
+
+                from simharmony.utils.io import save_tensors
+
+                fr["depth_file_path"] = f"depths/{name}.safetensors"
+                save_tensors(folder / fr["depth_file_path"], {"depth": torch.from_numpy(np.ascontiguousarray(d))})
+        if images.instance_ids is not None:
+            fr["instance_file_path"] = f"instances/{name}.png"
+            _encode_png(images.instance_ids[i].astype(np.uint16), folder / fr["instance_file_path"])
+        meta["frames"].append(fr)
+    if images.points is not None:
+        from scene_tools.ply import save_points_ply
+
+        meta["ply_file_path"] = "sparse_pc.ply"
+        save_points_ply(folder / "sparse_pc.ply", images.points, images.point_colors)
+    out = folder / "transforms.json"
+    write_text_atomic(out, json.dumps(meta, indent=2))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- COLMAP
+_COLMAP_PINHOLE = {"PINHOLE": 4, "SIMPLE_PINHOLE": 3}
+_COLMAP_DISTORTED = {"SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8, "FULL_OPENCV": 12}
+_COLMAP_OTHER = ("OPENCV_FISHEYE", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "THIN_PRISM_FISHEYE", "FOV",
+                 "RAD_TAN_THIN_PRISM_FISHEYE")
+
+
+def _data_lines(path: Path) -> list[tuple[int, str]]:
+    if not path.is_file():
+        hint = ""
+        if path.with_suffix(".bin").is_file():
+            hint = " (found a binary model: convert it with `colmap model_converter --output_type TXT`)"
+        raise MissingFileError(f"COLMAP file not found: {path}{hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptFileError(f"{path} is not a text file: {e}") from e
+    return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if not line.lstrip().startswith("#")]
+
+
+def _parse_cameras(path: Path) -> dict[int, tuple[float, float, float, float, int, int]]:
+    cams = {}
+    for n, line in _data_lines(path):
+        tok = line.split()
+        if not tok:
+            continue
+        where = f"{path}:{n}"
+        if len(tok) < 4:
+            raise CorruptFileError(f"{where}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...', got {line!r}")
+        model = tok[1]
+        try:
+            cam_id, w, h = int(tok[0]), int(tok[2]), int(tok[3])
+            params = [float(x) for x in tok[4:]]
+        except ValueError as e:
+            raise CorruptFileError(f"{where}: non-numeric camera entry {line!r}") from e
+        if model in _COLMAP_PINHOLE:
+            need = _COLMAP_PINHOLE[model]
+        elif model in _COLMAP_DISTORTED:
+            need = _COLMAP_DISTORTED[model]
+        elif model in _COLMAP_OTHER:
+            raise InvalidCameraError(f"{where}: camera model {model} (fisheye/FOV) is not supported; only pinhole")
+        else:
+            raise InvalidCameraError(f"{where}: unknown camera model {model!r}")
+        if len(params) != need:
+            raise CorruptFileError(f"{where}: camera model {model} needs {need} parameters, got {len(params)}")
+        if model in ("PINHOLE", "OPENCV", "FULL_OPENCV"):
+            fx, fy, cx, cy, dist = *params[:4], params[4:]
+        else:  # SIMPLE_PINHOLE, SIMPLE_RADIAL, RADIAL: f cx cy [k...]
+            fx, fy, cx, cy, dist = params[0], params[0], params[1], params[2], params[3:]
+        if any(d != 0 for d in dist):
+            raise InvalidCameraError(
+                f"{where}: unsupported distortion for camera {cam_id} ({model} with {dist}); undistort the images "
+                "first (e.g. `colmap image_undistorter`): undistortion is future work"
+            )
+        if fx <= 0 or fy <= 0 or w <= 0 or h <= 0:
+            raise InvalidCameraError(
+                f"{where}: camera {cam_id} needs positive focal lengths and size, got f=({fx}, "
+                f"{fy}), {w}x{h}"
+            )
+        cams[cam_id] = (fx, fy, cx, cy, w, h)
+    if not cams:
+        raise CorruptFileError(f"{path}: no cameras")
+    return cams
+
+
+def _quat_to_R(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _parse_images(path: Path) -> list[tuple[str, np.ndarray, int]]:
+    """-> [(name, c2w [4, 4] OpenCV, camera_id)]. Two lines per image; the 2D-points line may be empty."""
+    out = []
+    lines = _data_lines(path)
+    i = 0
+    while i < len(lines):
+        n, line = lines[i]
+        tok = line.split(maxsplit=9)
+        if not tok:  # blank line between entries
+            i += 1
+            continue
+        where = f"{path}:{n}"
+        if len(tok) != 10:
+            raise CorruptFileError(f"{where}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got {line!r}")
+        try:
+            q = np.array([float(x) for x in tok[1:5]])
+            t = np.array([float(x) for x in tok[5:8]])
+            cam_id = int(tok[8])
+        except ValueError as e:
+            raise CorruptFileError(f"{where}: non-numeric image entry {line!r}") from e
+        name = tok[9].strip()
+        norm = np.linalg.norm(q)
+        if not np.isfinite(norm) or abs(norm - 1.0) > 1e-3:
+            raise InvalidCameraError(f"{where}: image {name!r} has a non-unit rotation quaternion (norm {norm:.6f})")
+        w2c = np.eye(4)
+        w2c[:3, :3], w2c[:3, 3] = _quat_to_R(q / norm), t
+        c2w = np.eye(4)
+        c2w[:3, :3] = w2c[:3, :3].T
+        c2w[:3, 3] = -w2c[:3, :3].T @ t
+        out.append((name, check_pose(c2w, f"{where} image {name!r}"), cam_id))
+        i += 2  # skip the POINTS2D line (whatever it holds, possibly empty or missing at EOF)
+    if not out:
+        raise CorruptFileError(f"{path}: no images")
+    return out
+
+
+def _parse_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    pts, cols = [], []
+    for n, line in _data_lines(path):
+        tok = line.split()
+        if not tok:
+            continue
+        if len(tok) < 8:
+            raise CorruptFileError(f"{path}:{n}: expected 'POINT3D_ID X Y Z R G B ERROR TRACK...', got {line!r}")
+        try:
+            pts.append([float(x) for x in tok[1:4]])
+            cols.append([int(x) for x in tok[4:7]])
+        except ValueError as e:
+            raise CorruptFileError(f"{path}:{n}: non-numeric point entry") from e
+    p = np.asarray(pts, dtype=np.float32).reshape(-1, 3)
+    if not np.isfinite(p).all():
+        raise CorruptFileError(f"{path}: points contain NaN or inf")
+    return p, np.asarray(cols, dtype=np.float32).reshape(-1, 3) / 255.0
+
+
+def load_colmap_text(
+    folder: PathLike,
+    images_dir: PathLike | None = None,
+    downscale: int = 1,
+    *,
+    progress: bool = True,
+) -> PosedImages:
+    """Load a COLMAP text model (cameras.txt, images.txt, optional points3D.txt) and its images.
+
+    ``images_dir`` defaults to the first existing of ``folder/images``, ``folder/../images`` and
+    ``folder/../../images`` (the ``sparse/0`` layout). All images must use one set of intrinsics.
+    Frames are sorted by image name; ``names`` are the image names without extension.
+    """
+    downscale = _check_downscale(downscale)
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"COLMAP model folder not found: {folder}")
+    cams = _parse_cameras(folder / "cameras.txt")
+    entries = sorted(_parse_images(folder / "images.txt"), key=lambda e: e[0])
+    if images_dir is None:
+        candidates = [folder / "images", folder.parent / "images", folder.parent.parent / "images"]
+        found = [c for c in candidates if c.is_dir()]
+        if not found:
+            raise MissingFileError(
+                f"no images folder found for COLMAP model {folder}; tried "
+                f"{[str(c) for c in candidates]}"
+            )
+        images_dir = found[0]
+    images_dir = Path(images_dir)
+    if not images_dir.is_dir():
+        raise MissingFileError(f"images folder not found: {images_dir}")
+
+    cam0 = None
+    for name, _, cam_id in entries:
+        if cam_id not in cams:
+            raise CorruptFileError(f"{folder / 'images.txt'}: image {name!r} uses camera {cam_id}, not in cameras.txt")
+        if cam0 is None:
+            cam0 = cams[cam_id]
+        elif cams[cam_id] != cam0:
+            raise InvalidCameraError(
+                f"image {name!r} uses camera {cam_id} with intrinsics {cams[cam_id]} != {cam0}; all images must share "
+                "one camera (several cameras are a later extension)"
+            )
+    fx, fy, cx, cy, w, h = cam0
+    intr = Intrinsics(fx, fy, cx, cy, w, h)
+    if downscale > 1:
+        intr = intr.scaled(1.0 / downscale)
+    imgs, masks, any_alpha = [], [], False
+    for name, _, _ in tqdm(entries, desc="loading COLMAP images", disable=not progress, leave=False):
+        rgb, alpha = read_image(images_dir / name)
+        if rgb.shape[:2] != (h, w):
+            raise ShapeMismatchError(
+                f"image {images_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its camera "
+                f"is {w}x{h}"
+            )
+        imgs.append(_resize(rgb, (intr.width, intr.height)))
+        masks.append(None if alpha is None else _resize(alpha, (intr.width, intr.height)))
+        any_alpha |= alpha is not None
+    if any_alpha:
+        masks = [np.ones((intr.height, intr.width), np.float32) if m is None else m for m in masks]
+    points = colors = None
+    if (folder / "points3D.txt").is_file():
+        points, colors = _parse_points(folder / "points3D.txt")
+    return PosedImages(
+        images=np.stack(imgs),
+        trajectory=Trajectory(np.stack([e[1] for e in entries]), intr),
+        masks=np.stack(masks) if any_alpha else None,
+        points=points,
+        point_colors=colors,
+        names=[Path(e[0]).stem for e in entries],
+    )
+
+
+def save_colmap_text(images: PosedImages, folder: PathLike, *, images_subdir: str = "images",
+                     image_format: str = "png", progress: bool = True) -> Path:
+    """Write a COLMAP text model (one PINHOLE camera) to ``folder`` and the images to ``folder/images_subdir``.
+
+    Poses become world-to-camera quaternions (qw >= 0) and translations; points3D.txt holds
+    ``images.points`` (with empty tracks). Returns ``folder``.
+    """
+    if not isinstance(images, PosedImages):
+        raise InvalidInputError(f"save_colmap_text expects PosedImages, got {type(images).__name__}")
+    fmt = image_format.lower().lstrip(".")
+    if fmt not in ("png", "jpg", "jpeg"):
+        raise InvalidInputError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    import torch
+
+    from scene_tools.transforms import matrix_to_quat
+
+    folder = Path(folder)
+    intr = images.trajectory.intrinsics
+    write_text_atomic(
+        folder / "cameras.txt",
+        "# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
+        f"1 PINHOLE {intr.width} {intr.height} {intr.fx!r} {intr.fy!r} {intr.cx!r} {intr.cy!r}\n",
+    )
+    w2c = np.linalg.inv(images.trajectory.poses)
+    quats = matrix_to_quat(torch.from_numpy(w2c[:, :3, :3])).numpy()
+    lines = ["# Image list with two lines of data per image:",
+             "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME", "#   POINTS2D[] as (X, Y, POINT3D_ID)"]
+    for i, name in enumerate(tqdm(_safe_names(images), desc="saving COLMAP images", disable=not progress, leave=False)):
+        fname = f"{name}.{fmt}"
+        write_image(folder / images_subdir / fname, images.images[i])
+        q, t = quats[i], w2c[i, :3, 3]
+        lines.append(" ".join([str(i + 1), *(repr(float(x)) for x in q), *(repr(float(x)) for x in t), "1", fname]))
+        lines.append("")
+    write_text_atomic(folder / "images.txt", "\n".join(lines) + "\n")
+    pts_lines = ["# 3D point list with one line of data per point:", "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]"]
+    if images.points is not None:
+        cols = images.point_colors if images.point_colors is not None else np.full_like(images.points, 0.5)
+        c8 = np.clip(np.round(cols * 255), 0, 255).astype(int)
+        for j, (p, c) in enumerate(zip(images.points, c8)):
+            pts_lines.append(f"{j + 1} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} {c[0]} {c[1]} {c[2]} 0")
+    write_text_atomic(folder / "points3D.txt", "\n".join(pts_lines) + "\n")
+    return folder
