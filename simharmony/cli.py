@@ -1,0 +1,152 @@
+"""The ``simharmony`` command line.
+
+    simharmony demo                     render the shipped demo street (README main job)
+    simharmony build-demo-scene         rebuild weights/demo_street from scratch (Mitsuba + reconstruction)
+    simharmony render-street            render a procedural Mitsuba street to a frames folder
+    simharmony reconstruct              train 3DGS on a frames folder, transforms.json or COLMAP text model
+    simharmony assets                   list / query an asset bank
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from simharmony.errors import SimHarmonyError
+from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from simharmony.demo import run_demo
+
+    result = run_demo(args.scene, args.out, lateral_shift_m=args.shift, num_frames=args.frames, progress=not args.quiet)
+    print(f"demo: {result.num_frames} frames at {result.width}x{result.height}, "
+          f"median render {result.median_render_ms:.0f} ms/frame, inserted vehicle on "
+          f"{100 * result.inserted_pixel_fraction:.1f}% of pixels")
+    print(f"wrote {result.video} and {result.contact_sheet}")
+    return 0
+
+
+def _cmd_build_demo(args: argparse.Namespace) -> int:
+    from scene_tools.demo_scene import DemoSceneConfig, build_demo_scene
+
+    cfg = DemoSceneConfig.load(args.config) if args.config else DemoSceneConfig()
+    if args.iterations is not None:
+        cfg.reconstruction.iterations = args.iterations
+    scene, result, asset = build_demo_scene(args.out, cfg, work_dir=args.work_dir, bank_dir=args.bank)
+    print(f"demo scene: {len(scene.background)} Gaussians, held-out PSNR {result.heldout_psnr:.2f} dB, "
+          f"train PSNR {result.train_psnr:.2f} dB, {result.seconds / 60:.1f} min; inserted asset {asset.id}")
+    return 0
+
+
+def _cmd_render_street(args: argparse.Namespace) -> int:
+    from scene_tools.pbr import render_street
+    from scene_tools.street import StreetConfig, generate_street
+
+    cfg = StreetConfig.load(args.config) if args.config else StreetConfig(seed=args.seed)
+    layout = generate_street(cfg)
+    traj = layout.trajectory.shifted_laterally(args.shift) if args.shift else None
+    frames = render_street(layout, trajectory=traj, spp=args.spp)
+    frames.save(args.out)
+    print(f"wrote {len(frames.trajectory)} frames to {args.out}")
+    return 0
+
+
+def _load_images(path: Path):
+    from scene_tools.loaders import load_colmap_text, load_transforms_json
+    from scene_tools.pbr import StreetFrames
+
+    if (path / "frames.yaml").is_file():
+        return StreetFrames.load(path).to_posed_images()
+    if path.suffix == ".json" or (path / "transforms.json").is_file():
+        return load_transforms_json(path)
+    for sub in (path, path / "sparse" / "0", path / "sparse"):
+        if (sub / "cameras.txt").is_file():
+            return load_colmap_text(sub)
+    raise SimHarmonyError(f"{path}: not a street frames folder, transforms.json or COLMAP text model")
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from scene_tools.reconstruct import ReconstructionConfig, reconstruct
+
+    cfg = ReconstructionConfig.load(args.config) if args.config else ReconstructionConfig()
+    if args.iterations is not None:
+        cfg.iterations = args.iterations
+    result = reconstruct(_load_images(Path(args.data)), cfg, output_dir=args.out)
+    held = "n/a" if result.heldout_psnr is None else f"{result.heldout_psnr:.2f} dB"
+    print(f"{len(result.scene)} Gaussians; train PSNR {result.train_psnr:.2f} dB; held-out PSNR {held}; "
+          f"{result.seconds / 60:.1f} min; scene at {args.out}/scene.safetensors")
+    return 0
+
+
+def _cmd_assets(args: argparse.Namespace) -> int:
+    from scene_tools.assets import AssetBank
+
+    bank = AssetBank(args.bank, create=False)
+    infos = bank.query(category=args.category)
+    for info in infos:
+        print(json.dumps({"id": info.id, "category": info.category, "size": list(info.size),
+                          "source": info.source_scene, "gaussians": info.num_gaussians}))
+    if not infos:
+        print("no assets match", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="simharmony", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="render the shipped demo street with its inserted vehicle")
+    d.add_argument("--scene", default=str(DEMO_SCENE_DIR), help="scene folder (default: shipped demo)")
+    d.add_argument("--out", default="outputs/demo", help="output folder")
+    d.add_argument("--shift", type=float, default=0.0, help="lateral shift of the ego trajectory in metres (+ = left)")
+    d.add_argument("--frames", type=int, default=None, help="render only the first N frames")
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(func=_cmd_demo)
+
+    b = sub.add_parser("build-demo-scene", help="rebuild the demo scene: Mitsuba street -> 3DGS -> vehicle asset -> insertion")
+    b.add_argument("--out", default=str(DEMO_SCENE_DIR))
+    b.add_argument("--bank", default=str(DEMO_ASSETS_DIR))
+    b.add_argument("--work-dir", default="data/demo_build", help="cache for renders and checkpoints (resumable)")
+    b.add_argument("--config", default=None, help="DemoSceneConfig YAML")
+    b.add_argument("--iterations", type=int, default=None)
+    b.set_defaults(func=_cmd_build_demo)
+
+    r = sub.add_parser("render-street", help="render a procedural street with Mitsuba")
+    r.add_argument("--out", required=True)
+    r.add_argument("--config", default=None, help="StreetConfig YAML")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--spp", type=int, default=None)
+    r.add_argument("--shift", type=float, default=0.0, help="lateral shift of the ego trajectory in metres")
+    r.set_defaults(func=_cmd_render_street)
+
+    c = sub.add_parser("reconstruct", help="train 3DGS on a frames folder, transforms.json or COLMAP text model")
+    c.add_argument("--data", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--config", default=None, help="ReconstructionConfig YAML")
+    c.add_argument("--iterations", type=int, default=None)
+    c.set_defaults(func=_cmd_reconstruct)
+
+    a = sub.add_parser("assets", help="list assets in a bank")
+    a.add_argument("--bank", default=str(DEMO_ASSETS_DIR))
+    a.add_argument("--category", default=None)
+    a.set_defaults(func=_cmd_assets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SimHarmonyError as e:
+        print(f"simharmony {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
