@@ -618,6 +618,7 @@ class Scene:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
         try:
             self._write(tmp)
+            os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
             if folder.exists():
                 old = folder.with_name(f".{folder.name}.old-{uuid.uuid4().hex[:8]}")
                 os.replace(folder, old)
