@@ -19,7 +19,7 @@ def _tiny_street():
 def _tiny_recon(iterations=60):
     return ReconstructionConfig(
         iterations=iterations, init_num_points=3000, sky_init_points=200, densify_start=20, densify_every=20,
-        densify_stop=50, eval_every=30, checkpoint_every=30, heldout_every=4, sh_degree=0,
+        densify_stop=50, eval_every=30, checkpoint_every=30, log_every=5, heldout_every=4, sh_degree=0,
     )
 
 
@@ -40,8 +40,8 @@ def test_reconstruction_runs_from_exported_captures(tiny_frames, tmp_path, fmt):
     np.testing.assert_allclose(loaded.trajectory.poses, images.trajectory.poses, atol=1e-6)
     # a loaded capture has no depth in the COLMAP case: reconstruction must still start (random init)
     result = reconstruct(loaded, _tiny_recon(), progress=False)
-    first = result.history[0]["psnr"]
-    assert result.train_psnr > first + 3.0, (first, result.train_psnr)
+    first = result.history[0]["psnr"]  # running PSNR after the first 5 steps
+    assert result.train_psnr > max(first + 1.0, 18.0), (first, result.train_psnr)
     assert result.heldout_psnr is not None and np.isfinite(result.heldout_psnr)
 
 
@@ -62,3 +62,19 @@ def test_demo_scene_build_and_demo_on_tiny_preset(tmp_path):
     assert main(["demo", "--scene", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--quiet"]) == 2
     with pytest.raises(MissingFileError, match="build-demo-scene"):
         run_demo(tmp_path / "nope", tmp_path / "o", progress=False)
+
+
+def test_shipped_demo_scene_renders(tmp_path):
+    """The README demo's data: the shipped scene loads, its vehicle is in the bank and in view."""
+    from scene_tools.assets import AssetBank
+    from simharmony.demo import load_demo_scene, run_demo
+    from simharmony.paths import DEMO_ASSETS_DIR
+
+    scene, trajectory = load_demo_scene()
+    assert len(trajectory) >= 30 and len(scene.inserted_ids) == 1
+    recon = scene.metadata["reconstruction"]
+    assert recon["heldout_psnr"] >= 25.0  # the issue's bar, recorded when the scene was built
+    bank = AssetBank(DEMO_ASSETS_DIR, create=False)
+    assert scene.metadata["inserted_asset"] in bank.list()
+    out = run_demo(out_dir=tmp_path, num_frames=3, progress=False)
+    assert out.num_frames == 3 and out.inserted_pixel_fraction > 0.005
