@@ -59,7 +59,6 @@ from simharmony.errors import (
 )
 from simharmony.utils.io import PathLike, load_tensors, load_yaml, save_tensors, save_yaml, write_bytes_atomic
 
-DEFAULT_SPP = 16  # noisy but fast; tests use 4, final datasets may want 64+
 DEFAULT_EXPOSURE = 1.0
 TONE_MAPPING = "rgb = clip(srgb_oetf(exposure * hdr), 0, 1)"
 FRAMES_FORMAT = "simharmony.street_frames"
