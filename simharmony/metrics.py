@@ -1,0 +1,525 @@
+"""Evaluation metrics for harmonized images and videos (DESIGN.md section 7).
+
+Input conventions (every metric):
+
+- Images are ``[H, W, 3]`` or batches ``[N, H, W, 3]``, numpy arrays or torch tensors (any device).
+  ``uint8`` images are in 0..255; floating images are in [0, 1] (a tolerance of 1e-3 is allowed for
+  rounding; anything further out raises :class:`InvalidInputError`, which catches the common mistake
+  of passing float images in 0..255). No other dtypes are accepted.
+- Masks are ``[H, W]`` or ``[N, H, W]`` (a trailing singleton channel is dropped), bool or numeric in
+  [0, 1]; soft masks act as per-pixel weights. An ``[H, W]`` mask is shared by every image of a batch.
+- The two images of a pair must have the same shape (:class:`ShapeMismatchError` otherwise); NaN or
+  inf anywhere raises :class:`NonFiniteError`.
+- Data range: MSE, fMSE, PSNR and fPSNR use the iHarmony4 convention of data range 255: float images
+  are multiplied by 255 first (not rounded), so ``mse`` of two float images is ``255**2`` times the
+  mean squared difference of their [0, 1] values. SSIM is scale free (its constants follow the range).
+  The warping error and the high-frequency ratio work on the [0, 1] scale (uint8 is divided by 255).
+- Batches: each metric is computed per image; ``reduction="mean"`` (default) returns the mean over the
+  batch as a Python float (PSNR is averaged per image, as iHarmony4 reports it, not computed from the
+  mean MSE); ``reduction="none"`` returns a float64 numpy array ``[N]`` (``[1]`` for a single image).
+- Identical images give ``psnr == inf`` (and ``fpsnr == inf``); a batch mean containing inf is inf.
+- Foreground metrics with an empty mask (total weight 0): ``empty="raise"`` (default) raises
+  :class:`InvalidInputError`; ``empty="nan"`` makes that image's value NaN, and the mean reduction
+  then skips NaN images (NaN only if every image is empty). The same rule applies to
+  :func:`warping_error` pairs with no valid pixel.
+
+LPIPS, FID and DINO-Struct-Dist need pretrained networks that are not shipped; their functions return
+a :class:`NotAvailable` value saying so instead of a number (never a made-up score).
+
+All arithmetic is float64 (torch) on the inputs' device; results are plain Python floats / numpy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from simharmony.errors import InvalidInputError, MissingFileError, NonFiniteError, ShapeMismatchError
+
+Reduction = Literal["mean", "none"]
+EmptyRule = Literal["raise", "nan"]
+
+__all__ = [
+    "NotAvailable",
+    "dino_struct_distance",
+    "fid",
+    "flicker_score",
+    "fmse",
+    "fpsnr",
+    "hf_artifact_ratio",
+    "is_available",
+    "lpips_distance",
+    "mse",
+    "psnr",
+    "ssim",
+    "structure_preservation",
+    "to_float_images",
+    "warping_error",
+]
+
+_RANGE_TOL = 1e-3  # float images may overshoot [0, 1] by this much (rounding), no more
+_EMPTY_EPS = 1e-12  # a mask whose total weight is below this is empty
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma weights on RGB
+
+
+# ----------------------------------------------------------------------------------------------------
+# "not available" result for metrics whose networks are absent
+
+
+@dataclass(frozen=True)
+class NotAvailable:
+    """Placeholder result of a metric that cannot be computed here (e.g. no local network weights).
+
+    Falsy, prints as ``"not available: <reason>"`` and serialises with :meth:`to_dict`; reports must
+    print it as is rather than substitute a number.
+    """
+
+    metric: str
+    reason: str
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __str__(self) -> str:
+        return f"not available: {self.reason}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "available": False, "reason": self.reason}
+
+
+def is_available(result: Any) -> bool:
+    """True unless ``result`` is a :class:`NotAvailable`."""
+    return not isinstance(result, NotAvailable)
+
+
+def _network_metric(metric: str, what: str, weights_path: str | Path | None) -> NotAvailable:
+    if weights_path is None:
+        return NotAvailable(metric, f"no local {what} weights (pass weights_path=...)")
+    path = Path(weights_path)
+    if not path.exists():
+        raise MissingFileError(f"{metric} weights file {str(path)!r} does not exist")
+    # Honest path: the network itself is not implemented yet, so a given file is not used either.
+    return NotAvailable(metric, f"{what} network is not implemented yet; weights {str(path)!r} were not loaded")
+
+
+def lpips_distance(a: Any, b: Any, weights_path: str | Path | None = None) -> NotAvailable:
+    """LPIPS distance between images ``a`` and ``b`` [(N,) H, W, 3].
+
+    Needs the LPIPS backbone + linear-layer weights from a local file. Without ``weights_path`` the
+    result is ``NotAvailable("lpips", "no local LPIPS weights ...")``. A missing file raises
+    :class:`MissingFileError`. The network is not implemented yet, so even an existing file yields
+    :class:`NotAvailable` (saying so) rather than a number. The inputs are validated either way.
+    """
+    _pair(a, b)
+    return _network_metric("lpips", "LPIPS", weights_path)
+
+
+def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> NotAvailable:
+    """FID between two image sets [N, H, W, 3] (needs local Inception weights; see :func:`lpips_distance`)."""
+    to_float_images(real, "real")
+    to_float_images(fake, "fake")
+    return _network_metric("fid", "Inception (FID)", weights_path)
+
+
+def dino_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None) -> NotAvailable:
+    """DINO-ViT self-similarity structure distance (needs local DINO weights; see :func:`lpips_distance`)."""
+    _pair(a, b)
+    return _network_metric("dino_struct_dist", "DINO ViT", weights_path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# input handling
+
+
+def _as_tensor(x: Any, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, (list, tuple)) and len(x) and all(isinstance(e, torch.Tensor) for e in x):
+        return torch.stack([e.detach() for e in x])
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:
+        raise InvalidInputError(f"{name} must be an array or tensor, got {type(x).__name__}: {exc}") from exc
+    if arr.dtype == object:
+        raise InvalidInputError(f"{name} must be a numeric array, got an object array (ragged list?)")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def to_float_images(x: Any, name: str = "image", scale: float = 1.0) -> torch.Tensor:
+    """Validate ``x`` [H, W, 3] or [N, H, W, 3] and return float64 [N, H, W, 3] in [0, scale].
+
+    uint8 is divided by 255; floats must lie in [0, 1] (+-1e-3) and are not clipped.
+    """
+    t = _as_tensor(x, name)
+    if t.ndim == 3:
+        t = t[None]
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ShapeMismatchError(f"{name} must be [H, W, 3] or [N, H, W, 3], got shape {list(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0 or t.shape[2] == 0:
+        raise InvalidInputError(f"{name} is empty (shape {list(t.shape)})")
+    if t.dtype == torch.uint8:
+        return t.to(torch.float64) * (scale / 255.0)
+    if not t.is_floating_point():
+        raise InvalidInputError(f"{name} must be uint8 (0..255) or floating point (0..1), got dtype {t.dtype}")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t).all():
+        raise NonFiniteError(f"{name} contains NaN or inf")
+    lo, hi = float(t.min()), float(t.max())
+    if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
+        raise InvalidInputError(
+            f"float {name} must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] (0..255 data must be uint8)"
+        )
+    return t * scale
+
+
+def _pair(a: Any, b: Any, scale: float = 1.0, names: tuple[str, str] = ("a", "b")) -> tuple[torch.Tensor, torch.Tensor]:
+    ta = to_float_images(a, names[0], scale)
+    tb = to_float_images(b, names[1], scale)
+    if ta.shape != tb.shape:
+        raise ShapeMismatchError(
+            f"{names[0]} and {names[1]} must have the same shape, got {list(ta.shape)} and {list(tb.shape)}"
+        )
+    return ta, tb.to(ta.device)
+
+
+def _to_masks(mask: Any, n: int, h: int, w: int, device: torch.device, name: str = "mask") -> torch.Tensor:
+    """Validate a mask [H, W] / [N, H, W] (optionally [..., 1]) -> float64 [N, H, W] in [0, 1]."""
+    m = _as_tensor(mask, name)
+    if m.shape[-1:] == (1,) and (m.ndim == 4 or (m.ndim == 3 and tuple(m.shape) == (h, w, 1) != (n, h, w))):
+        m = m[..., 0]  # [..., H, W, 1] channel-last mask
+    if m.ndim == 2:
+        m = m[None].expand(n, -1, -1)
+    if m.ndim != 3 or tuple(m.shape) != (n, h, w):
+        raise ShapeMismatchError(f"{name} must be [{h}, {w}] or [{n}, {h}, {w}], got shape {list(m.shape)}")
+    if m.dtype == torch.bool or m.is_floating_point() or m.dtype in (torch.uint8, torch.int32, torch.int64, torch.int16, torch.int8):
+        m = m.to(torch.float64)
+    else:
+        raise InvalidInputError(f"{name} must be bool or numeric, got dtype {m.dtype}")
+    if not torch.isfinite(m).all():
+        raise NonFiniteError(f"{name} contains NaN or inf")
+    if float(m.min()) < 0.0 or float(m.max()) > 1.0:
+        raise InvalidInputError(
+            f"{name} values must be in [0, 1], got [{float(m.min()):.4g}, {float(m.max()):.4g}] "
+            "(a 0/255 mask must be divided by 255)"
+        )
+    return m.to(device)
+
+
+def _reduce(values: torch.Tensor, reduction: Reduction) -> float | np.ndarray:
+    v = values.detach().cpu().numpy().astype(np.float64)
+    if reduction == "none":
+        return v
+    if reduction != "mean":
+        raise InvalidInputError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    finite_or_inf = v[~np.isnan(v)]
+    return float(finite_or_inf.mean()) if finite_or_inf.size else float("nan")
+
+
+def _check_empty_rule(empty: str) -> None:
+    if empty not in ("raise", "nan"):
+        raise InvalidInputError(f"empty must be 'raise' or 'nan', got {empty!r}")
+
+
+def _psnr_from_mse(m: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB for MSE values on the 0..255 scale (inf where mse == 0, NaN stays NaN)."""
+    return 10.0 * torch.log10(255.0**2 / m)
+
+
+# ----------------------------------------------------------------------------------------------------
+# full-reference image metrics
+
+
+def mse(a: Any, b: Any, reduction: Reduction = "mean") -> float | np.ndarray:
+    """Mean squared error on the 0..255 scale: ``mean((255 a - 255 b)^2)`` over pixels and channels.
+
+    a, b [H, W, 3] or [N, H, W, 3] (uint8 or float in [0, 1]).
+    """
+    ta, tb = _pair(a, b, 255.0)
+    return _reduce(((ta - tb) ** 2).mean(dim=(1, 2, 3)), reduction)
+
+
+def psnr(a: Any, b: Any, reduction: Reduction = "mean") -> float | np.ndarray:
+    """PSNR in dB with data range 255: ``10 log10(255^2 / mse)``; identical images give ``inf``.
+
+    Batches are averaged per image (mean of per-image PSNRs).
+    """
+    ta, tb = _pair(a, b, 255.0)
+    return _reduce(_psnr_from_mse(((ta - tb) ** 2).mean(dim=(1, 2, 3))), reduction)
+
+
+def fmse(a: Any, b: Any, mask: Any, reduction: Reduction = "mean", empty: EmptyRule = "raise") -> float | np.ndarray:
+    """Foreground MSE (iHarmony4) on the 0..255 scale: ``sum(mask (a - b)^2) / (3 sum(mask))``.
+
+    The squared error is summed over the 3 channels, weighted by the (soft) mask [H, W] or [N, H, W],
+    and divided by 3 times the mask's total weight. Empty masks follow ``empty`` (module docstring).
+    """
+    _check_empty_rule(empty)
+    ta, tb = _pair(a, b, 255.0)
+    n, h, w, _ = ta.shape
+    m = _to_masks(mask, n, h, w, ta.device)
+    weight = m.sum(dim=(1, 2))
+    is_empty = weight < _EMPTY_EPS
+    if is_empty.any() and empty == "raise":
+        idx = torch.nonzero(is_empty).flatten().tolist()
+        raise InvalidInputError(f"fmse needs a non-empty foreground mask; mask is empty for image(s) {idx}")
+    err = (m[..., None] * (ta - tb) ** 2).sum(dim=(1, 2, 3))
+    vals = err / (3.0 * weight.clamp_min(_EMPTY_EPS))
+    vals = torch.where(is_empty, torch.full_like(vals, float("nan")), vals)
+    return _reduce(vals, reduction)
+
+
+def fpsnr(a: Any, b: Any, mask: Any, reduction: Reduction = "mean", empty: EmptyRule = "raise") -> float | np.ndarray:
+    """Foreground PSNR: ``10 log10(255^2 / fmse)`` per image (inf for a perfect foreground)."""
+    vals = fmse(a, b, mask, reduction="none", empty=empty)
+    with np.errstate(divide="ignore"):
+        p = 10.0 * np.log10(255.0**2 / vals)
+    return _reduce(torch.from_numpy(p), reduction)
+
+
+def _gaussian_kernel1d(sigma: float, radius: int, device: torch.device) -> torch.Tensor:
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64, device=device)
+    k = torch.exp(-(x**2) / (2.0 * sigma**2))
+    return k / k.sum()
+
+
+def _sep_filter(x: torch.Tensor, k: torch.Tensor, padding: str, backend: str = "auto") -> torch.Tensor:
+    """Separable filter of x [B, C, H, W] with the symmetric 1-D kernel k.
+
+    padding 'valid' (output shrinks by len(k) - 1) or 'reflect' (same size, torch 'reflect' = OpenCV
+    BORDER_REFLECT_101). backend 'auto' uses OpenCV for CPU tensors (about 25x faster than torch's
+    float64 conv on CPU) and torch conv2d otherwise; both compute the same sums.
+    """
+    r = (k.numel() - 1) // 2
+    if backend == "cv2" or (backend == "auto" and x.device.type == "cpu"):
+        import cv2
+
+        kn = k.detach().cpu().numpy()
+        planes = x.detach().cpu().numpy().reshape(-1, x.shape[-2], x.shape[-1])
+        out = np.stack([cv2.sepFilter2D(p, cv2.CV_64F, kn, kn, borderType=cv2.BORDER_REFLECT_101) for p in planes])
+        out = torch.from_numpy(out.reshape(x.shape)).to(x.dtype)
+        return out[..., r:-r, r:-r] if padding == "valid" and r > 0 else out
+    c = x.shape[1]
+    if padding == "reflect":
+        x = F.pad(x, (r, r, r, r), mode="reflect")
+    kx = k.view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    ky = k.view(1, 1, -1, 1).expand(c, 1, -1, 1)
+    return F.conv2d(F.conv2d(x, kx, groups=c), ky, groups=c)
+
+
+def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """SSIM map of x, y [B, C, H, W] ('valid' window positions only)."""
+    k = _gaussian_kernel1d(sigma, window // 2, x.device)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = _sep_filter(x, k, "valid"), _sep_filter(y, k, "valid")
+    sxx = _sep_filter(x * x, k, "valid") - mx * mx
+    syy = _sep_filter(y * y, k, "valid") - my * my
+    sxy = _sep_filter(x * y, k, "valid") - mx * my
+    return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+
+
+def ssim(a: Any, b: Any, reduction: Reduction = "mean") -> float | np.ndarray:
+    """Structural similarity (Wang et al. 2004) per RGB channel, averaged over channels and positions.
+
+    Gaussian window of 11 taps, sigma 1.5 (normalised), constants ``c1 = (0.01 L)^2``,
+    ``c2 = (0.03 L)^2`` with data range ``L = 255`` on the 0..255 scale; local moments are plain
+    Gaussian-weighted (no sample-covariance correction); only window positions fully inside the image
+    are used ('valid', as the reference MATLAB code), so images must be at least 11 x 11. Equals
+    ``kornia.metrics.ssim(..., 11, padding='valid', eps=0).mean()`` per image.
+    """
+    ta, tb = _pair(a, b, 255.0)
+    if ta.shape[1] < 11 or ta.shape[2] < 11:
+        raise InvalidInputError(f"ssim needs images of at least 11 x 11 pixels, got {ta.shape[1]} x {ta.shape[2]}")
+    m = _ssim_map(ta.permute(0, 3, 1, 2), tb.permute(0, 3, 1, 2), 255.0)
+    return _reduce(m.mean(dim=(1, 2, 3)), reduction)
+
+
+# ----------------------------------------------------------------------------------------------------
+# temporal metrics
+
+
+def _frames(frames: Any, name: str = "frames") -> torch.Tensor:
+    t = _as_tensor(frames, name)
+    if t.ndim != 4 or t.shape[-1] != 3:
+        raise ShapeMismatchError(f"{name} must be [T, H, W, 3], got shape {list(t.shape)}")
+    if t.shape[0] < 2:
+        raise InvalidInputError(f"{name} needs at least 2 frames, got {t.shape[0]}")
+    return t
+
+
+def flicker_score(frames: Any) -> float:
+    """VBench temporal flickering score: ``(255 - mean |f_t - f_{t+1}|) / 255``, in [0, 1], 1 = static.
+
+    frames [T, H, W, 3], T >= 2. The mean runs over all pixels, channels and the T-1 consecutive pairs
+    (each pair weighs the same). uint8 frames are used as is; float frames in [0, 1] are quantised to
+    uint8 first (``round(255 x)``), as VBench reads 8-bit video.
+    """
+    t = _frames(frames)
+    if t.dtype != torch.uint8:
+        t = torch.round(to_float_images(t, "frames", 255.0)).to(torch.uint8)
+    t = t.to(torch.int16)
+    mad = (t[1:] - t[:-1]).abs().to(torch.float64).mean()
+    return float((255.0 - mad) / 255.0)
+
+
+def _warp_backward(prev: torch.Tensor, flow: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear sample prev [B, H, W, C] at p + flow[p] (flow [B, H, W, 2], pixel units, dx dy).
+
+    Pixel i has its centre at index i. Returns warped [B, H, W, C] (borders clamped) and inside
+    [B, H, W] bool: the sample point lies on the image (within half a pixel of the border centres).
+    """
+    _, h, w, _ = prev.shape
+    v, u = torch.meshgrid(
+        torch.arange(h, dtype=torch.float64, device=prev.device),
+        torch.arange(w, dtype=torch.float64, device=prev.device),
+        indexing="ij",
+    )
+    x = u + flow[..., 0]
+    y = v + flow[..., 1]
+    inside = (x >= -0.5) & (x <= w - 0.5) & (y >= -0.5) & (y <= h - 0.5)
+    # align_corners=True: -1 and +1 are the centres of the first and last pixels.
+    grid = torch.stack([2.0 * x / (w - 1) - 1.0, 2.0 * y / (h - 1) - 1.0], dim=-1)
+    out = F.grid_sample(prev.permute(0, 3, 1, 2), grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return out.permute(0, 2, 3, 1), inside
+
+
+def warping_error(
+    frames: Any, flows: Any, valids: Any | None = None, empty: EmptyRule = "raise"
+) -> float:
+    """Temporal warping error (Lai et al. 2018 style) with given backward flow and validity.
+
+    For each consecutive pair, frame t-1 is warped to frame t by the backward flow t -> t-1 (in the
+    convention of ``scene_tools.flow``: pixel p at t shows what is at ``p + flow[p]`` at t-1; bilinear,
+    pixel centres at integer indices). The pair's error is the mean *squared* difference on the [0, 1]
+    scale, averaged over the 3 channels and the valid pixels (``valids`` weights, [0, 1]; pixels whose
+    sample point falls outside the image are dropped too). The result is the mean over pairs.
+
+    frames [T, H, W, 3] (uint8 or float [0, 1]); flows [T-1, H, W, 2] (flows[i] maps frame i+1 to i) or
+    [T, H, W, 2] with entry 0 ignored (as ``scene_tools.flow.sequence_flow`` returns); valids like flows
+    without the last axis (None = all valid). Pairs without a valid pixel follow ``empty``; with
+    ``"nan"`` they are skipped (NaN if all are). 0 for a perfectly consistent video.
+    """
+    _check_empty_rule(empty)
+    f = to_float_images(_frames(frames), "frames")
+    t, h, w, _ = f.shape
+    if h < 2 or w < 2:
+        raise InvalidInputError(f"warping_error needs frames of at least 2 x 2 pixels, got {h} x {w}")
+    fl = _as_tensor(flows, "flows")
+    if fl.ndim != 4 or fl.shape[1:] != (h, w, 2) or fl.shape[0] not in (t - 1, t):
+        raise ShapeMismatchError(f"flows must be [{t - 1} or {t}, {h}, {w}, 2], got shape {list(fl.shape)}")
+    if not fl.is_floating_point():
+        raise InvalidInputError(f"flows must be floating point, got dtype {fl.dtype}")
+    fl = fl.to(torch.float64).to(f.device)
+    if not torch.isfinite(fl).all():
+        raise NonFiniteError("flows contain NaN or inf")
+    drop_first = fl.shape[0] == t
+    if drop_first:
+        fl = fl[1:]
+    if valids is None:
+        m = torch.ones(t - 1, h, w, dtype=torch.float64, device=f.device)
+    else:
+        vt = _as_tensor(valids, "valids")
+        if vt.ndim != 3 or vt.shape[0] != (t if drop_first else t - 1):
+            raise ShapeMismatchError(f"valids must be [{fl.shape[0] + drop_first}, {h}, {w}] like flows, got {list(vt.shape)}")
+        m = _to_masks(vt, vt.shape[0], h, w, f.device, "valids")
+        if drop_first:
+            m = m[1:]
+    warped, inside = _warp_backward(f[:-1], fl)
+    m = m * inside
+    weight = m.sum(dim=(1, 2))
+    is_empty = weight < _EMPTY_EPS
+    if is_empty.any() and empty == "raise":
+        idx = torch.nonzero(is_empty).flatten().tolist()
+        raise InvalidInputError(f"warping_error: no valid pixel for pair(s) {idx} (frame i+1 -> i)")
+    err = (m[..., None] * (f[1:] - warped) ** 2).sum(dim=(1, 2, 3)) / (3.0 * weight.clamp_min(_EMPTY_EPS))
+    err = torch.where(is_empty, torch.full_like(err, float("nan")), err)
+    return float(_reduce(err, "mean"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# structure and artifact metrics
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """[N, H, W, 3] -> [N, 1, H, W] BT.601 luma."""
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device)
+    return (x * w).sum(-1)[:, None]
+
+
+def _sobel_magnitude(y: torch.Tensor) -> torch.Tensor:
+    """[N, 1, H, W] -> [N, H-2, W-2] Sobel gradient magnitude ('valid' positions only)."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=y.dtype, device=y.device)
+    k = torch.stack([kx, kx.T])[:, None]  # [2, 1, 3, 3]
+    g = F.conv2d(y, k)
+    return torch.sqrt((g**2).sum(1))
+
+
+def structure_preservation(input: Any, output: Any, mask: Any | None = None, reduction: Reduction = "mean") -> float | np.ndarray:
+    """How well ``output`` keeps the edges of ``input``: correlation of their gradient magnitudes.
+
+    Score per image = ``max(0, pearson(|grad Y_in|, |grad Y_out|))`` where Y is BT.601 luma and the
+    gradient is the 3x3 Sobel operator on interior pixels. Pearson correlation is invariant to a
+    global gain and offset of the edge strengths, so a global colour/brightness shift scores close to
+    1, identical images exactly 1, and an image whose pixels were shuffled about 0. With ``mask``
+    ([H, W] / [N, H, W]) the correlation is weighted by the mask (e.g. restrict to an inserted object).
+    Degenerate cases: both gradient maps constant -> 1.0; exactly one constant -> 0.0.
+    Range [0, 1]; inputs [H, W, 3] or [N, H, W, 3].
+    """
+    ta, tb = _pair(input, output, names=("input", "output"))
+    n, h, w, _ = ta.shape
+    if h < 3 or w < 3:
+        raise InvalidInputError(f"structure_preservation needs at least 3 x 3 pixels, got {h} x {w}")
+    ga = _sobel_magnitude(_luma(ta)).flatten(1)
+    gb = _sobel_magnitude(_luma(tb)).flatten(1)
+    if mask is None:
+        wts = torch.ones_like(ga)
+    else:
+        wts = _to_masks(mask, n, h, w, ta.device)[:, 1:-1, 1:-1].flatten(1)
+    wsum = wts.sum(1, keepdim=True)
+    if (wsum < _EMPTY_EPS).any():
+        raise InvalidInputError("structure_preservation: mask is empty (inside the 1-pixel border) for some image")
+    ma = (wts * ga).sum(1, keepdim=True) / wsum
+    mb = (wts * gb).sum(1, keepdim=True) / wsum
+    da, db = ga - ma, gb - mb
+    cov = (wts * da * db).sum(1)
+    va, vb = (wts * da * da).sum(1), (wts * db * db).sum(1)
+    # relative flatness threshold: gradient variance tiny compared with its scale (float noise)
+    flat_a = va <= 1e-20 * (wsum[:, 0] * (1.0 + ma[:, 0] ** 2))
+    flat_b = vb <= 1e-20 * (wsum[:, 0] * (1.0 + mb[:, 0] ** 2))
+    corr = cov / torch.sqrt((va * vb).clamp_min(1e-300))
+    corr = corr.clamp(0.0, 1.0)
+    corr = torch.where(flat_a & flat_b, torch.ones_like(corr), corr)
+    corr = torch.where(flat_a ^ flat_b, torch.zeros_like(corr), corr)
+    return _reduce(corr, reduction)
+
+
+def _highpass_energy(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Mean squared high-pass (x minus its Gaussian blur, sigma 1, radius 3, reflect) per image."""
+    k = _gaussian_kernel1d(sigma, math.ceil(3 * sigma), x.device)
+    xc = x.permute(0, 3, 1, 2)
+    hp = xc - _sep_filter(xc, k, "reflect")
+    return (hp**2).mean(dim=(1, 2, 3))
+
+
+def hf_artifact_ratio(output: Any, target: Any, reduction: Reduction = "mean") -> float | np.ndarray:
+    """High-frequency energy ratio ``E(output) / E(target)``; 1 when equal, > 1 for added HF artifacts.
+
+    E = mean over pixels and channels of ``(x - G_sigma1 * x)^2`` on the [0, 1] scale (Gaussian blur,
+    sigma 1, 7 taps, reflect padding). > 1: output has more fine detail/noise than the target (e.g.
+    checkerboard or ringing artifacts); < 1: output is blurrier. When the target has no HF energy the
+    ratio is 1.0 if the output has none either, else inf. For videos without a ground truth pass the
+    input frames as ``target``. Images need at least 4 x 4 pixels (reflect padding of 3).
+    """
+    to, tt = _pair(output, target, names=("output", "target"))
+    if to.shape[1] < 4 or to.shape[2] < 4:
+        raise InvalidInputError(f"hf_artifact_ratio needs at least 4 x 4 pixels, got {to.shape[1]} x {to.shape[2]}")
+    eo, et = _highpass_energy(to), _highpass_energy(tt)
+    tiny = 1e-24
+    ratio = eo / et.clamp_min(tiny)
+    ratio = torch.where(et <= tiny, torch.where(eo <= tiny, torch.ones_like(eo), torch.full_like(eo, float("inf"))), ratio)
+    return _reduce(ratio, reduction)
