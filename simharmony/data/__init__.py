@@ -1,0 +1,29 @@
+"""Data curation: paired (input, target) items, the software ISP, the generating streams and shards.
+
+- :mod:`simharmony.data.item`: :class:`PairItem`, the one item format
+- :mod:`simharmony.data.isp`: :class:`IspParams`, :func:`sample_isp_params`, :func:`apply_isp`
+- :mod:`simharmony.data.streams`: stream configs and generators (``isp``, ``shadow``, ``rpb``), report
+- :mod:`simharmony.data.shards`: :func:`generate_dataset`, :class:`ShardDataset`, :class:`MixingBatchSampler`
+
+This package may import ``scene_tools`` (it renders the streets); the model code must not.
+"""
+
+from simharmony.data.isp import IspParams, IspRanges, apply_isp, sample_isp_params
+from simharmony.data.item import PairItem
+from simharmony.data.shards import MixingBatchSampler, ShardDataset, finalize_dataset, generate_dataset
+from simharmony.data.streams import STREAMS, psnr_in_mask, stream_report
+
+__all__ = [
+    "STREAMS",
+    "IspParams",
+    "IspRanges",
+    "MixingBatchSampler",
+    "PairItem",
+    "ShardDataset",
+    "apply_isp",
+    "finalize_dataset",
+    "generate_dataset",
+    "psnr_in_mask",
+    "sample_isp_params",
+    "stream_report",
+]
