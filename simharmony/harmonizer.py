@@ -1,0 +1,277 @@
+"""Streaming API: enhance frames of one or several camera streams online, with K cached past latents each.
+
+    from simharmony.harmonizer import Harmonizer
+    h = Harmonizer.from_pretrained("weights/enhancer")   # or an Enhancer, or "default"
+    out = h.enhance(frame)                                 # numpy HxWx3 uint8/float, torch [3,H,W]/[H,W,3]
+    out = h.enhance(frame, mask=mask, depth=depth, stream="front")
+    outs = h.enhance_batch({"front": f0, "left": f1})      # equal-size streams share one forward
+    h.reset("front"); h.reset()                            # scene cut / all streams
+
+Context cache: per stream, the latents of the last K *output* frames, most recent first. We cache the
+backbone's output latent ``z_out`` (before decoding) rather than ``E(D(z_out))``: the paper conditions on
+E(I_hat), and for the lossless codec the two agree except where the decoded image is clamped to [0, 1];
+for a lossy autoencoder caching ``z_out`` saves one encode per frame. Training on temporal batches must
+feed the same kind of context. ``reencode_context=True`` switches to E(clamp(D(z_out))), the paper's
+literal definition, at the cost of one encode per frame.
+
+A stream's context is reset when its resolution changes, on ``cut=True`` and on :meth:`Harmonizer.reset`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from simharmony.errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    MissingFileError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
+from simharmony.models.enhancer import Enhancer
+from simharmony.paths import ENHANCER_DIR
+
+
+@dataclass
+class _StreamState:
+    size: tuple[int, int]
+    latents: deque = field(default_factory=deque)  # most recent first, [1, Cz, h, w] each
+
+
+@dataclass
+class _Prepared:
+    x: torch.Tensor  # [3, H, W] float in [0, 1], on the model's device
+    restore: Callable[[torch.Tensor], Any]  # [3, H, W] float32 in [0, 1] -> the caller's kind
+
+
+class Harmonizer:
+    """Online enhancer over several independent streams. Deterministic; no gradients.
+
+    model: an :class:`Enhancer`; device "cpu"/"cuda"; dtype torch.float32 or torch.bfloat16;
+    reencode_context: cache E(output image) instead of the output latent (see module docstring).
+    """
+
+    def __init__(self, model: Enhancer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, reencode_context: bool = False):
+        if not isinstance(model, Enhancer):
+            raise InvalidInputError(f"model must be an Enhancer, got {type(model).__name__}")
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailableError("device='cuda' requested but CUDA is not available; use device='cpu'")
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise InvalidInputError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.device = device
+        self.dtype = dtype
+        self.reencode_context = reencode_context
+        self.context_frames = model.config.context_frames
+        self._streams: dict[Hashable, _StreamState] = {}
+
+    @classmethod
+    def from_pretrained(cls, path_or_model: str | os.PathLike | Enhancer = "default", **kwargs) -> Harmonizer:
+        """From an Enhancer, a folder written by ``Enhancer.save_pretrained`` or "default" (weights/enhancer)."""
+        if isinstance(path_or_model, Enhancer):
+            return cls(path_or_model, **kwargs)
+        if isinstance(path_or_model, str) and path_or_model == "default":
+            folder = Path(ENHANCER_DIR)
+            if not (folder / "model.safetensors").is_file():
+                raise MissingFileError(
+                    f"default enhancer weights are not trained yet: expected {folder}/config.yaml and "
+                    f"{folder}/model.safetensors. Train them, or pass a folder saved with Enhancer.save_pretrained "
+                    "or an Enhancer instance."
+                )
+            return cls(Enhancer.from_pretrained(folder), **kwargs)
+        return cls(Enhancer.from_pretrained(path_or_model), **kwargs)
+
+    # -- stream bookkeeping -------------------------------------------------------------------------------
+    @property
+    def streams(self) -> list[Hashable]:
+        return list(self._streams)
+
+    def context_length(self, stream: Hashable = "default") -> int:
+        """How many past latents the stream holds now (0..K)."""
+        state = self._streams.get(stream)
+        return 0 if state is None else len(state.latents)
+
+    def reset(self, stream: Hashable | None = None) -> None:
+        """Forget the context of one stream (scene cut) or of all streams (None)."""
+        if stream is None:
+            self._streams.clear()
+        else:
+            self._streams.pop(stream, None)
+
+    def _state(self, stream: Hashable, size: tuple[int, int], cut: bool) -> _StreamState:
+        state = self._streams.get(stream)
+        if state is None or cut or state.size != size:  # resolution change = new context
+            state = _StreamState(size=size, latents=deque(maxlen=max(self.context_frames, 1)))
+            self._streams[stream] = state
+        return state
+
+    # -- enhancement --------------------------------------------------------------------------------------
+    def enhance(self, frame, mask=None, depth=None, stream: Hashable = "default", cut: bool = False):
+        """Enhance one frame of ``stream``; returns the same kind, layout and dtype as ``frame``.
+
+        frame: numpy [H, W, 3] uint8 or float in [0, 1]; torch [3, H, W] or [H, W, 3] uint8 or float.
+        mask: optional [H, W] (or [H, W, 1] / [1, H, W]) bool, uint8 (0..255) or float in [0, 1].
+        depth: optional [H, W] z-depth, >= 0, inf = no hit. cut: reset the stream's context first.
+        """
+        return self.enhance_batch({stream: frame}, masks={stream: mask}, depths={stream: depth}, cuts={stream} if cut else None)[stream]
+
+    def enhance_batch(
+        self,
+        frames: Mapping[Hashable, Any],
+        masks: Mapping[Hashable, Any] | None = None,
+        depths: Mapping[Hashable, Any] | None = None,
+        cuts: set | None = None,
+    ) -> dict[Hashable, Any]:
+        """Enhance one frame for each stream in ``frames`` ({stream: frame}); returns {stream: output}.
+
+        Streams with the same frame size, context length and optional inputs run as one batched forward.
+        All inputs are validated before any stream's context is touched.
+        """
+        if not isinstance(frames, Mapping) or not frames:
+            raise InvalidInputError("frames must be a non-empty mapping {stream: frame}")
+        masks, depths, cuts = masks or {}, depths or {}, cuts or set()
+        prepared = {}
+        for s, frame in frames.items():
+            p = _prepare_frame(frame, self.device)
+            hw = tuple(p.x.shape[-2:])
+            m = _prepare_map(masks.get(s), hw, "mask", self.device)
+            d = _prepare_map(depths.get(s), hw, "depth", self.device)
+            prepared[s] = (p, m, d)
+        groups: dict[tuple, list] = {}
+        for s, (p, m, d) in prepared.items():
+            state = self._state(s, tuple(p.x.shape[-2:]), s in cuts)
+            key = (tuple(p.x.shape[-2:]), len(state.latents), m is not None, d is not None)
+            groups.setdefault(key, []).append(s)
+        outputs = {}
+        with torch.inference_mode():
+            for (_, n_past, has_m, has_d), names in groups.items():
+                x = torch.stack([prepared[s][0].x for s in names]).to(self.dtype)
+                mask = torch.stack([prepared[s][1] for s in names]).to(self.dtype) if has_m else None
+                depth = torch.stack([prepared[s][2] for s in names]).to(self.dtype) if has_d else None
+                past = None
+                if n_past:
+                    past = torch.stack([torch.cat(list(self._streams[s].latents), dim=0) for s in names])  # [B, T, Cz, h, w]
+                out, z = self.model(x, past, mask=mask, depth=depth)
+                if self.reencode_context:
+                    z = self.model.encode(out)
+                for i, s in enumerate(names):
+                    if self.context_frames > 0:
+                        self._streams[s].latents.appendleft(z[i : i + 1].clone())
+                    outputs[s] = prepared[s][0].restore(out[i].float())
+        return {s: outputs[s] for s in frames}
+
+
+# -- input conversion -------------------------------------------------------------------------------------
+def _check_finite(arr, what: str) -> None:
+    finite = np.isfinite(arr).all() if isinstance(arr, np.ndarray) else bool(torch.isfinite(arr).all())
+    if not finite:
+        raise NonFiniteError(f"{what} contains NaN or infinite values")
+
+
+def _prepare_frame(frame, device: torch.device) -> _Prepared:
+    """Frame of any accepted kind -> [3, H, W] float32 in [0, 1] on ``device`` plus the inverse conversion."""
+    if isinstance(frame, np.ndarray):
+        if frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ShapeMismatchError(f"numpy frame must be [H, W, 3], got shape {frame.shape}")
+        dtype = frame.dtype
+        if dtype == np.uint8:
+            x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float() / 255.0
+
+            def restore(y):
+                return (y * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+        elif np.issubdtype(dtype, np.floating):
+            _check_finite(frame, "frame")
+            _check_range(float(frame.min()), float(frame.max()))
+            x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).to(device).permute(2, 0, 1).clamp(0, 1)
+
+            def restore(y):
+                return y.permute(1, 2, 0).cpu().numpy().astype(dtype, copy=False)
+
+        else:
+            raise InvalidInputError(f"numpy frame dtype must be uint8 or floating in [0, 1], got {dtype}")
+        _check_size(x)
+        return _Prepared(x, restore)
+    if isinstance(frame, torch.Tensor):
+        if frame.ndim != 3 or (frame.shape[0] != 3 and frame.shape[-1] != 3):
+            raise ShapeMismatchError(f"torch frame must be [3, H, W] or [H, W, 3], got shape {tuple(frame.shape)}")
+        chw = frame.shape[0] == 3  # [3, H, 3] is read as channels-first
+        src_device, dtype = frame.device, frame.dtype
+        x = frame if chw else frame.permute(2, 0, 1)
+        if dtype == torch.uint8:
+            x = x.to(device).float() / 255.0
+        elif dtype.is_floating_point:
+            _check_finite(frame, "frame")
+            _check_range(float(frame.min()), float(frame.max()))
+            x = x.to(device=device, dtype=torch.float32).clamp(0, 1)
+        else:
+            raise InvalidInputError(f"torch frame dtype must be uint8 or floating in [0, 1], got {dtype}")
+
+        def restore(y):
+            if dtype == torch.uint8:
+                y = (y * 255.0).round().clamp(0, 255).to(torch.uint8)
+            else:
+                y = y.to(dtype)
+            y = y if chw else y.permute(1, 2, 0)
+            return y.to(src_device).contiguous()
+
+        _check_size(x)
+        return _Prepared(x.contiguous(), restore)
+    raise InvalidInputError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
+
+
+def _check_range(lo: float, hi: float, tol: float = 1e-3) -> None:
+    if lo < -tol or hi > 1 + tol:
+        raise InvalidInputError(f"float frames must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] (pass uint8 for 0..255)")
+
+
+def _check_size(x: torch.Tensor) -> None:
+    if x.shape[-2] < 2 or x.shape[-1] < 2:
+        raise ShapeMismatchError(f"frame too small: {tuple(x.shape[-2:])}")
+
+
+def _prepare_map(value, hw: tuple[int, int], what: str, device: torch.device) -> torch.Tensor | None:
+    """Mask or depth of any accepted kind -> [1, H, W] float32 on ``device`` (None stays None)."""
+    if value is None:
+        return None
+    if isinstance(value, np.ndarray):
+        if value.dtype == np.bool_:
+            value = value.astype(np.float32)
+        t = torch.from_numpy(np.ascontiguousarray(value))
+    elif isinstance(value, torch.Tensor):
+        t = value.detach().cpu()
+        if t.dtype == torch.bool:
+            t = t.float()
+    else:
+        raise InvalidInputError(f"{what} must be a numpy array or torch tensor, got {type(value).__name__}")
+    if t.ndim == 3 and 1 in (t.shape[0], t.shape[-1]):
+        t = t[0] if t.shape[0] == 1 else t[..., 0]
+    if t.ndim != 2:
+        raise ShapeMismatchError(f"{what} must be [H, W] (or [H, W, 1] / [1, H, W]), got shape {tuple(t.shape)}")
+    if tuple(t.shape) != hw:
+        raise ShapeMismatchError(f"{what} size {tuple(t.shape)} does not match the frame size {hw}")
+    if what == "mask":
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+        elif not t.is_floating_point():
+            raise InvalidInputError(f"mask dtype must be bool, uint8 or float in [0, 1], got {t.dtype}")
+        _check_finite(t, "mask")
+        if float(t.min()) < 0 or float(t.max()) > 1:
+            raise InvalidInputError(f"float mask must be in [0, 1], got [{float(t.min()):.4g}, {float(t.max()):.4g}]")
+    else:
+        if not t.is_floating_point():
+            t = t.float()
+        if torch.isnan(t).any():
+            raise NonFiniteError("depth contains NaN (use inf for pixels with no hit)")
+        if float(t.min()) < 0:
+            raise InvalidInputError("depth must be >= 0 (z-depth in metres, inf = no hit)")
+    return t.float()[None].to(device)

@@ -1,0 +1,203 @@
+"""The compact temporal UNet backbone F and its config.
+
+F maps the clean latent of the current frame, plus optional mask/depth channels and the cached latents of
+up to K previously *enhanced* frames, to the enhanced latent (diffusion-harmonizer section 3.1):
+
+    z_out = z_in + F(z_in, cond, past)
+
+- Single step, deterministic: the timestep and condition embeddings are fixed "null" buffers (registered,
+  saved with the weights, never inputs), as the paper does when repurposing a denoiser as a one-step
+  enhancer; their projection through the learned embedding MLP acts as a learned per-block bias.
+- Residual output with a zero-initialised last conv: a fresh backbone is exactly the identity in latent
+  space. Harmonization is a small correction of an already good frame, so training starts from "change
+  nothing" and learns corrections, instead of first having to learn to reproduce the input.
+- Levels: ``channels[i]`` at latent/2**i. Spatial self-attention at the lowest level; causal temporal
+  attention (zero-initialised, see :class:`~simharmony.models.layers.CausalTemporalAttention`) after the
+  ResBlocks of the levels in ``temporal_levels`` and in the middle block, so temporal and spatial layers
+  interleave.
+- Optional mask and depth inputs come as channels with a presence flag each, so one model runs with or
+  without them (trained with random dropout). Optional MACA scales/shifts foreground features from
+  foreground/background statistics at every level when a mask is present.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from simharmony.errors import ConfigError
+from simharmony.models.layers import (
+    MACA,
+    CausalTemporalAttention,
+    ResBlock,
+    SpatialSelfAttention,
+    group_norm,
+    sinusoidal_embedding,
+    zero_module,
+)
+from simharmony.utils.config import Config
+
+
+@dataclass
+class EnhancerConfig(Config):
+    """Everything needed to rebuild an :class:`~simharmony.models.Enhancer` (saved as config.yaml)."""
+
+    codec: Literal["pixel_unshuffle", "autoencoder"] = "pixel_unshuffle"
+    codec_downscale: int = 4  # f; for the autoencoder 2**len(ae_widths)
+    ae_widths: tuple[int, ...] = (24, 48)
+    ae_latent_channels: int = 8
+    detail_skips: bool = False  # Harmony-VAE / Clear-VAE decoder skips (autoencoder only)
+    channels: tuple[int, ...] = (24, 48, 96)  # backbone width per level (latent/2**i); ~2.2 GFLOP at 512x288
+    res_blocks: int = 1  # ResBlocks per level on the way down (the way up has one per level)
+    heads: int = 4
+    spatial_attention: bool = True  # self-attention at the lowest level
+    attention_max_tokens: int = 1024  # above this, keys/values are average-pooled (linear cost in area)
+    temporal_levels: tuple[int, ...] = (1, 2)  # levels with causal temporal attention
+    context_frames: int = 4  # K: most past latents the model attends to
+    use_mask: bool = True  # accept an inserted-asset mask channel (optional at run time)
+    use_depth: bool = True  # accept a depth channel (optional at run time)
+    depth_scale: float = 10.0  # depth d (metres) enters as s / (s + d): 1 at the camera, 0 at infinity
+    maca: bool = False  # mask-aware adaptive channel attention on the mask path
+    null_timestep: int = 999  # the fixed timestep whose embedding is the "null" time buffer
+    emb_dim: int = 128
+    cond_dim: int = 64  # size of the constant null condition vector
+
+    def __post_init__(self) -> None:
+        self.ae_widths = tuple(self.ae_widths)
+        self.channels = tuple(self.channels)
+        self.temporal_levels = tuple(self.temporal_levels)
+        if self.codec_downscale < 1:
+            raise ConfigError(f"codec_downscale must be >= 1, got {self.codec_downscale}")
+        if self.codec == "autoencoder" and 2 ** len(self.ae_widths) != self.codec_downscale:
+            raise ConfigError(f"ae_widths has {len(self.ae_widths)} stages (downscale {2 ** len(self.ae_widths)}) but codec_downscale={self.codec_downscale}")
+        if not self.channels or any(c < 1 for c in self.channels):
+            raise ConfigError(f"channels must be a non-empty list of positive ints, got {self.channels}")
+        if any(c % self.heads for c in self.channels):
+            raise ConfigError(f"every entry of channels {self.channels} must be divisible by heads={self.heads}")
+        if any(not 0 <= lv < len(self.channels) for lv in self.temporal_levels):
+            raise ConfigError(f"temporal_levels {self.temporal_levels} out of range for {len(self.channels)} levels")
+        if self.context_frames < 0 or self.res_blocks < 1:
+            raise ConfigError("context_frames must be >= 0 and res_blocks >= 1")
+        if self.depth_scale <= 0:
+            raise ConfigError(f"depth_scale must be > 0, got {self.depth_scale}")
+        if self.maca and not self.use_mask:
+            raise ConfigError("maca=True needs use_mask=True")
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.codec_downscale**2 if self.codec == "pixel_unshuffle" else self.ae_latent_channels
+
+    @property
+    def total_downscale(self) -> int:
+        """Frame sizes are padded to a multiple of this."""
+        return self.codec_downscale * 2 ** (len(self.channels) - 1)
+
+    @property
+    def cond_channels(self) -> int:
+        return 2 * int(self.use_mask) + 2 * int(self.use_depth)
+
+
+class TemporalUNet(nn.Module):
+    """F: z [B, Cz, h, w], cond [B, Cc, h, w] | None, past [B, T, Cz, h, w] | None (T <= K) -> z_out [B, Cz, h, w].
+
+    ``mask_lat [B, 1, h, w]`` (the mask at latent size, or None) drives MACA. ``h, w`` must be multiples of
+    ``2**(levels-1)``.
+    """
+
+    def __init__(self, cfg: EnhancerConfig):
+        super().__init__()
+        self.cfg = cfg
+        cz, ch, e = cfg.latent_channels, cfg.channels, cfg.emb_dim
+        # Constant null embeddings (buffers, not inputs): fixed timestep, all-zero condition.
+        self.register_buffer("null_time", sinusoidal_embedding(torch.tensor([float(cfg.null_timestep)]), e)[0])
+        self.register_buffer("null_cond", torch.zeros(cfg.cond_dim))
+        self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
+        self.cond_proj = nn.Linear(cfg.cond_dim, e)
+        self.conv_in = nn.Conv2d(cz + cfg.cond_channels, ch[0], 3, padding=1)
+
+        def temporal(c: int) -> CausalTemporalAttention:
+            return CausalTemporalAttention(c, cz, cfg.heads, max(cfg.context_frames, 1))
+
+        self.down = nn.ModuleList()
+        self.down_temporal = nn.ModuleList()
+        self.down_maca = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        c_prev = ch[0]
+        for lv, c in enumerate(ch):
+            self.down.append(nn.ModuleList([ResBlock(c_prev if i == 0 else c, c, e) for i in range(cfg.res_blocks)]))
+            self.down_temporal.append(temporal(c) if lv in cfg.temporal_levels else nn.Identity())
+            self.down_maca.append(MACA(c) if cfg.maca else nn.Identity())
+            if lv < len(ch) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+            c_prev = c
+        self.mid_attn = SpatialSelfAttention(ch[-1], cfg.heads, cfg.attention_max_tokens) if cfg.spatial_attention else nn.Identity()
+        self.mid_temporal = temporal(ch[-1])
+        self.mid_block = ResBlock(ch[-1], ch[-1], e)
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        self.up_temporal = nn.ModuleList()
+        for lv in reversed(range(len(ch) - 1)):
+            self.upsample.append(nn.Conv2d(ch[lv + 1], ch[lv], 3, padding=1))
+            self.up.append(ResBlock(ch[lv], ch[lv], e))
+            self.up_temporal.append(temporal(ch[lv]) if lv in cfg.temporal_levels else nn.Identity())
+        self.norm_out = group_norm(ch[0])
+        self.conv_out = zero_module(nn.Conv2d(ch[0], cz, 3, padding=1))
+
+    def embedding(self, batch: int) -> torch.Tensor:
+        emb = self.time_mlp(self.null_time) + self.cond_proj(self.null_cond)
+        return emb[None].expand(batch, -1)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        past: torch.Tensor | None = None,
+        mask_lat: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        if past is not None and past.shape[1] > cfg.context_frames:
+            past = past[:, : cfg.context_frames]  # most recent first: keep the newest K
+        if past is not None and past.shape[1] == 0:
+            past = None
+        emb = self.embedding(z.shape[0]).to(z.dtype)
+        if past is not None:
+            # Pool the past latents once per level (shared by all temporal layers of that level).
+            b, t = past.shape[:2]
+            flat = past.reshape(b * t, *past.shape[2:])
+            pyramid = [past]
+            for lv in range(1, len(cfg.channels)):
+                # 2x2 mean from four strided views: several times faster than avg_pool2d on CPU
+                flat = (flat[..., ::2, ::2] + flat[..., 1::2, ::2] + flat[..., ::2, 1::2] + flat[..., 1::2, 1::2]) * 0.25
+                pyramid.append(flat.reshape(b, t, *flat.shape[1:]))
+        else:
+            pyramid = [None] * len(cfg.channels)
+        x = torch.cat([z, cond], dim=1) if cond is not None else z
+        h = self.conv_in(x)
+        skips = []
+        for lv in range(len(cfg.channels)):
+            for block in self.down[lv]:
+                h = block(h, emb)
+            if mask_lat is not None and cfg.maca:
+                h = self.down_maca[lv](h, mask_lat)
+            if isinstance(self.down_temporal[lv], CausalTemporalAttention):
+                h = self.down_temporal[lv](h, pyramid[lv])
+            if lv < len(cfg.channels) - 1:
+                skips.append(h)
+                h = self.downsample[lv](h)
+        h = self.mid_attn(h)
+        h = self.mid_temporal(h, pyramid[-1])
+        h = self.mid_block(h, emb)
+        for j, lv in enumerate(reversed(range(len(cfg.channels) - 1))):
+            # conv at the coarse level, then nearest upsample: 4x cheaper than conv after upsampling
+            h = F.interpolate(self.upsample[j](h), scale_factor=2.0, mode="nearest")
+            h = self.up[j](h + skips[lv], emb)  # additive skips: half the cost of concatenation
+            if isinstance(self.up_temporal[j], CausalTemporalAttention):
+                h = self.up_temporal[j](h, pyramid[lv])
+        return z + self.conv_out(F.silu(self.norm_out(h)))
+
+    def temporal_layers(self) -> list[CausalTemporalAttention]:
+        return [m for m in self.modules() if isinstance(m, CausalTemporalAttention)]
