@@ -5,6 +5,7 @@
     simharmony render-street            render a procedural Mitsuba street to a frames folder
     simharmony reconstruct              train 3DGS on a frames folder, transforms.json or COLMAP text model
     simharmony assets                   list / query an asset bank
+    simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/holdout)
 """
 
 from __future__ import annotations
@@ -95,6 +96,70 @@ def _cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shard(text: str) -> tuple[int, int]:
+    from simharmony.errors import ConfigError
+
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ConfigError(f"--shard i/n needs n >= 1 and 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def _cmd_data_generate(args: argparse.Namespace) -> int:
+    from simharmony.data.presets import generate_preset, get_preset
+    from simharmony.data.shards import stream_seconds
+
+    preset = get_preset(args.preset)
+    if args.cache_dir is not None:
+        preset.cache_dir = args.cache_dir
+    record = generate_preset(preset, args.out, shard=_parse_shard(args.shard), progress=not args.quiet)
+    print(f"data {preset.name}: {record['num_items']} items in {args.out} (version {record['version'][:12]}, "
+          f"{'complete' if record['complete'] else 'missing ' + str(len(record['missing_shards'])) + ' shards'})")
+    for name, t in stream_seconds(args.out).items():
+        print(f"  {name:<11} {int(t['items']):6d} items {t['seconds'] / 60:8.1f} min")
+    return 0
+
+
+def _cmd_data_report(args: argparse.Namespace) -> int:
+    from simharmony.data.shards import iter_items, stream_seconds
+    from simharmony.data.streams import format_report, stream_report
+    from simharmony.utils.io import load_yaml
+
+    info = load_yaml(Path(args.dir) / "dataset.yaml") if (Path(args.dir) / "dataset.yaml").is_file() else {}
+    report = stream_report(iter_items(args.dir))  # raises MissingFileError / CorruptFileError on bad folders
+    print(f"dataset {args.dir}: {info.get('num_items')} items, version {info.get('version')}, "
+          f"complete={info.get('complete')}")
+    print(format_report(report))
+    seconds = stream_seconds(args.dir)
+    if seconds:
+        print("generation time: " + ", ".join(f"{k} {v['seconds'] / 60:.1f} min" for k, v in seconds.items()))
+    if args.json:
+        print(json.dumps({"info": {k: info.get(k) for k in ("version", "num_items", "complete")}, "report": report,
+                          "seconds": seconds}, indent=1))
+    return 0
+
+
+def _cmd_data_contact_sheet(args: argparse.Namespace) -> int:
+    from simharmony.data.shards import ShardDataset
+    from simharmony.visualize import contact_sheet, save_png, side_by_side
+
+    ds = ShardDataset(args.dir)
+    rows = []
+    for stream in sorted(ds.streams_of(ds.records)):
+        picked = [i for i, r in enumerate(ds.records) if r["stream"] == stream][: args.per_stream]
+        for i in picked:
+            it = ds.load_item(i)
+            t = it.num_frames // 2  # a sequence shows its middle frame
+            rows.append(side_by_side([it.input[t], it.target[t], it.mask[t]],
+                                     [f"{stream} input", "target", "mask"]))
+    save_png(args.out, contact_sheet(rows, max_rows=len(rows)))
+    print(f"wrote {args.out}: {len(rows)} rows (input | target | mask)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simharmony", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -135,6 +200,25 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--bank", default=str(DEMO_ASSETS_DIR))
     a.add_argument("--category", default=None)
     a.set_defaults(func=_cmd_assets)
+
+    dt = sub.add_parser("data", help="paired training data: generate presets, report PSNR in masks, contact sheet")
+    dsub = dt.add_subparsers(dest="data_command", required=True)
+    g = dsub.add_parser("generate", help="generate (or resume) a preset's shards")
+    g.add_argument("--preset", default="tiny", help="tiny, default or holdout")
+    g.add_argument("--out", required=True, help="dataset folder")
+    g.add_argument("--shard", default="0/1", help="i/n: make only this machine's share of the shards")
+    g.add_argument("--cache-dir", default=None, help="reconstruction cache (default $SIMHARMONY_RECON_CACHE or data/cache/recon)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    g.set_defaults(func=_cmd_data_generate)
+    rp = dsub.add_parser("report", help="PSNR(input, target) inside the mask per stream, and generation times")
+    rp.add_argument("dir")
+    rp.add_argument("--json", action="store_true", help="also print the report as JSON")
+    rp.set_defaults(func=_cmd_data_report)
+    cs = dsub.add_parser("contact-sheet", help="PNG grid of input | target | mask per stream")
+    cs.add_argument("dir")
+    cs.add_argument("--out", required=True, help="PNG path")
+    cs.add_argument("--per-stream", type=int, default=2, help="items shown per stream")
+    cs.set_defaults(func=_cmd_data_contact_sheet)
     return p
 
 

@@ -18,15 +18,16 @@ from simharmony.data.streams import (
 from simharmony.errors import ConfigError, InvalidInputError
 
 N = 5
+BASE = ("isp", "rpb", "shadow")  # the streams this file covers; the others have their own test files
 
 
 @pytest.fixture(scope="module")
 def items():
     cfgs = tiny_configs()
-    return {name: list(gen(cfgs[name], seed=11, count=N)) for name, (_, gen) in STREAMS.items()}
+    return {name: list(STREAMS[name][1](cfgs[name], seed=11, count=N)) for name in BASE}
 
 
-@pytest.mark.parametrize("name", sorted(STREAMS))
+@pytest.mark.parametrize("name", BASE)
 def test_stream_items_valid_and_degraded(items, name):
     its = items[name]
     assert len(its) == N
@@ -63,7 +64,7 @@ def test_shadow_mask_covers_a_darker_shadow(items):
 
 def test_report_medians_finite_not_identity(items):
     rep = stream_report([it for its in items.values() for it in its])
-    assert set(rep) == set(STREAMS)
+    assert set(rep) == set(BASE)
     for r in rep.values():
         assert r["n"] == N and r["identity"] == 0
         assert math.isfinite(r["median"]) and 8.0 < r["median"] < 45.0
@@ -81,7 +82,7 @@ def test_psnr_in_mask_reference():
     assert math.isnan(psnr_in_mask(a, b, np.zeros((2, 2))))
 
 
-@pytest.mark.parametrize("name", sorted(STREAMS))
+@pytest.mark.parametrize("name", BASE)
 def test_streams_deterministic(items, name):
     cfg = tiny_configs()[name]
     again = list(STREAMS[name][1](cfg, seed=11, count=2))

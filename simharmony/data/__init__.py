@@ -2,7 +2,10 @@
 
 - :mod:`simharmony.data.item`: :class:`PairItem`, the one item format
 - :mod:`simharmony.data.isp`: :class:`IspParams`, :func:`sample_isp_params`, :func:`apply_isp`
-- :mod:`simharmony.data.streams`: stream configs and generators (``isp``, ``shadow``, ``rpb``), report
+- :mod:`simharmony.data.streams`: stream configs and generators (``isp``, ``shadow``, ``rpb``, ``relight``),
+  the STREAMS registry (all six streams) and the report
+- :mod:`simharmony.data.recon_streams`: the reconstruction streams (``reinsert``, ``novel_view``) and their cache
+- :mod:`simharmony.data.presets`: ``tiny`` / ``default`` / ``holdout`` dataset presets (``simharmony data``)
 - :mod:`simharmony.data.shards`: :func:`generate_dataset`, :class:`ShardDataset`, :class:`MixingBatchSampler`
 
 This package may import ``scene_tools`` (it renders the streets); the model code must not.

@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import os
+import time
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -302,6 +303,7 @@ def generate_dataset(
     total = sum(p.count for p in todo)
     with tqdm(total=total, desc="generate dataset", unit="item", disable=not progress) as bar:
         for p in todo:
+            started = time.perf_counter()
             gen = STREAMS[p.stream][1](cfgs[p.stream], chunk_seed(seed, p.stream, p.chunk), p.count)
             items = []
             for item_id, item in zip(p.item_ids(), gen):
@@ -310,7 +312,24 @@ def generate_dataset(
             if len(items) != p.count:
                 raise InvalidInputError(f"stream {p.stream!r} produced {len(items)} of {p.count} items for {p.name}")
             write_shard(shard_dir, p.name, items)
+            # generation time, beside the shard (not part of its record or of the manifest hash)
+            save_yaml(shard_dir / f"{p.name}.time.yaml", {"seconds": round(time.perf_counter() - started, 3), "items": p.count})
     return finalize_dataset(out)
+
+
+def stream_seconds(out_dir: PathLike) -> dict[str, dict[str, float]]:
+    """Per stream: generation ``seconds`` and ``items`` summed over the shards that recorded their time
+    (``shards/<name>.time.yaml``; shards copied from other machines keep theirs)."""
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted((Path(out_dir) / "shards").glob("*.time.yaml")):
+        rec = load_yaml(path)
+        stream = path.name[: -len(".time.yaml")].rsplit("-", 1)[0]
+        if not isinstance(rec, dict) or "seconds" not in rec:
+            continue
+        acc = out.setdefault(stream, {"seconds": 0.0, "items": 0})
+        acc["seconds"] += float(rec["seconds"])
+        acc["items"] += int(rec.get("items", 0))
+    return out
 
 
 def finalize_dataset(out_dir: PathLike) -> dict:
@@ -553,6 +572,7 @@ __all__ = [
     "manifest_hash",
     "plan_shards",
     "read_shard_record",
+    "stream_seconds",
     "write_shard",
 ]
 

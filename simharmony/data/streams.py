@@ -1,4 +1,6 @@
-"""Paired data streams (DESIGN.md section 5): ISP modification, PBR shadows, Random Poisson Blending.
+"""Paired data streams (DESIGN.md section 5): ISP modification, PBR shadows, Random Poisson Blending,
+relighting (the reconstruction streams ``reinsert`` and ``novel_view`` are in
+:mod:`simharmony.data.recon_streams` and registered in :data:`STREAMS` at the end of this module).
 
 Each stream has a ``@dataclass`` Config with documented ranges and a generator
 ``generate_<stream>(config, seed, count=None) -> Iterator[PairItem]`` that is deterministic in ``seed``
@@ -20,6 +22,10 @@ image (one random frame, T = 1) or, with probability ``sequence_prob``, the whol
   random region of a reference image (the same frame index of the generator's next street, under other
   lighting), the blended foreground F_p is mixed ``alpha * F_p + (1 - alpha) * F_t`` and pasted back
   at its original position with the soft object mask -> input; the original -> target.
+- ``relight``: the object rendered alone (``only_ids``) under another ``random_lighting`` (sun direction,
+  colour, sky), composited in linear space over the street rendered under its own lighting without it
+  (``exclude_ids``) and tone mapped -> input inside the mask; the consistent full render -> target.
+  Mask = the object's coverage (alpha > 0.02) dilated by ``mask_dilate`` pixels; outside it input = target.
 
 Every item's depth is the target's z-depth; flow/flow_valid are the target's geometric backward flow
 (:func:`scene_tools.flow.sequence_flow`, moving objects included). :func:`stream_report` summarises
@@ -55,13 +61,16 @@ _SEED_MAX = 2**31 - 1
 class SceneSource(Config):
     """Which streets are rendered: ``preset`` "tiny" (``StreetConfig.tiny``: 30 m street, few objects) or
     "default" (``StreetConfig()``: the 60 m demo street); image size ``width`` x ``height``; ``spp``
-    samples per pixel; ``ego_speed_mps`` of the ego car (frames at 10 fps)."""
+    samples per pixel; ``ego_speed_mps`` of the ego car (frames at 10 fps); ``seed_range`` [low, high):
+    street and lighting seeds are drawn from it (disjoint ranges keep holdout sets apart from training,
+    see :mod:`simharmony.data.presets`)."""
 
     preset: str = "default"
     width: int = 256
     height: int = 144
     spp: int = 16
     ego_speed_mps: float = 6.0
+    seed_range: tuple[int, int] = (0, _SEED_MAX)
 
     def __post_init__(self) -> None:
         if self.preset not in ("tiny", "default"):
@@ -72,6 +81,10 @@ class SceneSource(Config):
             raise ConfigError(f"SceneSource: spp={self.spp} must be >= 1")
         if not (math.isfinite(self.ego_speed_mps) and self.ego_speed_mps >= 0):
             raise ConfigError(f"SceneSource: ego_speed_mps={self.ego_speed_mps} must be >= 0")
+        lo, hi = (int(v) for v in self.seed_range)
+        if not 0 <= lo < hi <= _SEED_MAX:
+            raise ConfigError(f"SceneSource: seed_range={self.seed_range} must be [low, high) within [0, {_SEED_MAX}]")
+        self.seed_range = (lo, hi)
 
 
 def tiny_scene() -> SceneSource:
@@ -151,7 +164,7 @@ def render_scene(src: SceneSource, scene_seed: int, num_frames: int, lighting_se
 
 def _scenes(src: SceneSource, rng: np.random.Generator, num_frames: int) -> Iterator[_Scene]:
     while True:
-        scene_seed, lighting_seed = (int(x) for x in rng.integers(0, _SEED_MAX, size=2))
+        scene_seed, lighting_seed = (int(x) for x in rng.integers(*src.seed_range, size=2))
         yield render_scene(src, scene_seed, num_frames, lighting_seed)
 
 
@@ -204,7 +217,8 @@ def _generate(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InvalidInputError(f"seed={seed!r} must be an integer >= 0")
     rng = np.random.default_rng([int(seed), 0x5EED])
-    scenes = _scenes(config.scene, rng, config.seq_len)
+    # reconstruction streams render longer captures (``scene_frames``) and cut items out of them
+    scenes = _scenes(config.scene, rng, getattr(config, "scene_frames", config.seq_len))
     made, empty = 0, 0
     scene = next(scenes) if (count is None or count > 0) else None
     while count is None or made < count:
@@ -528,6 +542,98 @@ def generate_rpb(config: RpbStreamConfig | None = None, seed: int = 0, count: in
 
 
 # --------------------------------------------------------------------------------------------------
+# 4. Relighting
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RelightStreamConfig(_StreamCommon, Config):
+    """Physically based relighting stream (the object lit by another sun and sky than its street).
+
+    - ``scene``, ``seq_len``, ``sequence_prob`` (0.2), ``categories``, ``min_object_pixels`` (40) as for the
+      ISP stream; ``items_per_scene`` (default 2; each item costs two extra renders)
+    - the other lighting is ``random_lighting`` of a fresh seed (sun azimuth 0-360 deg, elevation 15-70 deg,
+      intensity 1.5-4.5, warm-to-white sun, sky 0.25-0.7); it is redrawn (up to ``max_lighting_draws``
+      = 3 times, one object-only render each) until the mean absolute change inside the mask is at least
+      ``min_change`` (default 0.03)
+    - ``mask_dilate`` (default 1 px): the mask is the object's coverage (alpha > 0.02) dilated by this
+    """
+
+    scene: SceneSource = field(default_factory=SceneSource)
+    items_per_scene: int = 2
+    sequence_prob: float = 0.2
+    seq_len: int = 5
+    categories: tuple[str, ...] = ("vehicle", "pedestrian")
+    min_object_pixels: int = 40
+    min_change: float = 0.03
+    max_lighting_draws: int = 3
+    mask_dilate: int = 1
+    max_empty_scenes: int = 25
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if self.min_change < 0 or self.max_lighting_draws < 1 or self.mask_dilate < 0:
+            raise ConfigError("RelightStreamConfig: min_change and mask_dilate must be >= 0, max_lighting_draws >= 1")
+
+
+def coverage_mask(alpha: np.ndarray, dilate: int, threshold: float = 0.02) -> np.ndarray:
+    """Object coverage ``alpha`` [T, H, W] -> 0/1 float32 mask [T, H, W]: alpha > ``threshold`` dilated by
+    ``dilate`` pixels (square kernel; edge pixels mix object and background)."""
+    k = np.ones((2 * dilate + 1,) * 2, np.uint8)
+    core = (np.asarray(alpha) > threshold).astype(np.uint8)
+    return np.stack([cv2.dilate(c, k) if dilate > 0 else c for c in core]).astype(np.float32)
+
+
+def _make_relight(config: RelightStreamConfig, seed: int, scene: _Scene, rng: np.random.Generator, index: int) -> PairItem | None:
+    from scene_tools.pbr import render_street, tonemap
+    from scene_tools.street import random_lighting
+
+    idx = _item_frames(scene, rng, config.sequence_prob)
+    cands = _candidates(scene, config.categories, idx, config.min_object_pixels)
+    if not cands:
+        return None
+    obj = int(cands[int(rng.integers(0, len(cands)))])
+    fr, layout = scene.frames, scene.layout
+    exposure = float(fr.render_info.get("exposure", 1.0))
+    traj = fr.trajectory[idx]
+    rseed = int(fr.render_info.get("seed", 0)) + idx[0]
+    target = fr.rgb[idx]
+    # the street under its own lighting without the object: what shows through the object's soft edges
+    bg = render_street(layout, traj, exclude_ids=(obj,), progress=False, seed=rseed)
+    best = None
+    for _draw in range(config.max_lighting_draws):
+        light_seed = int(rng.integers(*config.scene.seed_range))
+        other = random_lighting(light_seed)
+        fg = render_street(layout, traj, lighting=other, only_ids=(obj,), progress=False, seed=rseed)
+        mask = coverage_mask(fg.alpha, config.mask_dilate)
+        hdr = fg.hdr + (1.0 - fg.alpha[..., None]) * bg.hdr  # fg.hdr is premultiplied by alpha
+        # outside the object the composite equals the consistent render up to Monte Carlo noise: keep the
+        # target there, so the pair teaches only the object's lighting
+        inp = np.where(mask[..., None] > 0, tonemap(hdr, exposure), target)
+        change = float((np.abs(inp - target).mean(-1) * mask).sum() / max(mask.sum(), 1e-6))
+        if best is None or change > best[0]:
+            best = (change, inp, mask, light_seed, other)
+        if change >= config.min_change:
+            break
+    change, inp, mask, light_seed, other = best
+    if mask.sum() == 0:
+        return None
+    flow, valid = _flow_for(scene, idx)
+    md = _metadata("relight", seed, index, scene, idx, {
+        "object_id": obj, "category": layout.object(obj).category, "lighting": layout.lighting.to_dict(),
+        "object_lighting_seed": light_seed, "object_lighting": other.to_dict(),
+        "mean_abs_change_in_mask": round(change, 6),
+    })
+    return PairItem(np.clip(inp, 0.0, 1.0), target, mask, fr.depth[idx], flow, valid, md)
+
+
+def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, count: int | None = None) -> Iterator[PairItem]:
+    """Relighting items (module docstring), deterministic in ``seed``; endless if ``count`` is None."""
+    config = RelightStreamConfig() if config is None else config
+    yield from _generate("relight", config, seed, count, lambda s, r, i: _make_relight(config, seed, s, r, i))
+
+
+# --------------------------------------------------------------------------------------------------
 # Registry and report
 # --------------------------------------------------------------------------------------------------
 
@@ -535,17 +641,36 @@ STREAMS: dict[str, tuple[type, Callable[..., Iterator[PairItem]]]] = {
     "isp": (IspStreamConfig, generate_isp),
     "shadow": (ShadowStreamConfig, generate_shadow),
     "rpb": (RpbStreamConfig, generate_rpb),
+    "relight": (RelightStreamConfig, generate_relight),
 }
 
 
-def tiny_configs() -> dict[str, Config]:
-    """Per-stream configs on 48x32 tiny streets (3 frames per sequence): for tests."""
+def tiny_configs(cache_dir: str = "") -> dict[str, Config]:
+    """Per-stream configs on 48x32 tiny streets (3 frames per sequence): for tests. ``cache_dir``: where the
+    reconstruction streams cache their reconstructions ("" = their default)."""
+    from simharmony.data.recon_streams import tiny_recon_configs
+
     common = {"scene": tiny_scene(), "seq_len": 3, "min_object_pixels": 12, "sequence_prob": 0.3}
     return {
         "isp": IspStreamConfig(**common),
         "shadow": ShadowStreamConfig(**common, shadow_min_pixels=2),
         "rpb": RpbStreamConfig(**common),
+        "relight": RelightStreamConfig(**common),
+        **tiny_recon_configs(cache_dir),
     }
+
+
+# The reconstruction-based streams live in their own module (they import this one); register them here so
+# STREAMS lists every stream. The package __init__ imports this module first, so the cycle resolves.
+from simharmony.data.recon_streams import (
+    NovelViewStreamConfig,
+    ReinsertStreamConfig,
+    generate_novel_view,
+    generate_reinsert,
+)
+
+STREAMS["reinsert"] = (ReinsertStreamConfig, generate_reinsert)
+STREAMS["novel_view"] = (NovelViewStreamConfig, generate_novel_view)
 
 
 def psnr_in_mask(inp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:

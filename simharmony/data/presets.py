@@ -1,0 +1,152 @@
+"""Dataset presets: what ``simharmony data generate --preset NAME`` makes.
+
+- ``tiny``: two items per stream on 48x32 tiny streets (60-step reconstructions); for tests, under a minute.
+- ``default``: the training set at 256x144: >= 2,000 items, >= 300 of them sequences (5 frames), street
+  and lighting seeds drawn from :data:`TRAIN_SEED_RANGE`.
+- ``holdout``: >= 100 items per stream at 256x144 from :data:`HOLDOUT_SEED_RANGE`, disjoint from the
+  training range, so no holdout street (layout, its objects = the re-insertion assets) and no lighting
+  (street lighting and the relighting stream's object lighting seeds) is ever used in training. Another
+  dataset seed as well, so its chunk seeds differ too.
+
+Each preset is a :class:`DatasetPreset` (a Config: round-trips to YAML) whose :meth:`DatasetPreset.stream_configs`
+gives the per-stream configs for :func:`simharmony.data.shards.generate_dataset`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from simharmony.data.recon_streams import default_recon
+from simharmony.data.streams import _SEED_MAX, STREAMS, SceneSource, tiny_configs
+from simharmony.errors import ConfigError
+from simharmony.utils.config import Config
+from simharmony.utils.io import PathLike
+
+TRAIN_SEED_RANGE = (0, 2**30)
+HOLDOUT_SEED_RANGE = (2**30, _SEED_MAX)
+
+# default training counts per stream (sum 2,040): cheap streams get more items, the reconstruction ones fewer
+DEFAULT_COUNTS = {"isp": 700, "rpb": 560, "shadow": 260, "relight": 260, "reinsert": 120, "novel_view": 140}
+# more items per street where a street is cheap to vary (ISP, RPB) or expensive to make (reconstructions)
+DEFAULT_OVERRIDES = {
+    "isp": {"items_per_scene": 8}, "rpb": {"items_per_scene": 6},
+    "reinsert": {"items_per_scene": 12}, "novel_view": {"items_per_scene": 12},
+}
+
+
+@dataclass
+class DatasetPreset(Config):
+    """A named dataset recipe.
+
+    - ``streams``: {stream: item count}; ``seed``: dataset seed (chunk seeds derive from it); ``shard_size``
+    - ``scene``: the streets (size, spp, ``seed_range``); ``seq_len`` / ``sequence_prob``: sequence items
+    - ``scene_frames``, ``recon``, ``cache_dir``: capture length, reconstruction settings and cache of the
+      reconstruction streams (``cache_dir`` "" = ``$SIMHARMONY_RECON_CACHE`` or ``data/cache/recon``)
+    - ``overrides``: {stream: {config field: value}} applied on top (e.g. ``items_per_scene``)
+    - ``tiny``: use :func:`simharmony.data.streams.tiny_configs` (test sizes) instead of the fields above
+    """
+
+    name: str = "default"
+    streams: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
+    seed: int = 0
+    shard_size: int = 32
+    scene: SceneSource = field(default_factory=lambda: SceneSource(seed_range=TRAIN_SEED_RANGE))
+    seq_len: int = 5
+    sequence_prob: float = 0.25
+    scene_frames: int = 12
+    recon: dict[str, Any] = field(default_factory=default_recon)
+    cache_dir: str = ""
+    overrides: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_OVERRIDES.items()})
+    tiny: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.streams) - set(STREAMS))
+        if unknown:
+            raise ConfigError(f"DatasetPreset {self.name!r}: unknown streams {unknown}; available: {sorted(STREAMS)}")
+        bad = {k: v for k, v in self.streams.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+        if bad:
+            raise ConfigError(f"DatasetPreset {self.name!r}: item counts must be integers >= 0, got {bad}")
+        bad = sorted(set(self.overrides) - set(STREAMS))
+        if bad:
+            raise ConfigError(f"DatasetPreset {self.name!r}: overrides for unknown streams {bad}")
+        if self.shard_size < 1:
+            raise ConfigError(f"DatasetPreset {self.name!r}: shard_size={self.shard_size} must be >= 1")
+
+    @property
+    def num_items(self) -> int:
+        return sum(self.streams.values())
+
+    def stream_configs(self) -> dict[str, Config]:
+        """{stream: its Config} for the streams of this preset."""
+        if self.tiny:
+            cfgs = tiny_configs(self.cache_dir)
+            return {k: cfgs[k] for k in self.streams}
+        out = {}
+        for name in self.streams:
+            cls = STREAMS[name][0]
+            names = {f.name for f in dataclasses.fields(cls)}
+            kw = {"scene": self.scene, "seq_len": self.seq_len, "sequence_prob": self.sequence_prob}
+            if "recon" in names:
+                kw.update(scene_frames=self.scene_frames, recon=self.recon, cache_dir=self.cache_dir)
+            cfg = cls(**kw)
+            if self.overrides.get(name):
+                extra = sorted(set(self.overrides[name]) - names)
+                if extra:
+                    raise ConfigError(f"DatasetPreset {self.name!r}: overrides for {name!r} name unknown fields {extra}")
+                cfg = cls.from_dict({**cfg.to_dict(), **self.overrides[name]})
+            out[name] = cfg
+        return out
+
+
+def tiny_preset() -> DatasetPreset:
+    return DatasetPreset(name="tiny", streams={k: 2 for k in STREAMS}, seed=0, shard_size=2,
+                         scene=SceneSource(preset="tiny", width=48, height=32, spp=4, seed_range=TRAIN_SEED_RANGE),
+                         seq_len=3, sequence_prob=0.3, scene_frames=8, tiny=True)
+
+
+def default_preset() -> DatasetPreset:
+    return DatasetPreset(name="default")
+
+
+def holdout_preset() -> DatasetPreset:
+    return DatasetPreset(name="holdout", streams={k: 100 for k in STREAMS}, seed=1_000_003, shard_size=25,
+                         scene=SceneSource(seed_range=HOLDOUT_SEED_RANGE))
+
+
+PRESETS: dict[str, Callable[[], DatasetPreset]] = {
+    "tiny": tiny_preset,
+    "default": default_preset,
+    "holdout": holdout_preset,
+}
+
+
+def get_preset(name: str) -> DatasetPreset:
+    """The preset called ``name``; ConfigError listing the valid names otherwise."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown dataset preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+def generate_preset(
+    preset: str | DatasetPreset, out_dir: PathLike, shard: tuple[int, int] = (0, 1), progress: bool = True
+) -> dict:
+    """Generate (or resume) ``preset`` into ``out_dir`` with :func:`simharmony.data.shards.generate_dataset`;
+    the preset is saved as ``out_dir/preset.yaml``. Returns the dataset record."""
+    from simharmony.data.shards import generate_dataset
+    from simharmony.utils.io import save_yaml
+
+    p = get_preset(preset) if isinstance(preset, str) else preset
+    record = generate_dataset(out_dir, p.streams, seed=p.seed, shard_size=p.shard_size, shard=shard,
+                              configs=p.stream_configs(), progress=progress)
+    save_yaml(Path(out_dir) / "preset.yaml", p.to_dict())
+    return record
+
+
+__all__ = [
+    "DEFAULT_COUNTS", "HOLDOUT_SEED_RANGE", "PRESETS", "TRAIN_SEED_RANGE", "DatasetPreset", "generate_preset",
+    "get_preset",
+]
