@@ -26,20 +26,9 @@ import numpy as np
 
 from scene_tools.cameras import Intrinsics, check_pose, check_poses
 from simharmony.errors import InvalidCameraError, InvalidInputError, NonFiniteError, ShapeMismatchError
+from simharmony.utils.arrays import to_numpy as _to_numpy
 
 _MIN_Z = 1e-6  # points closer than this in front of the previous camera count as behind it
-
-
-def _to_numpy(x: Any) -> tuple[np.ndarray, Any]:
-    """Array (float64 unless integer) and the torch device it came from (None for numpy)."""
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            return x.detach().cpu().numpy(), x.device
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass
-    return np.asarray(x), None
 
 
 def check_K(K: Any) -> np.ndarray:

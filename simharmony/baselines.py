@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from simharmony.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
+from simharmony.utils.arrays import to_numpy as _to_numpy
 
 __all__ = [
     "BASELINES",
@@ -48,18 +49,6 @@ _EPS = 1e-6  # below this a std / V is treated as zero
 
 # ----------------------------------------------------------------------------------------------------
 # input handling
-
-
-def _to_numpy(x: Any) -> tuple[np.ndarray, Any]:
-    """Array and the torch device it came from (None for numpy input)."""
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            return x.detach().cpu().numpy(), x.device
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass
-    return np.asarray(x), None
 
 
 def _back(x: np.ndarray, device: Any) -> Any:
