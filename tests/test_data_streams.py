@@ -128,3 +128,12 @@ def test_stream_config_errors():
     impossible = type(cfg).from_dict({**cfg.to_dict(), "min_object_pixels": 10_000, "max_empty_scenes": 2})
     with pytest.raises(InvalidInputError, match="no usable foreground"):
         next(STREAMS["isp"][1](impossible, seed=0, count=1))
+
+
+def test_open_2x2_is_an_unshifted_opening():
+    from simharmony.data.streams import open_2x2
+
+    img = np.zeros((8, 8), np.uint8)
+    img[2:5, 3:6] = 1  # a 3x3 block survives a 2x2 opening in place
+    img[6, 1] = 1  # an isolated pixel is removed
+    np.testing.assert_array_equal(open_2x2(img), (np.arange(8)[:, None] >= 2) & (np.arange(8)[:, None] < 5) & (np.arange(8) >= 3) & (np.arange(8) < 6))

@@ -54,6 +54,7 @@ import numpy as np
 
 from simharmony.data.item import PairItem
 from simharmony.data.streams import (
+    open_2x2,
     SceneSource,
     _flow_for,
     _generate,
@@ -169,12 +170,10 @@ def difference_mask(inp: np.ndarray, target: np.ndarray, threshold: float, dilat
     """[T, H, W, 3] pair -> 0/1 float32 mask [T, H, W]: mean |inp - target| over channels > ``threshold``,
     2x2 opening (isolated noise pixels go), then dilation by ``dilate`` pixels."""
     diff = np.abs(np.asarray(inp, np.float32) - np.asarray(target, np.float32)).mean(-1)
-    k2, kd = np.ones((2, 2), np.uint8), np.ones((2 * dilate + 1,) * 2, np.uint8)
+    kd = np.ones((2 * dilate + 1,) * 2, np.uint8)
     out = []
     for d in diff:
-        # opening with explicit anchors: cv2's default anchor for an even kernel shifts the result a pixel
-        m = cv2.erode((d > threshold).astype(np.uint8), k2, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT, borderValue=0)
-        m = cv2.dilate(m, k2, anchor=(1, 1), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        m = open_2x2((d > threshold).astype(np.uint8))
         out.append(cv2.dilate(m, kd) if dilate > 0 else m)
     return np.stack(out).astype(np.float32)
 

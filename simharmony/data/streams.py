@@ -347,6 +347,17 @@ class ShadowStreamConfig(_StreamCommon, Config):
             raise ConfigError(f"ShadowStreamConfig: shadow_threshold={self.shadow_threshold} must be in (0, 1)")
 
 
+def open_2x2(binary: np.ndarray) -> np.ndarray:
+    """Morphological opening of a 0/1 uint8 [H, W] image with a 2x2 square, without a shift.
+
+    cv2's default anchor for an even kernel is the same for erode and dilate, which shifts the result by
+    a pixel; a true opening dilates with the reflected element, hence the two explicit anchors.
+    """
+    k2 = np.ones((2, 2), np.uint8)
+    m = cv2.erode(binary, k2, anchor=(0, 0), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    return cv2.dilate(m, k2, anchor=(1, 1), borderType=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 def shadow_mask(inp: np.ndarray, target: np.ndarray, obj_alpha: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """Where the shadow-free composite ``inp`` [T, H, W, 3] is wrong, from the full render ``target``.
 
@@ -356,8 +367,8 @@ def shadow_mask(inp: np.ndarray, target: np.ndarray, obj_alpha: np.ndarray, thre
     """
     luma = np.array([0.2126, 0.7152, 0.0722], np.float32)
     drop = (inp - target) @ luma
-    k2, k3 = np.ones((2, 2), np.uint8), np.ones((3, 3), np.uint8)
-    shadow = np.stack([cv2.morphologyEx((d > threshold).astype(np.uint8), cv2.MORPH_OPEN, k2) for d in drop])
+    k3 = np.ones((3, 3), np.uint8)
+    shadow = np.stack([open_2x2((d > threshold).astype(np.uint8)) for d in drop])
     shadow = shadow.astype(np.float32) * (obj_alpha < 0.5)
     core = ((obj_alpha > 0.02) | (shadow > 0)).astype(np.uint8)
     mask = np.stack([cv2.dilate(c, k3) for c in core]).astype(np.float32)
