@@ -184,9 +184,6 @@ class Trajectory:
         poses[:, :3, 3] += meters * left
         return Trajectory(poses, self.intrinsics, self.times.copy())
 
-    def with_intrinsics(self, intrinsics: Intrinsics) -> "Trajectory":
-        return Trajectory(self.poses.copy(), intrinsics, self.times.copy())
-
     def to_dict(self) -> dict:
         return {
             "intrinsics": self.intrinsics.to_dict(),

@@ -186,10 +186,6 @@ class ObjectTrack:
         out[:3, 3] = (1 - u) * self.poses[i, :3, 3] + u * self.poses[i + 1, :3, 3]
         return out
 
-    def poses_at(self, times) -> np.ndarray:
-        """[N, 4, 4] poses at each of ``times`` [N]."""
-        return np.stack([self.pose_at(t) for t in np.asarray(times, dtype=np.float64).reshape(-1)])
-
     def motion(self, t: float, t_prev: float) -> np.ndarray:
         """[4, 4] world transform taking the object's points at ``t`` to where they were at ``t_prev``."""
         return self.pose_at(t_prev) @ np.linalg.inv(self.pose_at(t))

@@ -167,10 +167,6 @@ class EgoConfig(Config):
             _finite(self.pitch_deg) and -80 < self.pitch_deg < 80, o, f"pitch_deg={self.pitch_deg} must be in (-80, 80)"
         )
 
-    @property
-    def duration(self) -> float:
-        return (self.num_frames - 1) / self.fps
-
 
 @dataclass
 class BuildingConfig(Config):

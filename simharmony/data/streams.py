@@ -35,7 +35,6 @@ PSNR(input, target) inside the mask per stream.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -721,6 +720,3 @@ def format_report(report: dict[str, dict[str, float]]) -> str:
         lines.append(f"{name:<10}{r['n']:>6}{r['sequences']:>6}{r['identity']:>7}{r['p10']:>8.2f}{r['median']:>8.2f}{r['p90']:>8.2f}")
     return "\n".join(lines)
 
-
-def take(gen: Iterator[PairItem], n: int) -> list[PairItem]:
-    return list(itertools.islice(gen, n))
