@@ -45,7 +45,7 @@ from simharmony.errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
-from simharmony.utils.config import Config
+from simharmony.utils.config import Config, require
 from simharmony.utils.io import PathLike, load_tensors, save_tensors
 
 log = logging.getLogger(__name__)
@@ -136,8 +136,7 @@ class ReconstructionConfig(Config):
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise ConfigError(f"ReconstructionConfig: {msg}")
+            require(cond, "ReconstructionConfig", msg)
 
         for name in ("iterations", "batch_size", "sh_degree_interval", "init_num_points", "densify_every",
                      "opacity_reset_every", "max_gaussians", "eval_every", "log_every", "checkpoint_every",

@@ -29,7 +29,7 @@ import trimesh
 
 from scene_tools.cameras import Intrinsics, Trajectory, straight_trajectory
 from simharmony.errors import ConfigError, InvalidInputError
-from simharmony.utils.config import Config
+from simharmony.utils.config import Config, all_finite, require
 
 CATEGORIES = ("ground", "road", "sidewalk", "lane_marking", "building", "vehicle", "pedestrian")
 FOREGROUND_CATEGORIES = ("vehicle", "pedestrian")
@@ -41,24 +41,15 @@ RGB = tuple[float, float, float]
 # --------------------------------------------------------------------------------------------------
 
 
-def _require(cond: bool, owner: str, msg: str) -> None:
-    if not cond:
-        raise ConfigError(f"{owner}: {msg}")
-
-
-def _finite(*values: float) -> bool:
-    return all(np.isfinite(v) for v in values)
-
-
 def _check_range_pair(owner: str, name: str, pair, lo: float = 0.0, strict: bool = True) -> None:
     a, b = pair
-    _require(_finite(a, b), owner, f"{name}={pair} must be finite")
+    require(all_finite(a, b), owner, f"{name}={pair} must be finite")
     ok = (a > lo) if strict else (a >= lo)
-    _require(ok and b >= a, owner, f"{name}={tuple(pair)} must satisfy {lo} {'<' if strict else '<='} min <= max")
+    require(ok and b >= a, owner, f"{name}={tuple(pair)} must satisfy {lo} {'<' if strict else '<='} min <= max")
 
 
 def _check_rgb(owner: str, name: str, rgb) -> None:
-    _require(len(rgb) == 3 and _finite(*rgb) and min(rgb) >= 0, owner, f"{name}={rgb} must be 3 finite values >= 0")
+    require(len(rgb) == 3 and all_finite(*rgb) and min(rgb) >= 0, owner, f"{name}={rgb} must be 3 finite values >= 0")
 
 
 @dataclass
@@ -79,9 +70,9 @@ class LightingConfig(Config):
 
     def __post_init__(self) -> None:
         o = "LightingConfig"
-        _require(_finite(self.sun_azimuth_deg), o, "sun_azimuth_deg must be finite")
-        _require(
-            _finite(self.sun_elevation_deg) and -90.0 <= self.sun_elevation_deg <= 90.0,
+        require(all_finite(self.sun_azimuth_deg), o, "sun_azimuth_deg must be finite")
+        require(
+            all_finite(self.sun_elevation_deg) and -90.0 <= self.sun_elevation_deg <= 90.0,
             o,
             f"sun_elevation_deg={self.sun_elevation_deg} must be in [-90, 90]",
         )
@@ -89,7 +80,7 @@ class LightingConfig(Config):
         _check_rgb(o, "sky_color", self.sky_color)
         for name in ("sun_intensity", "sky_intensity"):
             v = getattr(self, name)
-            _require(_finite(v) and v >= 0, o, f"{name}={v} must be finite and >= 0")
+            require(all_finite(v) and v >= 0, o, f"{name}={v} must be finite and >= 0")
 
     def sun_direction(self) -> np.ndarray:
         """[3] unit vector from the scene towards the sun."""
@@ -132,11 +123,11 @@ class CameraConfig(Config):
 
     def __post_init__(self) -> None:
         o = "CameraConfig"
-        _require(
+        require(
             self.width >= 1 and self.height >= 1, o, f"image size must be positive, got {self.width}x{self.height}"
         )
-        _require(
-            _finite(self.fov_x_deg) and 0 < self.fov_x_deg < 180, o, f"fov_x_deg={self.fov_x_deg} must be in (0, 180)"
+        require(
+            all_finite(self.fov_x_deg) and 0 < self.fov_x_deg < 180, o, f"fov_x_deg={self.fov_x_deg} must be in (0, 180)"
         )
 
     def intrinsics(self) -> Intrinsics:
@@ -156,15 +147,15 @@ class EgoConfig(Config):
 
     def __post_init__(self) -> None:
         o = "EgoConfig"
-        _require(self.num_frames >= 1, o, f"num_frames={self.num_frames} must be >= 1")
-        _require(_finite(self.speed_mps) and self.speed_mps >= 0, o, f"speed_mps={self.speed_mps} must be >= 0")
-        _require(_finite(self.fps) and self.fps > 0, o, f"fps={self.fps} must be > 0")
-        _require(
-            _finite(self.camera_height) and self.camera_height > 0, o, f"camera_height={self.camera_height} must be > 0"
+        require(self.num_frames >= 1, o, f"num_frames={self.num_frames} must be >= 1")
+        require(all_finite(self.speed_mps) and self.speed_mps >= 0, o, f"speed_mps={self.speed_mps} must be >= 0")
+        require(all_finite(self.fps) and self.fps > 0, o, f"fps={self.fps} must be > 0")
+        require(
+            all_finite(self.camera_height) and self.camera_height > 0, o, f"camera_height={self.camera_height} must be > 0"
         )
-        _require(_finite(self.start_x), o, "start_x must be finite")
-        _require(
-            _finite(self.pitch_deg) and -80 < self.pitch_deg < 80, o, f"pitch_deg={self.pitch_deg} must be in (-80, 80)"
+        require(all_finite(self.start_x), o, "start_x must be finite")
+        require(
+            all_finite(self.pitch_deg) and -80 < self.pitch_deg < 80, o, f"pitch_deg={self.pitch_deg} must be in (-80, 80)"
         )
 
 
@@ -186,7 +177,7 @@ class BuildingConfig(Config):
         for name in ("width_range", "depth_range", "height_range", "gap_range"):
             _check_range_pair(o, name, getattr(self, name))
         _check_range_pair(o, "setback_range", self.setback_range, strict=False)
-        _require(0.0 <= self.gap_probability <= 1.0, o, f"gap_probability={self.gap_probability} must be in [0, 1]")
+        require(0.0 <= self.gap_probability <= 1.0, o, f"gap_probability={self.gap_probability} must be in [0, 1]")
 
 
 @dataclass
@@ -204,7 +195,7 @@ class VehicleConfig(Config):
 
     def __post_init__(self) -> None:
         o = "VehicleConfig"
-        _require(self.num_parked >= 0 and self.num_moving >= 0, o, "vehicle counts must be >= 0")
+        require(self.num_parked >= 0 and self.num_moving >= 0, o, "vehicle counts must be >= 0")
         _check_range_pair(o, "opposite_speed_range", self.opposite_speed_range)
         _check_range_pair(o, "ego_lane_speedup_range", self.ego_lane_speedup_range, strict=False)
 
@@ -220,10 +211,10 @@ class PedestrianConfig(Config):
 
     def __post_init__(self) -> None:
         o = "PedestrianConfig"
-        _require(self.count >= 0, o, f"count={self.count} must be >= 0")
+        require(self.count >= 0, o, f"count={self.count} must be >= 0")
         _check_range_pair(o, "height_range", self.height_range)
         _check_range_pair(o, "walking_speed_range", self.walking_speed_range)
-        _require(0.0 <= self.walking_fraction <= 1.0, o, f"walking_fraction={self.walking_fraction} must be in [0, 1]")
+        require(0.0 <= self.walking_fraction <= 1.0, o, f"walking_fraction={self.walking_fraction} must be in [0, 1]")
 
 
 @dataclass
@@ -255,24 +246,24 @@ class StreetConfig(Config):
 
     def __post_init__(self) -> None:
         o = "StreetConfig"
-        _require(
+        require(
             isinstance(self.seed, (int, np.integer)) and self.seed >= 0, o, f"seed={self.seed} must be an integer >= 0"
         )
-        _require(_finite(self.length) and self.length >= 10.0, o, f"length={self.length} must be >= 10 m")
+        require(all_finite(self.length) and self.length >= 10.0, o, f"length={self.length} must be >= 10 m")
         for name in ("road_width", "lane_width", "sidewalk_width"):
             v = getattr(self, name)
-            _require(_finite(v) and v > 0, o, f"{name}={v} must be > 0")
-        _require(_finite(self.sidewalk_height) and self.sidewalk_height >= 0, o, "sidewalk_height must be >= 0")
-        _require(
+            require(all_finite(v) and v > 0, o, f"{name}={v} must be > 0")
+        require(all_finite(self.sidewalk_height) and self.sidewalk_height >= 0, o, "sidewalk_height must be >= 0")
+        require(
             self.road_width >= 2 * self.lane_width,
             o,
             f"road_width={self.road_width} must hold two lanes of lane_width={self.lane_width}",
         )
-        _require(self.spp >= 1, o, f"spp={self.spp} must be >= 1")
-        _require(self.max_depth >= 1, o, f"max_depth={self.max_depth} must be >= 1")
-        _require(_finite(self.exposure) and self.exposure > 0, o, f"exposure={self.exposure} must be > 0")
+        require(self.spp >= 1, o, f"spp={self.spp} must be >= 1")
+        require(self.max_depth >= 1, o, f"max_depth={self.max_depth} must be >= 1")
+        require(all_finite(self.exposure) and self.exposure > 0, o, f"exposure={self.exposure} must be > 0")
         if self.vehicles.num_parked > 0:
-            _require(
+            require(
                 self.parking_width >= 2.0,
                 o,
                 f"parked vehicles need a parking strip >= 2 m, got road_width/2 - lane_width = "

@@ -20,20 +20,15 @@ Steps at their identity value are skipped (not applied as no-ops) so that stays 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from simharmony.errors import ConfigError, InvalidInputError, NonFiniteError, ShapeMismatchError
-from simharmony.utils.config import Config
+from simharmony.utils.config import Config, all_finite
 
 TONE_CURVES = ("srgb", "gamma", "reinhard", "filmic")
 _LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
-
-
-def _finite(*v: float) -> bool:
-    return all(isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
 
 
 @dataclass
@@ -55,25 +50,25 @@ class IspParams(Config):
 
     def __post_init__(self) -> None:
         o = "IspParams"
-        if not _finite(self.exposure_ev) or abs(self.exposure_ev) > 10:
+        if not all_finite(self.exposure_ev) or abs(self.exposure_ev) > 10:
             raise ConfigError(f"{o}: exposure_ev={self.exposure_ev} must be finite and within +-10 EV")
         g = tuple(self.wb_gains)
-        if len(g) != 3 or not _finite(*g) or min(g) <= 0:
+        if len(g) != 3 or not all_finite(*g) or min(g) <= 0:
             raise ConfigError(f"{o}: wb_gains={self.wb_gains} must be 3 finite values > 0")
         self.wb_gains = tuple(float(x) for x in g)
         if self.tone_curve not in TONE_CURVES:
             raise ConfigError(f"{o}: tone_curve={self.tone_curve!r} must be one of {TONE_CURVES}")
         for name in ("gamma", "white_point", "contrast", "base_exposure"):
             v = getattr(self, name)
-            if not _finite(v) or v <= 0:
+            if not all_finite(v) or v <= 0:
                 raise ConfigError(f"{o}: {name}={v} must be finite and > 0")
-        if not _finite(self.saturation) or self.saturation < 0:
+        if not all_finite(self.saturation) or self.saturation < 0:
             raise ConfigError(f"{o}: saturation={self.saturation} must be finite and >= 0")
-        if not _finite(self.black_level) or not -0.5 < self.black_level < 0.5:
+        if not all_finite(self.black_level) or not -0.5 < self.black_level < 0.5:
             raise ConfigError(f"{o}: black_level={self.black_level} must be in (-0.5, 0.5)")
         for name in ("shot_noise", "read_noise"):
             v = getattr(self, name)
-            if not _finite(v) or v < 0:
+            if not all_finite(v) or v < 0:
                 raise ConfigError(f"{o}: {name}={v} must be finite and >= 0")
         if isinstance(self.noise_seed, bool) or not isinstance(self.noise_seed, (int, np.integer)) or self.noise_seed < 0:
             raise ConfigError(f"{o}: noise_seed={self.noise_seed!r} must be an integer >= 0")
@@ -116,14 +111,14 @@ class IspRanges(Config):
         for name in ("exposure_ev", "temperature", "tint", "gamma", "white_point", "contrast", "saturation",
                      "black_level", "shot_noise", "read_noise"):
             r = tuple(getattr(self, name))
-            if len(r) != 2 or not _finite(*r) or r[0] > r[1]:
+            if len(r) != 2 or not all_finite(*r) or r[0] > r[1]:
                 raise ConfigError(f"{o}: {name}={r} must be a finite (low, high) pair with low <= high")
         if not self.tone_curves or any(t not in TONE_CURVES for t in self.tone_curves):
             raise ConfigError(f"{o}: tone_curves={self.tone_curves} must be a non-empty subset of {TONE_CURVES}")
         p = tuple(self.tone_curve_probs)
-        if len(p) != len(self.tone_curves) or not _finite(*p) or min(p) < 0 or sum(p) <= 0:
+        if len(p) != len(self.tone_curves) or not all_finite(*p) or min(p) < 0 or sum(p) <= 0:
             raise ConfigError(f"{o}: tone_curve_probs={p} must be {len(self.tone_curves)} weights >= 0, not all 0")
-        if not _finite(self.noise_prob) or not 0 <= self.noise_prob <= 1:
+        if not all_finite(self.noise_prob) or not 0 <= self.noise_prob <= 1:
             raise ConfigError(f"{o}: noise_prob={self.noise_prob} must be in [0, 1]")
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 import zlib
 from collections.abc import Iterator, Mapping
@@ -41,9 +40,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from simharmony.data.item import ARRAY_FIELDS, REQUIRED_METADATA, PairItem
-from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, InvalidInputError, MissingFileError
+from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError, MissingFileError
 from simharmony.utils.config import Config
-from simharmony.utils.io import PathLike, atomic_path, load_yaml, save_yaml, write_text_atomic
+from simharmony.utils.io import PathLike, atomic_path, ensure_writable_dir, load_yaml, save_yaml, write_text_atomic
 
 FORMAT = "simharmony.pair_shards"
 FORMAT_VERSION = 1
@@ -272,12 +271,7 @@ def generate_dataset(
 
     out = Path(out_dir)
     shard_dir = out / "shards"
-    try:
-        shard_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FileFormatError(f"cannot create dataset folder {out}: {e}") from e
-    if not os.access(shard_dir, os.W_OK):
-        raise FileFormatError(f"dataset folder {shard_dir} is not writable")
+    ensure_writable_dir(shard_dir)
     generation = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "seed": int(seed), "shard_size": int(shard_size),
         "streams": {k: int(streams[k]) for k in sorted(streams)},

@@ -684,14 +684,14 @@ STREAMS["novel_view"] = (NovelViewStreamConfig, generate_novel_view)
 
 
 def psnr_in_mask(inp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-    """PSNR (dB, peak 1) of ``inp`` vs ``target`` [..., 3] weighted by ``mask`` [...]; inf if identical
-    inside the mask, nan if the mask is empty."""
-    m = np.asarray(mask, np.float64)[..., None]
-    wsum = float(m.sum()) * 3.0
-    if wsum <= 0:
-        return float("nan")
-    mse = float((m * (np.asarray(inp, np.float64) - np.asarray(target, np.float64)) ** 2).sum() / wsum)
-    return float("inf") if mse <= 0 else float(-10.0 * math.log10(mse))
+    """PSNR (dB) of ``inp`` vs ``target`` [..., H, W, 3] inside ``mask`` [..., H, W], pooled over all frames:
+    :func:`simharmony.metrics.fpsnr` of the frames stacked into one image; inf if identical inside the
+    mask, nan if the mask is empty."""
+    from simharmony.metrics import fpsnr
+
+    w = np.shape(inp)[-2]
+    stack = lambda x, *tail: np.asarray(x).reshape(-1, w, *tail)  # noqa: E731
+    return float(fpsnr(stack(inp, 3), stack(target, 3), stack(mask), empty="nan"))
 
 
 def stream_report(items: Iterable[PairItem]) -> dict[str, dict[str, float]]:

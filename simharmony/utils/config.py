@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -47,6 +49,17 @@ class Config:
     @classmethod
     def load(cls: type[T], path: PathLike) -> T:
         return cls.from_dict(load_yaml(Path(path)))
+
+
+def require(cond: bool, owner: str, msg: str) -> None:
+    """Raise ``ConfigError("<owner>: <msg>")`` unless ``cond``: the one check used by configs' ``__post_init__``."""
+    if not cond:
+        raise ConfigError(f"{owner}: {msg}")
+
+
+def all_finite(*values: Any) -> bool:
+    """True if every value is a real number (not a bool) and finite."""
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
 def _to_plain(value: Any) -> Any:

@@ -19,6 +19,18 @@ from simharmony.errors import CorruptFileError, FileFormatError, MissingFileErro
 PathLike = str | os.PathLike
 
 
+def ensure_writable_dir(folder: PathLike) -> Path:
+    """Create ``folder`` (and parents) if needed; raise FileFormatError if it cannot be made or written."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FileFormatError(f"cannot create output folder {folder}: {e}") from e
+    if not os.access(folder, os.W_OK):
+        raise FileFormatError(f"output folder {folder} is not writable")
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds.
@@ -26,13 +38,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     The caller writes the temporary path however it likes (numpy, safetensors, cv2, ...).
     """
     path = Path(path)
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise FileFormatError(f"cannot create output folder {parent}: {e}") from e
-    if not os.access(parent, os.W_OK):
-        raise FileFormatError(f"output folder {parent} is not writable")
+    parent = ensure_writable_dir(path.parent)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=parent)
     os.close(fd)
     tmp = Path(tmp_name)
