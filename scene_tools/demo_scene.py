@@ -54,7 +54,7 @@ def pick_vehicle(layout: StreetLayout, recon: torch.Tensor, requested: int | Non
     parked = [i for i in layout.ids_of("vehicle") if not layout.object(i).is_moving]
     counts = {i: int((recon == i).sum()) for i in parked}
     if requested is not None:
-        if counts.get(requested, 0) == 0 and int((recon == requested).sum()) == 0:
+        if int((recon == requested).sum()) == 0:
             raise InvalidSceneError(f"vehicle {requested} has no reconstructed Gaussians; parked vehicles: {counts}")
         return requested
     if not counts or max(counts.values()) == 0:

@@ -203,6 +203,12 @@ def lightness_preserving_transfer(
     return _back(res, device)
 
 
+def _matched_value(img: np.ndarray, fg: np.ndarray, bg: np.ndarray) -> np.ndarray:
+    """HSV value of ``img`` with the foreground's mean/std mapped onto the background's, clipped to [0, 1]."""
+    v = _hsv_value(img)
+    return np.clip(_match_stats(v, v[fg], v[bg]), 0.0, 1.0)
+
+
 def match_lightness(image: Any, mask: Any) -> Any:
     """Affine map of the foreground's HSV value so its mean/std match the background's (Li et al. 3.3).
 
@@ -216,9 +222,7 @@ def match_lightness(image: Any, mask: Any) -> Any:
     if regions is None:
         return _back(img.copy(), device)
     fg, bg = regions
-    v = _hsv_value(img)
-    v_new = np.clip(_match_stats(v, v[fg], v[bg]), 0.0, 1.0)
-    return _back(_blend(_set_value(img, v_new), img, m), device)
+    return _back(_blend(_set_value(img, _matched_value(img, fg, bg)), img, m), device)
 
 
 def lightness_preserving_hsv(image: Any, mask: Any) -> Any:
@@ -237,9 +241,7 @@ def lightness_preserving_hsv(image: Any, mask: Any) -> Any:
         return _back(img.copy(), device)
     fg, bg = regions
     colours = _reinhard_full(img, fg, bg)
-    v = _hsv_value(img)
-    v_new = np.clip(_match_stats(v, v[fg], v[bg]), 0.0, 1.0)
-    return _back(_blend(_set_value(colours, v_new), img, m), device)
+    return _back(_blend(_set_value(colours, _matched_value(img, fg, bg)), img, m), device)
 
 
 BASELINES: dict[str, Harmonizer] = {
