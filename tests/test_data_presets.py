@@ -38,7 +38,8 @@ def test_default_and_holdout_recipes():
     with pytest.raises(ConfigError):
         DatasetPreset(streams={"isp": -1})
     # per-stream overrides reach the stream configs; unknown fields are refused
-    assert d.stream_configs()["isp"].items_per_scene == 8 and d.stream_configs()["novel_view"].items_per_scene == 12
+    assert d.stream_configs()["isp"].items_per_scene == 8 and d.stream_configs()["novel_view"].items_per_scene == 20
+    assert d.stream_configs()["novel_view"].mask_threshold == 0.08 and d.scene.spp == 8
     with pytest.raises(ConfigError, match="unknown fields"):
         DatasetPreset(overrides={"isp": {"nope": 1}}).stream_configs()
     with pytest.raises(ConfigError, match="recon"):

@@ -30,12 +30,18 @@ TRAIN_SEED_RANGE = (0, 2**30)
 HOLDOUT_SEED_RANGE = (2**30, _SEED_MAX)
 
 # default training counts per stream (sum 2,040): cheap streams get more items, the reconstruction ones fewer
-DEFAULT_COUNTS = {"isp": 700, "rpb": 560, "shadow": 260, "relight": 260, "reinsert": 120, "novel_view": 140}
-# more items per street where a street is cheap to vary (ISP, RPB) or expensive to make (reconstructions)
+DEFAULT_COUNTS = {"isp": 860, "rpb": 520, "shadow": 240, "relight": 200, "reinsert": 100, "novel_view": 120}
+# more items per street where a street is cheap to vary (ISP, RPB) or expensive to make (renders of the
+# street without / with only the object, reconstructions): this is what keeps default + holdout within
+# the 90-minute budget on 2 cores (docs/BENCHMARKS.md)
 DEFAULT_OVERRIDES = {
-    "isp": {"items_per_scene": 8}, "rpb": {"items_per_scene": 6},
-    "reinsert": {"items_per_scene": 12}, "novel_view": {"items_per_scene": 12},
+    "isp": {"items_per_scene": 8}, "rpb": {"items_per_scene": 6}, "shadow": {"items_per_scene": 4},
+    "relight": {"items_per_scene": 4}, "reinsert": {"items_per_scene": 12},
+    # 0.08: above the path tracer's per-pixel noise at 8 spp (3.5% of pixels exceed 0.06, 1.4% at 16 spp)
+    "novel_view": {"items_per_scene": 20, "mask_threshold": 0.08},
 }
+# samples per pixel of the Mitsuba targets at 256x144: 8 spp costs ~0.6x of 16 (bench_mitsuba.py)
+DEFAULT_SPP = 8
 
 
 @dataclass
@@ -54,7 +60,7 @@ class DatasetPreset(Config):
     streams: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_COUNTS))
     seed: int = 0
     shard_size: int = 32
-    scene: SceneSource = field(default_factory=lambda: SceneSource(seed_range=TRAIN_SEED_RANGE))
+    scene: SceneSource = field(default_factory=lambda: SceneSource(spp=DEFAULT_SPP, seed_range=TRAIN_SEED_RANGE))
     seq_len: int = 5
     sequence_prob: float = 0.25
     scene_frames: int = 12
@@ -114,7 +120,7 @@ def default_preset() -> DatasetPreset:
 
 def holdout_preset() -> DatasetPreset:
     return DatasetPreset(name="holdout", streams={k: 100 for k in STREAMS}, seed=1_000_003, shard_size=25,
-                         scene=SceneSource(seed_range=HOLDOUT_SEED_RANGE))
+                         scene=SceneSource(spp=DEFAULT_SPP, seed_range=HOLDOUT_SEED_RANGE))
 
 
 PRESETS: dict[str, Callable[[], DatasetPreset]] = {

@@ -73,9 +73,9 @@ DEFAULT_CACHE_DIR = "data/cache/recon"
 # through YAML unchanged): scene_tools is imported only when a stream config is built or used, so
 # reading shards never imports it.
 _DEFAULT_RECON = {
-    "iterations": 400, "lr_decay_steps": 400, "sh_degree": 0, "init_num_points": 8000, "sky_init_points": 500,
-    "densify_start": 50, "densify_every": 50, "densify_stop": 300, "opacity_reset_every": 10_000,
-    "max_gaussians": 30_000, "heldout_every": 0, "eval_every": 10_000, "log_every": 50,
+    "iterations": 300, "lr_decay_steps": 300, "sh_degree": 0, "init_num_points": 6000, "sky_init_points": 400,
+    "densify_start": 50, "densify_every": 50, "densify_stop": 220, "opacity_reset_every": 10_000,
+    "max_gaussians": 20_000, "heldout_every": 0, "eval_every": 10_000, "log_every": 50,
     "checkpoint_every": 10_000, "device": "cpu",
 }
 _TINY_RECON = {
@@ -88,7 +88,7 @@ _TINY_RECON = {
 
 def default_recon() -> dict:
     """Reconstruction settings (ReconstructionConfig fields) for data generation at 256x144: a short CPU
-    schedule (400 steps), SH degree 0, no held-out views (every view trains), checkpoints off (the cache
+    schedule (300 steps, at most 20k Gaussians), SH degree 0, no held-out views (every view trains), checkpoints off (the cache
     keeps the result). Set ``"device": "cuda"`` on a GPU machine (results then differ from CPU runs)."""
     return dict(_DEFAULT_RECON)
 

@@ -294,6 +294,9 @@ def generate_dataset(
             stale.unlink(missing_ok=True)
         if read_shard_record(shard_dir, p.name) is None:
             todo.append(p)
+    # streams interleaved (first chunk of every stream, then the second, ...) so a partly generated
+    # dataset already mixes all streams; the order does not change any chunk's items
+    todo.sort(key=lambda p: (p.chunk, p.stream))
     total = sum(p.count for p in todo)
     with tqdm(total=total, desc="generate dataset", unit="item", disable=not progress) as bar:
         for p in todo:
