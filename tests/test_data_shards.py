@@ -9,7 +9,7 @@ import pytest
 from simharmony.data import shards as S
 from simharmony.data.item import PairItem
 from simharmony.data.streams import STREAMS, tiny_configs
-from simharmony.errors import ConfigError, CorruptFileError, MissingFileError
+from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, MissingFileError
 
 COUNTS = {"isp": 5, "rpb": 3}
 SEED = 4
@@ -183,6 +183,45 @@ def test_generation_bad_input(full, tmp_path):
         _gen(tmp_path / "y", shard=(2, 2))
     with pytest.raises(ConfigError):
         _gen(tmp_path / "z", shard_size=0)
+
+
+def test_unwritable_or_full_output_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(FileFormatError, match="cannot create output folder"):
+        _gen(blocker / "out")
+    # tests run as root, for whom permissions never deny: simulate a read-only folder
+    import simharmony.utils.io as io_mod
+
+    monkeypatch.setattr(io_mod.os, "access", lambda *a, **k: False)
+    with pytest.raises(FileFormatError, match="not writable"):
+        _gen(tmp_path / "ro")
+    monkeypatch.undo()
+
+    # a full disk while a shard is written: clear error, nothing half-written, and a later run completes
+    import errno
+
+    import safetensors.numpy as stn
+
+    real_save, calls = stn.save_file, []
+
+    def full_disk(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 2:  # the second shard hits a full disk
+            with open(path, "wb") as f:
+                f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(stn, "save_file", full_disk)
+    out = tmp_path / "full_disk"
+    with pytest.raises(FileFormatError, match="disk full"):
+        _gen(out, streams={"isp": 4})
+    monkeypatch.undo()
+    leftovers = sorted(p.name for p in (out / "shards").iterdir() if not p.name.endswith(".time.yaml"))
+    assert leftovers == ["isp-00000.safetensors", "isp-00000.yaml"], leftovers  # only the finished shard
+    record = _gen(out, streams={"isp": 4})
+    assert record["num_items"] == 4 and len(_ids(out)) == 4
 
 
 def test_mixing_sampler(full):

@@ -40,7 +40,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from simharmony.data.item import ARRAY_FIELDS, REQUIRED_METADATA, PairItem
-from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError, MissingFileError
+from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, InvalidInputError, MissingFileError
 from simharmony.utils.config import Config
 from simharmony.utils.io import PathLike, atomic_path, ensure_writable_dir, load_yaml, save_yaml, write_text_atomic
 
@@ -144,11 +144,16 @@ def write_shard(folder: PathLike, name: str, items: list[tuple[str, PairItem]]) 
             "sha256": arrays_sha256(enc),
         }))
     data_path = folder / f"{name}.safetensors"
-    with atomic_path(data_path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": FORMAT, "shard": name})
-    record = {"shard": name, "file": data_path.name, "bytes": data_path.stat().st_size,
-              "sha256": _file_sha256(data_path), "items": lines}
-    save_yaml(folder / f"{name}.yaml", record)
+    try:
+        with atomic_path(data_path) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": FORMAT, "shard": name})
+        record = {"shard": name, "file": data_path.name, "bytes": data_path.stat().st_size,
+                  "sha256": _file_sha256(data_path), "items": lines}
+        save_yaml(folder / f"{name}.yaml", record)
+    except OSError as e:  # disk full, quota, folder removed: the temp file is gone, the shard stays incomplete
+        data_path.unlink(missing_ok=True)
+        raise FileFormatError(f"cannot write shard {name!r} into {folder}: {e} (disk full or folder not writable?); "
+                              "free space and rerun: finished shards are kept") from e
     return record
 
 
