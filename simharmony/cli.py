@@ -6,11 +6,13 @@
     simharmony reconstruct              train 3DGS on a frames folder, transforms.json or COLMAP text model
     simharmony assets                   list / query an asset bank
     simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/holdout)
+    simharmony convert-diffusers        local diffusers UNet (+ VAE) -> single-step temporal enhancer
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -160,6 +162,12 @@ def _cmd_data_contact_sheet(args: argparse.Namespace) -> int:
     return 0
 
 
+# modules with an ``add_cli(subparsers)`` adding their own subcommand
+FEATURE_CLIS = (
+    "simharmony.models.diffusers_path",
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="simharmony", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -219,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--out", required=True, help="PNG path")
     cs.add_argument("--per-stream", type=int, default=2, help="items shown per stream")
     cs.set_defaults(func=_cmd_data_contact_sheet)
+
+    for module in FEATURE_CLIS:  # subcommands defined beside their feature
+        importlib.import_module(module).add_cli(sub)
     return p
 
 

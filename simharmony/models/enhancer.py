@@ -13,11 +13,14 @@ must be; images are cropped back to H x W.
 
 Folder format: ``config.yaml`` ({format, version, config}) and ``model.safetensors`` (all parameters and
 buffers, metadata format/version). Wrong, truncated or mismatched files raise CorruptFileError/ConfigError.
+Other model families register their folder format with :func:`register_format` (the converted diffusers
+model does), so ``Enhancer.from_pretrained`` and the Harmonizer open any of them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -33,6 +36,14 @@ FORMAT = "simharmony-enhancer"
 VERSION = 1
 CONFIG_NAME = "config.yaml"
 WEIGHTS_NAME = "model.safetensors"
+
+# Other folder formats Enhancer.from_pretrained can open (e.g. the converted diffusers model): format -> loader.
+_FORMAT_LOADERS: dict[str, Callable[[Path, str | torch.device], Enhancer]] = {}
+
+
+def register_format(name: str, loader: Callable[[Path, str | torch.device], Enhancer]) -> None:
+    """Let :meth:`Enhancer.from_pretrained` (and so the Harmonizer) open folders whose config says ``format: name``."""
+    _FORMAT_LOADERS[name] = loader
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -196,29 +207,38 @@ class Enhancer(nn.Module):
         if not folder.is_dir():
             raise MissingFileError(f"enhancer folder not found: {folder}")
         meta = load_yaml(folder / CONFIG_NAME)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
+        if fmt != FORMAT and fmt in _FORMAT_LOADERS:
+            return _FORMAT_LOADERS[fmt](folder, map_location)
+        if fmt != FORMAT:
             raise ConfigError(f"{folder / CONFIG_NAME} is not an enhancer config (expected format: {FORMAT})")
         if meta.get("version") != VERSION:
             raise ConfigError(f"{folder / CONFIG_NAME}: unsupported version {meta.get('version')!r}, expected {VERSION}")
         config = EnhancerConfig.from_dict(meta.get("config"))
         model = cls(config)
-        tensors, tmeta = load_tensors(folder / WEIGHTS_NAME)
-        if tmeta.get("format") != FORMAT:
-            raise CorruptFileError(f"{folder / WEIGHTS_NAME} is not an enhancer weights file (metadata format={tmeta.get('format')!r})")
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
-        if missing or unexpected or wrong:
-            raise CorruptFileError(
-                f"{folder / WEIGHTS_NAME} does not match its config: missing {_short(missing)}, unexpected "
-                f"{_short(unexpected)}, wrong shape {_short([f'{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}' for k in wrong])}"
-            )
-        bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
-        if bad:
-            raise CorruptFileError(f"{folder / WEIGHTS_NAME} has non-finite values in {_short(bad)}")
-        model.load_state_dict(tensors, strict=True)
+        load_checked_state(model, folder / WEIGHTS_NAME, FORMAT)
         return model.to(map_location).eval()
+
+
+def load_checked_state(model: nn.Module, path: Path, fmt: str) -> None:
+    """Load ``path`` (safetensors with metadata format ``fmt``) into ``model`` strictly: wrong, missing,
+    extra, mis-shaped or non-finite tensors raise CorruptFileError naming them."""
+    tensors, tmeta = load_tensors(path)
+    if tmeta.get("format") != fmt:
+        raise CorruptFileError(f"{path} is not an enhancer weights file (metadata format={tmeta.get('format')!r}, expected {fmt!r})")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
+    if missing or unexpected or wrong:
+        raise CorruptFileError(
+            f"{path} does not match its config: missing {_short(missing)}, unexpected "
+            f"{_short(unexpected)}, wrong shape {_short([f'{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}' for k in wrong])}"
+        )
+    bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
+    if bad:
+        raise CorruptFileError(f"{path} has non-finite values in {_short(bad)}")
+    model.load_state_dict(tensors, strict=True)
 
 
 def _short(items: list[str], n: int = 5) -> str:
