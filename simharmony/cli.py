@@ -6,6 +6,7 @@
     simharmony reconstruct              train 3DGS on a frames folder, transforms.json or COLMAP text model
     simharmony assets                   list / query an asset bank
     simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/holdout)
+    simharmony simulate                 drive the demo street through the render hook: raw | harmonized video
     simharmony convert-diffusers        local diffusers UNet (+ VAE) -> single-step temporal enhancer
 """
 
@@ -165,6 +166,7 @@ def _cmd_data_contact_sheet(args: argparse.Namespace) -> int:
 # modules with an ``add_cli(subparsers)`` adding their own subcommand
 FEATURE_CLIS = (
     "simharmony.models.diffusers_path",
+    "simharmony.sim",
 )
 
 
