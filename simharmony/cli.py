@@ -7,6 +7,7 @@
     simharmony assets                   list / query an asset bank
     simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/holdout)
     simharmony simulate                 drive the demo street through the render hook: raw | harmonized video
+    simharmony bench --preset smoke|full   metrics, baselines, scenarios, speed -> report folder
     simharmony convert-diffusers        local diffusers UNet (+ VAE) -> single-step temporal enhancer
 """
 
@@ -167,6 +168,7 @@ def _cmd_data_contact_sheet(args: argparse.Namespace) -> int:
 FEATURE_CLIS = (
     "simharmony.models.diffusers_path",
     "simharmony.sim",
+    "simharmony.bench",
 )
 
 

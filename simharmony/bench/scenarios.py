@@ -1,0 +1,259 @@
+"""Benchmark scenarios as lists of :class:`Clip` (DESIGN.md section 7, diffusion-harmonizer section 4).
+
+- ``holdout``: every item of a holdout dataset folder (:class:`~simharmony.data.shards.ShardDataset`), one
+  clip per item (images T = 1, sequences T > 1); in the smoke preset the folder is generated on the fly
+  from the tiny stream configs (:func:`make_smoke_holdout`).
+- ``novel_trajectory``: the demo street's 3DGS reconstruction (``weights/demo_street`` without its inserted
+  vehicle) rendered along its ego trajectory shifted ``novel_shift_m`` to the left; ground truth = the
+  Mitsuba render of the *same* street (the StreetConfig recorded in the scene's build config, whose
+  layout, lighting and ego trajectory are checked against the scene's metadata) along the same shifted
+  poses at the same times. Flow for the warping error is the exact PBR flow (moving objects included).
+- ``insertion``: the demo scene *with* its inserted vehicle (as ``simharmony demo --shift 3`` renders it)
+  along the ego trajectory shifted ``insert_shift_m``; no ground truth; flow from the Gaussian render.
+
+This module may import ``scene_tools`` (the bench sits above the model code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from simharmony.bench.config import BenchConfig
+from simharmony.errors import InvalidSceneError, MissingFileError
+
+log = logging.getLogger(__name__)
+
+HOLDOUT_HINT = "generate it with `simharmony data generate --preset holdout --out data/holdout`"
+
+
+@dataclass(eq=False)
+class Clip:
+    """One evaluation sequence (T = 1 for an image).
+
+    - ``input`` [T, H, W, 3] float32 in [0, 1]: what every method gets
+    - ``target`` [T, H, W, 3] | None: ground truth (None: no-GT scenario)
+    - ``mask`` [T, H, W] float32 | None: region of the foreground metrics (fMSE, fPSNR, masked structure)
+    - ``model_mask`` [T, H, W] | None: the mask the methods are given (None: they get none)
+    - ``depth`` [T, H, W] | None (inf = no hit), ``flow`` [T, H, W, 2] backward flow t -> t-1 in pixels
+      (entry 0 unused) and ``flow_valid`` [T, H, W] bool, for the warping error
+    """
+
+    id: str
+    group: str
+    input: np.ndarray
+    target: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    model_mask: np.ndarray | None = None
+    depth: np.ndarray | None = None
+    flow: np.ndarray | None = None
+    flow_valid: np.ndarray | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.input.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(W, H)."""
+        return int(self.input.shape[2]), int(self.input.shape[1])
+
+
+def _key(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------------------------------
+# holdout streams
+# --------------------------------------------------------------------------------------------------
+
+
+def make_smoke_holdout(cfg: BenchConfig) -> Path:
+    """Generate (or reuse) the smoke preset's holdout-like dataset in ``cfg.cache_dir``; returns its folder.
+
+    ``cfg.smoke_items_per_stream`` items of each of ``cfg.smoke_streams`` from the tiny stream configs
+    (48x32 tiny streets) with ``cfg.smoke_seq_len``-frame sequences, half of the items sequences on average.
+    """
+    from simharmony.data.shards import generate_dataset
+    from simharmony.data.streams import tiny_configs
+
+    cache = Path(cfg.cache_dir)
+    base = tiny_configs(str(cache / "recon"))
+    configs = {}
+    for name in cfg.smoke_streams:
+        c = base[name]
+        kw = {"seq_len": cfg.smoke_seq_len, "sequence_prob": 0.5, "items_per_scene": 2}
+        if hasattr(c, "scene_frames"):
+            kw["scene_frames"] = max(c.scene_frames, cfg.smoke_seq_len)
+        configs[name] = dataclasses.replace(c, **kw)
+    counts = {name: cfg.smoke_items_per_stream for name in configs}
+    key = _key({"counts": counts, "seed": cfg.smoke_seed, "configs": {k: v.to_dict() for k, v in configs.items()}})
+    out = cache / f"smoke_holdout-{key}"
+    if not (out / "dataset.yaml").is_file():
+        generate_dataset(out, counts, seed=cfg.smoke_seed, shard_size=cfg.smoke_items_per_stream, configs=configs,
+                         progress=cfg.progress)
+    return out
+
+
+def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_model: bool = True) -> tuple[int, Iterator[Clip]]:
+    """(count, lazy iterator of clips): one clip per item of the dataset folder (manifest order), at most
+    ``max_items_per_stream`` per stream (0 = all). Items are read one at a time (a holdout set does not fit
+    in memory at once). MissingFileError (saying how to make it) when the folder is not a dataset."""
+    from simharmony.data.shards import ShardDataset
+
+    folder = Path(folder)
+    if not (folder / "dataset.yaml").is_file():
+        raise MissingFileError(f"holdout dataset folder {folder} not found (no dataset.yaml there); {HOLDOUT_HINT}")
+    ds = ShardDataset(folder)
+    picked, per_stream = [], {}
+    for i, rec in enumerate(ds.records):
+        n = per_stream.get(rec["stream"], 0)
+        if not max_items_per_stream or n < max_items_per_stream:
+            per_stream[rec["stream"]] = n + 1
+            picked.append(i)
+    if not picked:
+        raise MissingFileError(f"holdout dataset {folder} holds no items; {HOLDOUT_HINT}")
+
+    def clips() -> Iterator[Clip]:
+        for i in picked:
+            it = ds.load_item(i)
+            yield Clip(
+                id=ds.records[i]["id"], group=it.stream, input=it.input, target=it.target, mask=it.mask,
+                model_mask=it.mask if mask_to_model else None, depth=it.depth, flow=it.flow, flow_valid=it.flow_valid,
+            )
+
+    return len(picked), clips()
+
+
+# --------------------------------------------------------------------------------------------------
+# the demo street: novel trajectory and insertion
+# --------------------------------------------------------------------------------------------------
+
+
+def demo_street_layout(scene):
+    """The StreetLayout the demo scene was reconstructed from, checked against the scene's metadata.
+
+    Uses the StreetConfig recorded in ``metadata.build_config.street`` (the default StreetConfig for the
+    shipped demo) and checks that its ego trajectory and lighting are the ones the scene recorded, so the
+    PBR ground truth shows the street the Gaussians were fitted to.
+    """
+    from scene_tools.cameras import Trajectory
+    from scene_tools.street import StreetConfig, generate_street
+
+    md = scene.metadata
+    try:
+        street_cfg = StreetConfig.from_dict(md["build_config"]["street"])
+        ego = Trajectory.from_dict(md["ego_trajectory"])
+    except KeyError as e:
+        raise InvalidSceneError(f"scene {scene.name!r} has no build_config.street / ego_trajectory metadata ({e}); "
+                                "it was not made by scene_tools.demo_scene") from None
+    layout = generate_street(street_cfg)
+    if len(layout.trajectory) != len(ego) or not np.allclose(layout.trajectory.poses, ego.poses, atol=1e-6):
+        raise InvalidSceneError(f"scene {scene.name!r}: the ego trajectory of its recorded street does not match "
+                                "the scene's ego_trajectory; the PBR ground truth would show another street")
+    if "lighting" in md and layout.lighting.to_dict() != md["lighting"]:
+        raise InvalidSceneError(f"scene {scene.name!r}: recorded lighting differs from its street config's lighting")
+    return layout, ego
+
+
+def _scaled(traj, scale: float, num_frames: int):
+    from scene_tools.cameras import Trajectory
+
+    traj = traj[: max(1, min(num_frames, len(traj)))]
+    return Trajectory(traj.poses, traj.intrinsics.scaled(scale) if scale != 1.0 else traj.intrinsics, traj.times)
+
+
+def pbr_ground_truth(layout, trajectory, spp: int, cache_dir: str | Path, progress: bool = True):
+    """Mitsuba render of ``layout`` along ``trajectory`` (cached under ``cache_dir/pbr-<key>``) and its exact
+    backward flow (moving objects included) -> (StreetFrames, flow [T, H, W, 2], flow_valid [T, H, W])."""
+    from scene_tools.flow import sequence_flow
+    from scene_tools.pbr import StreetFrames, render_street
+    from simharmony.data.streams import object_motions
+
+    key = _key({"street": layout.config.to_dict(), "lighting": layout.lighting.to_dict(),
+                "traj": trajectory.to_dict(), "spp": spp})
+    folder = Path(cache_dir) / f"pbr-{key}"
+    if (folder / "frames.yaml").is_file():
+        frames = StreetFrames.load(folder)
+    else:
+        frames = render_street(layout, trajectory=trajectory, spp=spp, progress=progress)
+        frames.save(folder, previews=False)
+    flow, valid = sequence_flow(frames.depth, frames.intrinsics.K, frames.poses, instance_ids=frames.instance_ids,
+                                object_motions=object_motions(layout, frames.times))
+    return frames, flow, valid
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def scene_clips(cfg: BenchConfig) -> tuple[list[Clip], list[Clip], dict]:
+    """The novel-trajectory clip (with PBR ground truth) and the insertion clip, plus a description dict."""
+    from scene_tools.scene import Scene
+
+    scene_dir = Path(cfg.scene_dir)
+    if not (scene_dir / "scene.yaml").is_file():
+        raise MissingFileError(f"demo scene not found at {scene_dir} (no scene.yaml); build it with "
+                               "`simharmony build-demo-scene`")
+    scene = Scene.load(scene_dir)
+    layout, ego = demo_street_layout(scene)
+    info = {"scene_dir": str(scene_dir), "street_seed": layout.config.seed,
+            "street_is_default_config": _is_default_street(layout.config), "lighting": layout.lighting.to_dict()}
+
+    # (b) novel trajectory: background only (the inserted vehicle has no PBR counterpart)
+    novel_traj = _scaled(ego.shifted_laterally(cfg.novel_shift_m), cfg.render_scale, cfg.num_frames)
+    objects, scene.objects = scene.objects, []
+    renders = scene.render(novel_traj, progress=cfg.progress)
+    scene.objects = objects
+    gt, flow, valid = pbr_ground_truth(layout, novel_traj, cfg.gt_spp, cfg.cache_dir, cfg.progress)
+    fg_ids = np.asarray(sorted(layout.foreground_ids()), np.int32)
+    fg_mask = np.isin(gt.instance_ids, fg_ids).astype(np.float32)  # vehicles and pedestrians in the ground truth
+    novel = Clip(
+        id=f"demo_street_shift{cfg.novel_shift_m:g}m", group="novel_trajectory", input=_np(renders.rgb).astype(np.float32),
+        target=np.clip(gt.rgb, 0.0, 1.0).astype(np.float32), mask=fg_mask, model_mask=None,
+        depth=_np(renders.depth), flow=flow, flow_valid=valid,
+    )
+    intr = novel_traj.intrinsics
+    info["novel_trajectory"] = {"shift_m": cfg.novel_shift_m, "frames": len(novel_traj), "size": [intr.width, intr.height],
+                                "gt_spp": cfg.gt_spp, "gt_variant": gt.render_info.get("variant"),
+                                "mask": "vehicles and pedestrians in the PBR ground truth (fMSE / fPSNR region)",
+                                "flow": "exact PBR flow with object motion (scene_tools.flow.sequence_flow)"}
+
+    # (c) insertion: with the inserted vehicle, as `simharmony demo --shift 3` renders it
+    ins_traj = _scaled(ego.shifted_laterally(cfg.insert_shift_m), cfg.render_scale, cfg.num_frames)
+    renders = scene.render(ins_traj, progress=cfg.progress)
+    inserted = _np(renders.inserted_mask).astype(np.float32)
+    insertion = Clip(
+        id=f"demo_street_insert_shift{cfg.insert_shift_m:g}m", group="insertion",
+        input=_np(renders.rgb).astype(np.float32), target=None, mask=inserted, model_mask=inserted,
+        depth=_np(renders.depth), flow=_np(renders.flow), flow_valid=_np(renders.flow_valid),
+    )
+    info["insertion"] = {"shift_m": cfg.insert_shift_m, "frames": len(ins_traj), "size": [intr.width, intr.height],
+                         "inserted_assets": [o.asset.id for o in objects],
+                         "inserted_pixel_fraction": float((inserted > 0.5).mean()),
+                         "flow": "geometric flow of the Gaussian render (Scene.render_frame)"}
+    return [novel], [insertion], info
+
+
+def _is_default_street(config) -> bool:
+    from scene_tools.street import StreetConfig
+
+    return config.to_dict() == StreetConfig().to_dict()
+
+
+__all__ = [
+    "HOLDOUT_HINT",
+    "Clip",
+    "demo_street_layout",
+    "holdout_clips",
+    "make_smoke_holdout",
+    "pbr_ground_truth",
+    "scene_clips",
+]

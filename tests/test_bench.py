@@ -1,0 +1,213 @@
+"""simharmony bench: presets, errors, metric plumbing, and a shrunken smoke run end to end."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from simharmony.bench import add_cli, config_from_args, get_bench_preset
+from simharmony.bench.methods import Method, Unavailable, parametric_method, resolve_ours
+from simharmony.bench.runner import build_methods, clip_metrics, run_bench
+from simharmony.bench.scenarios import Clip, make_smoke_holdout
+from simharmony.errors import ConfigError, MissingFileError
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="simharmony")
+    add_cli(p.add_subparsers(dest="command", required=True))
+    return p
+
+
+def _strict_json(text: str):
+    def bad(token):
+        raise ValueError(f"non-standard JSON constant {token}")
+
+    return json.loads(text, parse_constant=bad)
+
+
+def _psnr_np(a: np.ndarray, b: np.ndarray, cap: float) -> float:
+    """Independent PSNR (data range 255) per frame, capped, averaged over frames."""
+    vals = []
+    for x, y in zip(a, b):
+        m = np.mean((255.0 * x.astype(np.float64) - 255.0 * y.astype(np.float64)) ** 2)
+        vals.append(cap if m == 0 else min(cap, 10 * math.log10(255.0**2 / m)))
+    return float(np.mean(vals))
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown bench preset 'nope'.*full, smoke"):
+        get_bench_preset("nope")
+    args = _parser().parse_args(["bench", "--preset", "nope"])
+    with pytest.raises(ConfigError, match="valid presets"):
+        config_from_args(args)
+
+
+def test_cli_arguments_map_to_config():
+    args = _parser().parse_args(["bench", "--preset", "full", "--model", "m", "--per-frame-model", "p",
+                                 "--parametric", "q", "--holdout", "h", "--threads", "3",
+                                 "--model-variant", "no_tloss=a", "--model-variant", "no_perc=b"])
+    cfg = config_from_args(args)
+    assert (cfg.preset, cfg.model, cfg.per_frame_model, cfg.parametric, cfg.holdout_dir, cfg.threads) == (
+        "full", "m", "p", "q", "h", 3)
+    assert cfg.variants == {"no_tloss": "a", "no_perc": "b"} and not cfg.smoke_data
+    with pytest.raises(ConfigError, match="NAME=DIR"):
+        config_from_args(_parser().parse_args(["bench", "--model-variant", "oops"]))
+    assert get_bench_preset("full", threads=2).to_dict() == type(cfg).from_dict(get_bench_preset("full", threads=2).to_dict()).to_dict()
+
+
+def test_missing_holdout_folder_says_how_to_make_it(tmp_path):
+    cfg = get_bench_preset("full", holdout_dir=str(tmp_path / "no_such"), progress=False)
+    with pytest.raises(MissingFileError, match="simharmony data generate --preset holdout --out data/holdout"):
+        run_bench(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # failed before writing anything
+
+
+def test_bad_model_folder_is_an_error_and_absent_methods_are_not_available(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingFileError, match="not a saved Enhancer"):
+        build_methods(get_bench_preset("smoke", model=str(tmp_path / "empty")))
+    with pytest.raises(MissingFileError, match="not a saved Enhancer"):
+        build_methods(get_bench_preset("smoke", variants={"v": str(tmp_path / "nothing")}))
+    par = parametric_method(str(tmp_path / "nothing"), "cpu")
+    assert isinstance(par, Unavailable) and par.reason
+    assert isinstance(parametric_method("", "cpu"), Unavailable)
+
+
+def test_untrained_fallback_only_when_allowed(tmp_path, monkeypatch, one_torch_thread):
+    monkeypatch.setattr("simharmony.paths.ENHANCER_DIR", tmp_path / "missing")
+    _, info = resolve_ours("", True, get_bench_preset("smoke").untrained_config, "cpu")
+    assert not info.trained and "untrained" in info.source
+    with pytest.raises(MissingFileError, match="pass --model"):
+        resolve_ours("", False, {}, "cpu")
+    _, missing, info = build_methods(get_bench_preset("full"))
+    assert info is None and {"ours", "ours_per_frame", "ours_ema"} <= {u.name for u in missing}
+
+
+def test_clip_metrics_against_hand_values():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.2, 0.7, (3, 16, 20, 3)).astype(np.float32)
+    mask = np.zeros((3, 16, 20), np.float32)
+    mask[:, 4:10, 5:12] = 1.0
+    target = x.copy()
+    target[mask > 0] += 0.1  # 25.5 levels inside the mask -> fPSNR exactly 20 dB
+    flow = np.zeros((3, 16, 20, 2), np.float32)
+    clip = Clip("c", "g", x, target, mask, mask, None, flow, np.ones((3, 16, 20), bool))
+    m = clip_metrics(x, clip, cap_db=100.0)
+    assert m["fpsnr"] == pytest.approx(20.0, abs=1e-3)
+    frac = mask[0].mean()
+    assert m["psnr"] == pytest.approx(20.0 - 10 * math.log10(frac), abs=1e-3)
+    assert m["mse"] == pytest.approx(25.5**2 * frac, rel=1e-4)
+    assert clip_metrics(target, clip, cap_db=100.0)["psnr"] == 100.0  # identical -> capped
+    # warping error with zero flow = mean squared frame difference; flicker from uint8 frames
+    ref = np.mean([np.mean((x[t] - x[t - 1]).astype(np.float64) ** 2) for t in (1, 2)])
+    assert m["warping_error"] == pytest.approx(ref, rel=1e-4)
+    q = np.round(255 * x).astype(np.int16)
+    assert m["flicker"] == pytest.approx((255 - np.abs(np.diff(q, axis=0)).mean()) / 255, abs=1e-9)
+
+
+def test_smoke_end_to_end(tmp_path, monkeypatch, one_torch_thread):
+    """Shrunken smoke preset (2 cheap streams, 3 scene frames) with an oracle method that returns the target."""
+    import torch
+
+    from simharmony.data.shards import ShardDataset
+    from simharmony.models.backbone import EnhancerConfig
+    from simharmony.models.enhancer import Enhancer
+
+    monkeypatch.setattr("simharmony.paths.ENHANCER_DIR", tmp_path / "no_weights")  # fresh clone: no weights
+    torch.manual_seed(0)
+    Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2)).save_pretrained(
+        tmp_path / "variant")
+    cfg = get_bench_preset(
+        "smoke", cache_dir=str(tmp_path / "cache"), smoke_streams=("isp", "shadow"), num_frames=3,
+        speed_repeats=2, speed_warmup=0, video_max_frames=8, progress=False, variants={"tiny": str(tmp_path / "variant")},
+    )
+    ds = ShardDataset(make_smoke_holdout(cfg))
+    items = [ds.load_item(i) for i in range(len(ds))]
+    assert any(it.num_frames >= 5 for it in items)  # sequences of smoke_seq_len frames
+    lookup = {hashlib.sha1(np.ascontiguousarray(f).tobytes()).hexdigest(): t
+              for it in items for f, t in zip(it.input, it.target)}
+
+    def oracle(frame, mask, depth):
+        return lookup.get(hashlib.sha1(np.ascontiguousarray(frame).tobytes()).hexdigest(), frame)
+
+    out = tmp_path / "report"
+    res = run_bench(cfg, out, extra_methods={"oracle": Method("oracle", "oracle (returns the target)", oracle,
+                                                               kind="reference")})
+    for f in ("report.md", "results.json", "contact_sheet.png", "plots/psnr_per_stream.png", "plots/temporal.png",
+              "videos/isp.mp4", "videos/shadow.mp4", "videos/novel_trajectory.mp4", "videos/insertion.mp4"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    data = _strict_json((out / "results.json").read_text())
+    assert data["meta"]["preset"] == "smoke" and data["meta"]["weights"]["ours"]["trained"] is False
+    assert data["meta"]["git"]["revision"] is None or len(data["meta"]["git"]["revision"]) == 40
+    assert {"parametric", "per_frame_model"} <= set(data["unavailable"])
+    report = (out / "report.md").read_text()
+    assert "UNTRAINED" in report and "not available" in report and "ours tiny" in report  # Table 6 column
+
+    cap = cfg.psnr_cap_db
+    for stream in ("isp", "shadow"):
+        group = res["holdout"][stream]
+        its = [it for it in items if it.stream == stream]
+        expect = float(np.mean([_psnr_np(it.input, it.target, cap) for it in its]))
+        assert group["methods"]["identity"]["psnr"] == pytest.approx(expect, abs=1e-6)
+        assert expect < 60  # the input really differs from the target
+        assert group["methods"]["oracle"]["psnr"] == cap and group["methods"]["oracle"]["fpsnr"] == cap
+        assert group["methods"]["oracle"]["ssim"] == pytest.approx(1.0)
+        # a fresh Enhancer is the identity; the oracle's temporal metrics are the target's
+        assert group["methods"]["ours"]["psnr"] == pytest.approx(expect, abs=0.05)
+        if group["counts"]["sequences"]:
+            assert group["methods"]["oracle"]["flicker"] == pytest.approx(group["reference_target"]["flicker"])
+    nt = res["scenarios"]["novel_trajectory"]["methods"]
+    assert 5 < nt["identity"]["psnr"] < 60 and nt["oracle"]["psnr"] == pytest.approx(nt["identity"]["psnr"])
+    ins = res["scenarios"]["insertion"]["methods"]
+    assert ins["identity"]["structure"] == pytest.approx(1.0) and ins["reinhard_lab"]["structure"] <= 1.0
+    assert set(res["speed"]["ours"]) == {"128x72"} and res["speed"]["ours"]["128x72"]["median_ms"] > 0
+
+
+def test_parametric_adapter_with_a_stand_in_module(monkeypatch, tmp_path):
+    """The parametric baseline is another module: its absence or a mismatching interface is "not available"."""
+    import sys
+    import types
+
+    class Good:
+        @classmethod
+        def from_pretrained(cls, folder):
+            return cls()
+
+        def harmonize(self, image, mask):
+            return image * 0.5 + 0.25 * mask[..., None]
+
+    class Bad(Good):
+        def harmonize(self, image, mask):
+            raise TypeError("expects [B, 3, H, W] tensors")
+
+    mod = types.ModuleType("simharmony.models.parametric")
+    mod.ParametricHarmonizer = Good
+    monkeypatch.setitem(sys.modules, "simharmony.models.parametric", mod)
+    m = parametric_method(str(tmp_path), "cpu")
+    assert isinstance(m, Method)
+    frame = np.full((12, 12, 3), 0.4, np.float32)
+    mask = np.zeros((12, 12), np.float32)
+    mask[3:6, 3:6] = 1.0
+    out = m(frame, mask, None)
+    assert out[0, 0, 0] == pytest.approx(0.2) and out[4, 4, 0] == pytest.approx(0.45)
+    mod.ParametricHarmonizer = Bad
+    bad = parametric_method(str(tmp_path), "cpu")
+    assert isinstance(bad, Unavailable) and "expects [B, 3, H, W]" in bad.reason
+
+
+def test_bar_chart_without_matplotlib_draws_with_opencv(monkeypatch, tmp_path):
+    import sys
+
+    import cv2
+
+    from simharmony.bench.report import bar_chart
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    backend = bar_chart(tmp_path / "p.png", "t", ["a", "b"], {"m1": [20.0, 30.0], "m2": [25.0, float("nan")]}, "dB")
+    img = cv2.imread(str(tmp_path / "p.png"))
+    assert backend == "cv2" and img is not None and img.shape[1] >= 640
