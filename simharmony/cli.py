@@ -8,6 +8,7 @@
     simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/holdout)
     simharmony simulate                 drive the demo street through the render hook: raw | harmonized video
     simharmony bench --preset smoke|full   metrics, baselines, scenarios, speed -> report folder
+    simharmony train-parametric         train the parametric curves + shading baseline
     simharmony convert-diffusers        local diffusers UNet (+ VAE) -> single-step temporal enhancer
 """
 
@@ -169,6 +170,7 @@ FEATURE_CLIS = (
     "simharmony.models.diffusers_path",
     "simharmony.sim",
     "simharmony.bench",
+    "simharmony.parametric_training",
 )
 
 

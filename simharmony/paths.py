@@ -6,4 +6,5 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_DIR = REPO_ROOT / "weights"
 DEMO_SCENE_DIR = WEIGHTS_DIR / "demo_street"
 DEMO_ASSETS_DIR = WEIGHTS_DIR / "demo_assets"
+PARAMETRIC_DIR = WEIGHTS_DIR / "parametric"  # the trained parametric curves + shading baseline
 ENHANCER_DIR = WEIGHTS_DIR / "enhancer"  # default enhancer weights (config.yaml + model.safetensors)

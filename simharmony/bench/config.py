@@ -120,7 +120,10 @@ def smoke_preset() -> BenchConfig:
 
 
 def full_preset() -> BenchConfig:
-    return BenchConfig(preset="full")
+    from simharmony.paths import PARAMETRIC_DIR
+
+    # the shipped parametric baseline takes part when its weights are there
+    return BenchConfig(preset="full", parametric=str(PARAMETRIC_DIR) if (PARAMETRIC_DIR / "model.safetensors").is_file() else "")
 
 
 PRESETS: dict[str, Callable[[], BenchConfig]] = {"smoke": smoke_preset, "full": full_preset}
