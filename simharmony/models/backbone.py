@@ -147,7 +147,12 @@ class TemporalUNet(nn.Module):
         self.norm_out = group_norm(ch[0])
         self.conv_out = zero_module(nn.Conv2d(ch[0], cz, 3, padding=1))
 
-    def embedding(self, batch: int) -> torch.Tensor:
+    def embedding(self, batch: int, timestep: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, E]: the null time + null condition embedding, or (denoising pretraining only) the embedding of
+        a real ``timestep`` [B] with the null condition."""
+        if timestep is not None:
+            t = sinusoidal_embedding(timestep.reshape(-1).float().cpu(), self.cfg.emb_dim).to(self.null_time)
+            return self.time_mlp(t.expand(batch, -1) if t.shape[0] == 1 else t) + self.cond_proj(self.null_cond)[None]
         emb = self.time_mlp(self.null_time) + self.cond_proj(self.null_cond)
         return emb[None].expand(batch, -1)
 
@@ -157,13 +162,16 @@ class TemporalUNet(nn.Module):
         cond: torch.Tensor | None = None,
         past: torch.Tensor | None = None,
         mask_lat: torch.Tensor | None = None,
+        timestep: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``timestep`` [B] (or [1]): overrides the fixed null time embedding; used only by the optional
+        denoising pretraining (:mod:`simharmony.training`). None (always at inference) = single step."""
         cfg = self.cfg
         if past is not None and past.shape[1] > cfg.context_frames:
             past = past[:, : cfg.context_frames]  # most recent first: keep the newest K
         if past is not None and past.shape[1] == 0:
             past = None
-        emb = self.embedding(z.shape[0]).to(z.dtype)
+        emb = self.embedding(z.shape[0], timestep).to(z.dtype)
         if past is not None:
             # Pool the past latents once per level (shared by all temporal layers of that level).
             b, t = past.shape[:2]
