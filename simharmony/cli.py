@@ -8,6 +8,8 @@
     simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/holdout)
     simharmony simulate                 drive the demo street through the render hook: raw | harmonized video
     simharmony bench --preset smoke|full   metrics, baselines, scenarios, speed -> report folder
+    simharmony train                    train the enhancer (YAML config; resumable; torchrun for data-parallel)
+    simharmony view                     viser viewer: harmonizer toggle, asset picker, lateral shift
     simharmony train-parametric         train the parametric curves + shading baseline
     simharmony convert-diffusers        local diffusers UNet (+ VAE) -> single-step temporal enhancer
 """
@@ -171,6 +173,8 @@ FEATURE_CLIS = (
     "simharmony.sim",
     "simharmony.bench",
     "simharmony.parametric_training",
+    "simharmony.training.trainer",
+    "simharmony.viewer",
 )
 
 

@@ -1,0 +1,50 @@
+"""Standalone viser viewer for simharmony scenes: harmonizer toggle, asset picker + insert, lateral shift.
+
+    simharmony view [--scene weights/demo_street] [--assets weights/demo_assets] [--model DIR] [--port 8080]
+
+``ViewerApp`` (app.py) holds the logic and is driven directly by tests; ``ViewerServer`` (server.py) wires it
+to viser (0.2.7, as pinned by nerfstudio 1.1.5, or newer). viser is an optional dependency: the ``viewer``
+extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
+from simharmony.viewer.app import ViewerApp, ViewerConfig, ViewerFrame
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from simharmony.viewer.server import serve
+
+    model = None if args.model in ("none", "") else args.model
+    app = ViewerApp.from_paths(args.scene, None if args.assets in ("none", "") else args.assets, model,
+                               config=ViewerConfig(scale=args.scale), device=args.device)
+    if args.harmonize and app.has_harmonizer:
+        app.set_harmonize(True)
+    if app.warning:
+        print(f"warning: {app.warning}", file=sys.stderr)
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """``simharmony view``: serve the viewer on http://HOST:PORT."""
+    p = subparsers.add_parser("view", help="interactive viser viewer: harmonizer toggle, asset insertion, lateral shift")
+    p.add_argument("--scene", default=str(DEMO_SCENE_DIR), help="scene folder (Scene.save, with an ego_trajectory)")
+    p.add_argument("--assets", default=str(DEMO_ASSETS_DIR), help="asset bank folder ('none' for no bank)")
+    p.add_argument("--model", default="default",
+                   help="'default' (weights/enhancer; an untrained identity Enhancer with a warning while missing), "
+                        "'untrained', 'none', or a folder saved with Enhancer.save_pretrained")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--scale", type=float, default=1.0, help="camera resolution factor (demo: 1.0 = 256x144)")
+    p.add_argument("--device", default="cpu", help="torch device of the scene and enhancer")
+    p.add_argument("--harmonize", action="store_true", help="start with the harmonizer on")
+    p.set_defaults(func=_cmd_view)
+
+
+__all__ = ["ViewerApp", "ViewerConfig", "ViewerFrame", "add_cli"]

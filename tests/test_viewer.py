@@ -1,0 +1,244 @@
+"""Standalone viewer logic (ViewerApp) on a tiny scene, its viser wiring without a browser, and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import math
+import re
+import socket
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from scene_tools.assets import AssetBank, extract_asset
+from scene_tools.cameras import Intrinsics, straight_trajectory
+from scene_tools.gaussians import GaussianScene
+from scene_tools.scene import RenderConfig, Scene
+from simharmony.errors import InvalidInputError, UnknownAssetError
+from simharmony.harmonizer import Harmonizer
+from simharmony.models import Enhancer, EnhancerConfig
+from simharmony.viewer import ViewerApp, ViewerConfig, add_cli
+
+SMALL = {"channels": (16, 32, 32), "heads": 4, "emb_dim": 32, "cond_dim": 8}
+INTR = Intrinsics.from_fov(70.0, 48, 32)
+SHIFT = (0.3, 0.0, -0.3)  # what the colour-shift model adds to R, G, B
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def colour_shift_model(shift=SHIFT) -> Enhancer:
+    """An Enhancer that adds a constant ``shift`` to R, G, B (then clamps): its residual conv has only a bias.
+
+    The pixel-unshuffle codec (factor f) maps image x in [0, 1] to latents 2x - 1, channel c*f*f + k for
+    colour c, so a latent bias b on colour c's f*f channels adds b / 2 to that colour.
+    """
+    torch.manual_seed(0)
+    model = Enhancer(EnhancerConfig(**SMALL)).eval()
+    f = model.config.codec_downscale
+    conv = model.backbone.conv_out
+    with torch.no_grad():
+        conv.weight.zero_()
+        for c, s in enumerate(shift):
+            conv.bias[c * f * f:(c + 1) * f * f] = 2.0 * s
+    return model
+
+
+def tiny_scene() -> Scene:
+    """Textured ground (z = 0) and a yellow post (instance 2) ahead and to the right of the ego path."""
+    xs, ys = torch.arange(-2.0, 30.0, 0.5), torch.arange(-6.0, 6.0, 0.5)
+    gx, gy = torch.meshgrid(xs, ys, indexing="ij")
+    pts = torch.stack([gx, gy, torch.zeros_like(gx)], -1).reshape(-1, 3)
+    col = torch.stack([0.5 + 0.35 * torch.sin(0.9 * pts[:, 0]), 0.5 + 0.3 * torch.cos(0.6 * pts[:, 1]),
+                       torch.full_like(pts[:, 0], 0.4)], -1)
+    g = GaussianScene.from_points(pts, col, scale=0.3, opacity=0.95)
+    g.log_scales[:, 2] = math.log(0.02)
+    zs = torch.arange(0.1, 2.0, 0.12)
+    post = GaussianScene.from_points(torch.stack([torch.full_like(zs, 8.0), torch.full_like(zs, -1.5), zs], -1),
+                                     torch.tensor([[0.9, 0.9, 0.2]]).expand(len(zs), 3), scale=0.25, opacity=0.95,
+                                     instance_ids=torch.full((len(zs),), 2, dtype=torch.int32))
+    scene = Scene(GaussianScene.concat([g, post]), config=RenderConfig(background_color=(0.3, 0.4, 0.6)),
+                  intrinsics=INTR)
+    return scene
+
+
+def trajectory(n: int = 6):
+    return straight_trajectory(INTR, n, start=(0.0, 0.0, 1.6), speed_mps=5.0, pitch_deg=-5.0)
+
+
+@pytest.fixture()
+def bank(tmp_path) -> AssetBank:
+    asset = extract_asset(tiny_scene().background, 2, category="post", source="tiny")
+    b = AssetBank(tmp_path / "bank")
+    b.add(asset)
+    return b
+
+
+def make_app(bank=None, harmonizer=True, **cfg) -> ViewerApp:
+    h = Harmonizer(colour_shift_model()) if harmonizer else None
+    return ViewerApp(tiny_scene(), trajectory(), h, bank, config=ViewerConfig(**cfg), harmonizer_note="test model")
+
+
+def expected_shifted(raw_u8: np.ndarray) -> np.ndarray:
+    x = raw_u8.astype(np.float32) / 255.0 + np.array(SHIFT, dtype=np.float32)
+    return (np.clip(x, 0, 1) * 255.0 + 0.5).astype(np.uint8)
+
+
+def test_raw_frame_matches_scene_render_and_harmonized_adds_the_shift():
+    app = make_app()
+    app.set_frame(2)
+    f = app.render()
+    ref_scene = tiny_scene()
+    ref = ref_scene.render_frame(trajectory().poses[2], float(trajectory().times[2]), INTR).rgb.numpy()
+    assert f.raw.shape == (32, 48, 3) and f.raw.dtype == np.uint8
+    assert np.abs(f.raw.astype(int) - np.round(ref * 255).astype(int)).max() <= 1
+    assert f.harmonized is None and f.shown is f.raw and "frame 3/6" in f.status
+
+    app.set_harmonize(True)
+    g = app.render()
+    assert g.harmonized is not None and g.shown is g.harmonized
+    np.testing.assert_array_equal(g.raw, f.raw)  # same state: the raw render is reused
+    assert np.abs(g.harmonized.astype(int) - expected_shifted(g.raw).astype(int)).max() <= 2
+    assert "harmonizer" in g.status
+
+    app.set_harmonize(False)
+    np.testing.assert_array_equal(app.render().shown, f.raw)
+
+
+def test_lateral_shift_moves_the_camera():
+    app = make_app()
+    app.set_frame(1)
+    base = app.render().raw
+    app.set_lateral_shift(2.0)
+    np.testing.assert_allclose(app.camera_pose(), trajectory().shifted_laterally(2.0).poses[1])
+    moved = app.render().raw
+    assert np.abs(moved.astype(int) - base.astype(int)).mean() > 2.0
+    with pytest.raises(InvalidInputError, match="lateral shift"):
+        app.set_lateral_shift(99.0)
+    with pytest.raises(InvalidInputError, match="lateral shift"):
+        app.set_lateral_shift(float("nan"))
+
+
+def test_insert_and_remove_asset_changes_the_frame(bank):
+    app = make_app(bank, insert_lateral_m=1.0, insert_forward_m=6.0, insert_speed_scale=0.0)
+    assert app.asset_ids == bank.list()
+    base = app.render().raw
+    iid = app.insert_asset(app.asset_ids[0])
+    assert app.inserted == [(iid, app.asset_ids[0])] and iid in app.scene.inserted_ids
+    with_asset = app.render().raw
+    assert (np.abs(with_asset.astype(int) - base.astype(int)).max(-1) > 30).sum() > 10  # the post shows up
+    assert app.remove_inserted() == iid and app.scene.inserted_ids == []
+    np.testing.assert_array_equal(app.render().raw, base)
+    with pytest.raises(UnknownAssetError):
+        app.insert_asset("no-such-asset")
+    with pytest.raises(InvalidInputError, match="nothing inserted"):
+        app.remove_inserted()
+
+
+def test_temporal_context_continues_on_next_frame_and_restarts_on_jumps():
+    app = make_app()
+    app.set_harmonize(True)
+    h = app.harmonizer
+    for i in range(3):
+        app.set_frame(i)
+        app.render()
+    assert h.context_length("viewer") == 3
+    app.render()  # same frame again: no second entry
+    assert h.context_length("viewer") == 3
+    app.set_frame(5)  # a jump
+    app.render()
+    assert h.context_length("viewer") == 1
+    app.set_lateral_shift(0.5)  # same index, new camera path
+    app.render()
+    assert h.context_length("viewer") == 1
+
+
+def test_bad_input_and_missing_harmonizer():
+    app = make_app(harmonizer=False)
+    with pytest.raises(InvalidInputError, match="no harmonizer"):
+        app.set_harmonize(True)
+    with pytest.raises(InvalidInputError, match="out of range"):
+        app.set_frame(6)
+    with pytest.raises(InvalidInputError, match="must be an int"):
+        app.set_frame(1.5)
+    with pytest.raises(InvalidInputError, match="no asset bank"):
+        app.insert_asset("x")
+    with pytest.raises(InvalidInputError):
+        ViewerApp("not a scene", trajectory())
+
+
+def test_enhancer_failure_shows_raw_frame():
+    app = make_app()
+    app.set_harmonize(True)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    app.harmonizer.enhance = broken
+    f = app.render()
+    assert f.harmonized is None and f.shown is f.raw and "FAILED" in f.status and "boom" in f.status
+
+
+def test_from_paths_warns_when_default_weights_are_missing(tmp_path, monkeypatch):
+    import simharmony.harmonizer as harmonizer_mod
+    import simharmony.sim as sim_mod
+    from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
+
+    monkeypatch.setattr(harmonizer_mod, "ENHANCER_DIR", tmp_path / "missing")
+    monkeypatch.setattr(sim_mod, "ENHANCER_DIR", tmp_path / "missing")
+    app = ViewerApp.from_paths(DEMO_SCENE_DIR, DEMO_ASSETS_DIR, "default", config=ViewerConfig(scale=0.25))
+    assert app.warning and "UNTRAINED" in app.warning
+    assert app.num_frames > 1 and app.asset_ids and (app.intrinsics.width, app.intrinsics.height) == (64, 36)
+    model_dir = tmp_path / "model"
+    colour_shift_model().save_pretrained(model_dir)
+    app2 = ViewerApp.from_paths(DEMO_SCENE_DIR, None, str(model_dir), config=ViewerConfig(scale=0.25))
+    assert app2.warning is None and app2.asset_ids == [] and str(model_dir) in app2.harmonizer_note
+
+
+def test_cli_parser():
+    p = argparse.ArgumentParser()
+    add_cli(p.add_subparsers(dest="command"))
+    args = p.parse_args(["view", "--port", "9123", "--model", "untrained", "--scale", "0.5"])
+    assert args.command == "view" and args.port == 9123 and args.model == "untrained" and args.scale == 0.5
+    assert callable(args.func)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def decode_panel_image(markdown: str) -> np.ndarray:
+    m = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", markdown)
+    assert m, "no PNG data URL in the panel markdown"
+    img = cv2.imdecode(np.frombuffer(base64.b64decode(m.group(1)), np.uint8), cv2.IMREAD_COLOR)
+    return img[..., ::-1]
+
+
+def test_server_pushes_frames_and_reacts_to_gui_values(bank):
+    pytest.importorskip("viser")
+    from simharmony.viewer.server import ViewerServer
+
+    app = make_app(bank)
+    srv = ViewerServer(app, port=free_port())
+    try:
+        assert srv.wait_for_frames(1, timeout=60)
+        raw = decode_panel_image(srv.image_md.content)
+        np.testing.assert_array_equal(raw, app.render().raw)
+        assert "**raw**" in srv.image_md.content
+        n = srv.frames_shown
+        srv.harmonize_cb.value = True  # as if clicked: runs the on_update callback
+        assert srv.wait_for_frames(n + 1, timeout=60)
+        for _ in range(50):  # the callback runs on viser's thread pool; wait until its refresh landed
+            if "**harmonized**" in srv.image_md.content:
+                break
+            srv.wait_for_frames(srv.frames_shown + 1, timeout=0.2)
+        assert app.harmonize
+        shown = decode_panel_image(srv.image_md.content)
+        assert np.abs(shown.astype(int) - expected_shifted(raw).astype(int)).max() <= 2
+        assert list(srv.asset_dd.options) == bank.list()
+    finally:
+        srv.stop()
