@@ -10,6 +10,7 @@
     simharmony bench --preset smoke|full   metrics, baselines, scenarios, speed -> report folder
     simharmony train                    train the enhancer (YAML config; resumable; torchrun for data-parallel)
     simharmony view                     viser viewer: harmonizer toggle, asset picker, lateral shift
+    simharmony ns-view                  nerfstudio viewer with the Harmonizer toggle on an existing splatfacto run
     simharmony train-parametric         train the parametric curves + shading baseline
     simharmony convert-diffusers        local diffusers UNet (+ VAE) -> single-step temporal enhancer
 """
@@ -175,6 +176,7 @@ FEATURE_CLIS = (
     "simharmony.parametric_training",
     "simharmony.training.trainer",
     "simharmony.viewer",
+    "simharmony.integrations.nerfstudio",
 )
 
 

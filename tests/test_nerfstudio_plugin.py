@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
+from test_viewer import SHIFT, colour_shift_model
 
 from simharmony.errors import InvalidInputError
 from simharmony.harmonizer import Harmonizer
 from simharmony.integrations.nerfstudio import HarmonizedOutputs
-from test_viewer import SHIFT, colour_shift_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -139,7 +139,7 @@ def test_cpu_rasterizer_path_follows_nerfstudio_camera_conventions(ns):
         p = model.gauss_params
         n = 2
         p["means"] = torch.nn.Parameter(torch.tensor([[0.0, 0.0, 0.0], [0.8, 0.6, 0.0]]))
-        p["scales"] = torch.nn.Parameter(torch.full((n, 3), math.log(0.15)))
+        p["scales"] = torch.nn.Parameter(torch.full((n, 3), math.log(0.3)))
         p["quats"] = torch.nn.Parameter(torch.tensor([[1.0, 0, 0, 0]] * n))
         p["opacities"] = torch.nn.Parameter(torch.full((n, 1), 6.0))
         p["features_dc"] = torch.nn.Parameter(torch.tensor([[6.0, -6.0, -6.0], [-6.0, 6.0, -6.0]]))

@@ -30,16 +30,16 @@ if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
 pytest.importorskip("selenium", reason="selenium not installed (pip install 'simharmony[viewer]')")
 pytest.importorskip("viser", reason="viser not installed (pip install 'simharmony[viewer]')")
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from test_viewer import colour_shift_model, free_port  # noqa: E402
+from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from test_viewer import colour_shift_model, free_port
 
-from simharmony.harmonizer import Harmonizer  # noqa: E402
-from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR  # noqa: E402
-from simharmony.viewer import ViewerApp, ViewerConfig  # noqa: E402
-from simharmony.viewer.server import PANEL_IMAGE_ALT, ViewerServer  # noqa: E402
+from simharmony.harmonizer import Harmonizer
+from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
+from simharmony.viewer import ViewerApp, ViewerConfig
+from simharmony.viewer.server import PANEL_IMAGE_ALT, ViewerServer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -72,9 +72,13 @@ def browser(tmp_path):
 
 
 def wait_for(predicate, timeout=60.0, what="condition"):
+    """Poll ``predicate`` until truthy; React re-renders may swap elements under us (stale: try again)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.25)
@@ -86,11 +90,28 @@ def panel_image(drv):
     return imgs[0] if imgs else None
 
 
-def screenshot_rgb(element) -> np.ndarray:
-    """Screenshot of one element as RGB uint8, trimmed by 15% on each side (rounded corners, borders)."""
-    img = cv2.imdecode(np.frombuffer(element.screenshot_as_png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+def panel_src(drv) -> str:
+    img = panel_image(drv)
+    return (img.get_attribute("src") or "") if img is not None else ""
+
+
+def screenshot_rgb(drv) -> np.ndarray:
+    """Screenshot of the frame panel as RGB float, trimmed by 15% on each side (rounded corners, borders)."""
+    png = wait_for(lambda: panel_image(drv).screenshot_as_png, what="a screenshot of the frame panel")
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
     h, w = img.shape[:2]
     return img[int(0.15 * h):int(0.85 * h), int(0.15 * w):int(0.85 * w)].astype(np.float32)
+
+
+def click_harmonizer(drv):
+    """Click the label of the Harmonizer checkbox (<label for=ID>Harmonizer</label> ... <input id=ID>)."""
+    def click():
+        labels = drv.find_elements(By.XPATH, "//label[normalize-space()='Harmonizer']")
+        if not labels:
+            return None
+        labels[0].click()
+        return labels[0].get_attribute("for") or True
+    return wait_for(click, what="the Harmonizer checkbox")
 
 
 def keep(drv, name: str, tmp_path: Path) -> None:
@@ -107,25 +128,22 @@ def test_harmonizer_checkbox_changes_the_displayed_frame(server, browser, tmp_pa
     drv.get(server.url)
     wait_for(lambda: panel_image(drv) is not None and panel_image(drv).size["width"] > 50, what="the frame panel")
     wait_for(lambda: "**raw**" in server.image_md.content, what="the first frame")
-    src_raw = wait_for(lambda: (panel_image(drv).get_attribute("src") or "").startswith("data:image/png") and
-                       panel_image(drv).get_attribute("src"), what="the frame image to load")
+    src_raw = wait_for(lambda: panel_src(drv).startswith("data:image/png") and panel_src(drv), what="the frame image")
     time.sleep(0.5)  # let the image decode and paint
-    before = screenshot_rgb(panel_image(drv))
+    before = screenshot_rgb(drv)
     keep(drv, "viewer_raw.png", tmp_path)
 
-    # the Harmonizer checkbox: <label for=ID>Harmonizer</label> ... <input id=ID type=checkbox>
-    label = wait_for(lambda: drv.find_elements(By.XPATH, "//label[normalize-space()='Harmonizer']"),
-                     what="the Harmonizer checkbox")[0]
-    box = drv.find_element(By.ID, label.get_attribute("for"))
+    box_id = wait_for(lambda: drv.find_elements(By.XPATH, "//label[normalize-space()='Harmonizer']")[0]
+                      .get_attribute("for"), what="the Harmonizer checkbox")
+    box = drv.find_element(By.ID, box_id)
     assert box.get_attribute("type") == "checkbox" and not box.is_selected()
-    label.click()
+    click_harmonizer(drv)
     wait_for(lambda: server.app.harmonize, what="the server to see the checkbox")
-    wait_for(lambda: panel_image(drv) is not None and panel_image(drv).get_attribute("src") != src_raw,
-             what="a new frame in the page")
+    wait_for(lambda: panel_src(drv) not in ("", src_raw), what="a new frame in the page")
     time.sleep(0.5)
-    after = screenshot_rgb(panel_image(drv))
+    after = screenshot_rgb(drv)
     keep(drv, "viewer_harmonized.png", tmp_path)
-    assert drv.find_element(By.ID, label.get_attribute("for")).is_selected()
+    assert wait_for(lambda: drv.find_element(By.ID, box_id).is_selected(), what="the checkbox to show as ticked")
 
     # The displayed frame changed the way the model changes frames: red up, blue down (screenshot space).
     d = (after - before).reshape(-1, 3).mean(0)
@@ -133,10 +151,10 @@ def test_harmonizer_checkbox_changes_the_displayed_frame(server, browser, tmp_pa
     assert d[0] > 30 and d[2] < -30 and abs(d[1]) < 15, f"mean RGB change {d}"
 
     # and back: switching off shows the raw frame again
-    src_h = panel_image(drv).get_attribute("src")
-    drv.find_elements(By.XPATH, "//label[normalize-space()='Harmonizer']")[0].click()
+    src_h = panel_src(drv)
+    click_harmonizer(drv)
     wait_for(lambda: not server.app.harmonize, what="the checkbox to switch off")
-    wait_for(lambda: panel_image(drv).get_attribute("src") != src_h, what="the raw frame again")
+    wait_for(lambda: panel_src(drv) not in ("", src_h), what="the raw frame again")
     time.sleep(0.5)
-    again = screenshot_rgb(panel_image(drv))
+    again = screenshot_rgb(drv)
     assert np.abs(again - before).mean() < 3, "switching off did not restore the raw frame"

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import logging
 import threading
-
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +103,7 @@ class ViewerServer:
 
         @self.frame_slider.on_update
         def _(_event) -> None:
-            self._apply(lambda: app.set_frame(int(round(self.frame_slider.value))))
+            self._apply(lambda: app.set_frame(round(self.frame_slider.value)))
 
         @self.shift_slider.on_update
         def _(_event) -> None:
@@ -152,13 +151,10 @@ class ViewerServer:
             try:
                 frame = self.app.render()
                 self._publish(frame)
-            except Exception as e:  # a broken frame must not kill the worker: show the error instead
+            except Exception as e:  # a broken frame must not kill the worker: show the error
                 log.exception("viewer render failed")
-                try:
-                    self.warning_md.content = f"**Error:** render failed: {type(e).__name__}: {e}"
-                    self.warning_md.visible = True
-                except Exception:  # pragma: no cover - server already gone
-                    pass
+                self.warning_md.content = f"**Error:** render failed: {type(e).__name__}: {e}"
+                self.warning_md.visible = True
             with self._shown_cond:
                 self._shown_count += 1
                 self._shown_cond.notify_all()

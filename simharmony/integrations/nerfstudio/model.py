@@ -56,12 +56,14 @@ class _DeferredLPIPS(torch.nn.Module):
         return self._metric(*inputs)
 
 
-_lpips_lock = threading.Lock()
+_lpips_lock = threading.RLock()  # re-entrant: a model built inside an active block enters it again
+_lpips_depth = 0
 
 
 @contextlib.contextmanager
 def deferred_lpips(active: bool = True) -> Iterator[None]:
     """While active, models built in this block get an LPIPS metric that is only constructed when used."""
+    global _lpips_depth
     if not active:
         yield
         return
@@ -69,11 +71,15 @@ def deferred_lpips(active: bool = True) -> Iterator[None]:
 
     with _lpips_lock:
         real = lpip_mod.LearnedPerceptualImagePatchSimilarity
-        lpip_mod.LearnedPerceptualImagePatchSimilarity = lambda *a, **k: _DeferredLPIPS(real, *a, **k)
+        if _lpips_depth == 0:
+            lpip_mod.LearnedPerceptualImagePatchSimilarity = lambda *a, **k: _DeferredLPIPS(real, *a, **k)
+        _lpips_depth += 1
         try:
             yield
         finally:
-            lpip_mod.LearnedPerceptualImagePatchSimilarity = real
+            _lpips_depth -= 1
+            if _lpips_depth == 0:
+                lpip_mod.LearnedPerceptualImagePatchSimilarity = real
 
 
 # ---------------------------------------------------------------------------------------------- config
