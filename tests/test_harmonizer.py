@@ -9,23 +9,16 @@ import torch
 import simharmony.harmonizer as harmonizer_mod
 from simharmony.errors import InvalidInputError, MissingFileError, NonFiniteError, ShapeMismatchError
 from simharmony.harmonizer import Harmonizer
-from simharmony.models import Enhancer, EnhancerConfig
+from simharmony.models import Enhancer
 
-SMALL = {"channels": (16, 32, 32), "heads": 4, "emb_dim": 32, "cond_dim": 8}
+from _helpers import small_enhancer
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make_model(trivial: bool = False) -> Enhancer:
-    torch.manual_seed(0)
-    model = Enhancer(EnhancerConfig(**SMALL)).eval()
-    if not trivial:  # non-zero temporal and output projections: the past matters
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for layer in model.temporal_layers():
-                layer.proj_out.weight.copy_(torch.randn(layer.proj_out.weight.shape, generator=g) * 0.2)
-            model.backbone.conv_out.weight.copy_(torch.randn(model.backbone.conv_out.weight.shape, generator=g) * 0.04)
-    return model
+    return small_enhancer(trained_like=not trivial)
 
 
 def np_frames(n, h=32, w=48, seed=0):

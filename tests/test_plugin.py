@@ -11,26 +11,17 @@ import torch
 
 from simharmony.errors import ConfigError, InvalidInputError, NonFiniteError, ShapeMismatchError
 from simharmony.harmonizer import Harmonizer
-from simharmony.models import Enhancer, EnhancerConfig
+from simharmony.models import Enhancer
 from simharmony.plugin import HarmonizedRenderer, PluginConfig, harmonized, pose_jump
 
-SMALL = {"channels": (16, 32, 32), "heads": 4, "emb_dim": 32, "cond_dim": 8}
+from _helpers import small_enhancer
+
 H, W = 24, 40
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_model(trained_like: bool = True) -> Enhancer:
-    """A fresh Enhancer is the identity; ``trained_like`` sets non-zero output and temporal projections."""
-    torch.manual_seed(0)
-    model = Enhancer(EnhancerConfig(**SMALL)).eval()
-    if trained_like:
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for layer in model.temporal_layers():
-                layer.proj_out.weight.copy_(torch.randn(layer.proj_out.weight.shape, generator=g) * 0.2)
-            model.backbone.conv_out.weight.copy_(torch.randn(model.backbone.conv_out.weight.shape, generator=g) * 0.04)
-    return model
+make_model = small_enhancer
 
 
 def frame(seed: int = 0, h: int = H, w: int = W) -> np.ndarray:

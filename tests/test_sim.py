@@ -15,43 +15,23 @@ from scene_tools.gaussians import GaussianScene
 from scene_tools.scene import RenderConfig, Scene
 from simharmony.errors import InvalidInputError, MissingFileError
 from simharmony.harmonizer import Harmonizer
-from simharmony.models import Enhancer, EnhancerConfig
+from simharmony.models import Enhancer
 from simharmony.paths import DEMO_SCENE_DIR
 from simharmony.sim import SimSequence, Simulator, resolve_harmonizer
 
-SMALL = {"channels": (16, 32, 32), "heads": 4, "emb_dim": 32, "cond_dim": 8}
+from _helpers import ground_and_post_scene, small_enhancer
+
 INTR = Intrinsics.from_fov(70.0, 40, 24)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def make_model(trained_like: bool = True) -> Enhancer:
-    torch.manual_seed(0)
-    model = Enhancer(EnhancerConfig(**SMALL)).eval()
-    if trained_like:
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for layer in model.temporal_layers():
-                layer.proj_out.weight.copy_(torch.randn(layer.proj_out.weight.shape, generator=g) * 0.2)
-            model.backbone.conv_out.weight.copy_(torch.randn(model.backbone.conv_out.weight.shape, generator=g) * 0.04)
-    return model
+make_model = small_enhancer
 
 
 def tiny_scene() -> Scene:
-    """Textured ground on z = 0 (x in [-2, 30], y in [-6, 6]) and a yellow pole (instance 2) at (10, -1.5)."""
-    xs, ys = torch.arange(-2.0, 30.0, 0.5), torch.arange(-6.0, 6.0, 0.5)
-    gx, gy = torch.meshgrid(xs, ys, indexing="ij")
-    pts = torch.stack([gx, gy, torch.zeros_like(gx)], -1).reshape(-1, 3)
-    col = torch.stack([0.5 + 0.35 * torch.sin(0.9 * pts[:, 0]), 0.5 + 0.3 * torch.cos(0.6 * pts[:, 1]),
-                       torch.full_like(pts[:, 0], 0.4)], -1)
-    g = GaussianScene.from_points(pts, col, scale=0.3, opacity=0.95)
-    g.log_scales[:, 2] = math.log(0.02)
-    zs = torch.arange(0.1, 3.0, 0.15)
-    pole = GaussianScene.from_points(torch.stack([torch.full_like(zs, 10.0), torch.full_like(zs, -1.5), zs], -1),
-                                     torch.tensor([[0.9, 0.9, 0.2]]).expand(len(zs), 3), scale=0.15, opacity=0.95,
-                                     instance_ids=torch.full((len(zs),), 2, dtype=torch.int32))
-    return Scene(GaussianScene.concat([g, pole]), config=RenderConfig(background_color=(0.3, 0.4, 0.6)),
-                 intrinsics=INTR)
+    """Textured ground and a yellow pole (instance 2) at (10, -1.5)."""
+    return ground_and_post_scene(INTR, post_x=10.0, post_top=3.0, post_step=0.15, post_scale=0.15)
 
 
 def trajectory(n: int = 4):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import math
 import re
 import socket
 
@@ -15,12 +14,13 @@ import torch
 
 from scene_tools.assets import AssetBank, extract_asset
 from scene_tools.cameras import Intrinsics, straight_trajectory
-from scene_tools.gaussians import GaussianScene
-from scene_tools.scene import RenderConfig, Scene
+from scene_tools.scene import Scene
 from simharmony.errors import InvalidInputError, UnknownAssetError
 from simharmony.harmonizer import Harmonizer
 from simharmony.models import Enhancer, EnhancerConfig
 from simharmony.viewer import ViewerApp, ViewerConfig, add_cli
+
+from _helpers import ground_and_post_scene
 
 SMALL = {"channels": (16, 32, 32), "heads": 4, "emb_dim": 32, "cond_dim": 8}
 INTR = Intrinsics.from_fov(70.0, 48, 32)
@@ -47,21 +47,8 @@ def colour_shift_model(shift=SHIFT) -> Enhancer:
 
 
 def tiny_scene() -> Scene:
-    """Textured ground (z = 0) and a yellow post (instance 2) ahead and to the right of the ego path."""
-    xs, ys = torch.arange(-2.0, 30.0, 0.5), torch.arange(-6.0, 6.0, 0.5)
-    gx, gy = torch.meshgrid(xs, ys, indexing="ij")
-    pts = torch.stack([gx, gy, torch.zeros_like(gx)], -1).reshape(-1, 3)
-    col = torch.stack([0.5 + 0.35 * torch.sin(0.9 * pts[:, 0]), 0.5 + 0.3 * torch.cos(0.6 * pts[:, 1]),
-                       torch.full_like(pts[:, 0], 0.4)], -1)
-    g = GaussianScene.from_points(pts, col, scale=0.3, opacity=0.95)
-    g.log_scales[:, 2] = math.log(0.02)
-    zs = torch.arange(0.1, 2.0, 0.12)
-    post = GaussianScene.from_points(torch.stack([torch.full_like(zs, 8.0), torch.full_like(zs, -1.5), zs], -1),
-                                     torch.tensor([[0.9, 0.9, 0.2]]).expand(len(zs), 3), scale=0.25, opacity=0.95,
-                                     instance_ids=torch.full((len(zs),), 2, dtype=torch.int32))
-    scene = Scene(GaussianScene.concat([g, post]), config=RenderConfig(background_color=(0.3, 0.4, 0.6)),
-                  intrinsics=INTR)
-    return scene
+    """Textured ground and a yellow post (instance 2) ahead and to the right of the ego path."""
+    return ground_and_post_scene(INTR, post_x=8.0, post_top=2.0, post_step=0.12, post_scale=0.25)
 
 
 def trajectory(n: int = 6):
