@@ -115,14 +115,16 @@ class Harmonizer:
         return state
 
     # -- enhancement --------------------------------------------------------------------------------------
-    def enhance(self, frame, mask=None, depth=None, stream: Hashable = "default", cut: bool = False):
+    def enhance(self, frame, mask=None, depth=None, stream: Hashable = "default", cut: bool = False, clip: bool = False):
         """Enhance one frame of ``stream``; returns the same kind, layout and dtype as ``frame``.
 
         frame: numpy [H, W, 3] uint8 or float in [0, 1]; torch [3, H, W] or [H, W, 3] uint8 or float.
         mask: optional [H, W] (or [H, W, 1] / [1, H, W]) bool, uint8 (0..255) or float in [0, 1].
         depth: optional [H, W] z-depth, >= 0, inf = no hit. cut: reset the stream's context first.
+        clip: accept finite float frames outside [0, 1] (3DGS renders overshoot) and clip them.
         """
-        return self.enhance_batch({stream: frame}, masks={stream: mask}, depths={stream: depth}, cuts={stream} if cut else None)[stream]
+        return self.enhance_batch({stream: frame}, masks={stream: mask}, depths={stream: depth},
+                                  cuts={stream} if cut else None, clip=clip)[stream]
 
     def enhance_batch(
         self,
@@ -130,6 +132,7 @@ class Harmonizer:
         masks: Mapping[Hashable, Any] | None = None,
         depths: Mapping[Hashable, Any] | None = None,
         cuts: set | None = None,
+        clip: bool = False,
     ) -> dict[Hashable, Any]:
         """Enhance one frame for each stream in ``frames`` ({stream: frame}); returns {stream: output}.
 
@@ -141,7 +144,7 @@ class Harmonizer:
         masks, depths, cuts = masks or {}, depths or {}, cuts or set()
         prepared = {}
         for s, frame in frames.items():
-            p = _prepare_frame(frame, self.device)
+            p = _prepare_frame(frame, self.device, clip)
             hw = tuple(p.x.shape[-2:])
             m = _prepare_map(masks.get(s), hw, "mask", self.device)
             d = _prepare_map(depths.get(s), hw, "depth", self.device)
@@ -177,8 +180,9 @@ def _check_finite(arr, what: str) -> None:
         raise NonFiniteError(f"{what} contains NaN or infinite values")
 
 
-def _prepare_frame(frame, device: torch.device) -> _Prepared:
-    """Frame of any accepted kind -> [3, H, W] float32 in [0, 1] on ``device`` plus the inverse conversion."""
+def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared:
+    """Frame of any accepted kind -> [3, H, W] float32 in [0, 1] on ``device`` plus the inverse conversion.
+    Float frames outside [0, 1] raise unless ``clip`` (they are clamped either way)."""
     if isinstance(frame, np.ndarray):
         if frame.ndim != 3 or frame.shape[-1] != 3:
             raise ShapeMismatchError(f"numpy frame must be [H, W, 3], got shape {frame.shape}")
@@ -191,7 +195,8 @@ def _prepare_frame(frame, device: torch.device) -> _Prepared:
 
         elif np.issubdtype(dtype, np.floating):
             _check_finite(frame, "frame")
-            _check_range(float(frame.min()), float(frame.max()))
+            if not clip:
+                _check_range(float(frame.min()), float(frame.max()))
             x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).to(device).permute(2, 0, 1).clamp(0, 1)
 
             def restore(y):
@@ -211,7 +216,8 @@ def _prepare_frame(frame, device: torch.device) -> _Prepared:
             x = x.to(device).float() / 255.0
         elif dtype.is_floating_point:
             _check_finite(frame, "frame")
-            _check_range(float(frame.min()), float(frame.max()))
+            if not clip:
+                _check_range(float(frame.min()), float(frame.max()))
             x = x.to(device=device, dtype=torch.float32).clamp(0, 1)
         else:
             raise InvalidInputError(f"torch frame dtype must be uint8 or floating in [0, 1], got {dtype}")

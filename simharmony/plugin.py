@@ -194,19 +194,6 @@ def _frame_size(rgb: Frame) -> tuple[int, int] | None:
     return None
 
 
-def _clip_float(rgb: Frame) -> Frame:
-    """Clip finite float frames that overshoot [0, 1] (3DGS renders do); anything else unchanged."""
-    if isinstance(rgb, np.ndarray) and np.issubdtype(rgb.dtype, np.floating) and rgb.size:
-        lo, hi = float(rgb.min()), float(rgb.max())
-        if (lo < 0.0 or hi > 1.0) and math.isfinite(lo) and math.isfinite(hi):
-            return np.clip(rgb, 0.0, 1.0)
-    elif isinstance(rgb, torch.Tensor) and rgb.is_floating_point() and rgb.numel():
-        lo, hi = float(rgb.min()), float(rgb.max())
-        if (lo < 0.0 or hi > 1.0) and math.isfinite(lo) and math.isfinite(hi):
-            return rgb.clamp(0.0, 1.0)
-    return rgb
-
-
 @dataclass
 class _Parts:
     rgb: Any
@@ -436,11 +423,11 @@ class HarmonizedRenderer:
                     self._resets[reason] += 1
                 st.pending_reset = None
                 st.pose = pose
-                rgb = _clip_float(parts.rgb) if self.config.clip_input else parts.rgb
                 self._sync()
                 out = self.harmonizer.enhance(
-                    rgb, mask=parts.mask if self._pass_mask else None, depth=parts.depth if self._pass_depth else None,
-                    stream=cid, cut=reason is not None,
+                    parts.rgb, mask=parts.mask if self._pass_mask else None,
+                    depth=parts.depth if self._pass_depth else None, stream=cid, cut=reason is not None,
+                    clip=self.config.clip_input,
                 )
                 self._sync()
                 enhanced = parts.rebuild(out)

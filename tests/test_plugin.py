@@ -94,9 +94,9 @@ def test_mapping_and_object_results_keep_their_other_fields():
     calls = []
 
     class Spy(Harmonizer):
-        def enhance(self, frame, mask=None, depth=None, stream="default", cut=False):
+        def enhance(self, frame, mask=None, depth=None, stream="default", cut=False, **kw):
             calls.append((mask is not None, depth is not None, stream, cut))
-            return super().enhance(frame, mask=mask, depth=depth, stream=stream, cut=cut)
+            return super().enhance(frame, mask=mask, depth=depth, stream=stream, cut=cut, **kw)
 
     plug = HarmonizedRenderer(lambda c: {"rgb": x, "mask": mask, "depth": depth, "extra": 7}, Spy(model), keep_raw=True)
     out = plug("cam")
