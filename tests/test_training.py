@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from simharmony.errors import ConfigError, CorruptFileError, MissingFileError
+from simharmony.errors import ConfigError, CorruptFileError, MissingFileError, ShapeMismatchError
 from simharmony.models import Enhancer, EnhancerConfig
 from simharmony.training import (
     EMA,
@@ -18,6 +18,7 @@ from simharmony.training import (
     TrainConfig,
     VGG16Features,
     l2_loss,
+    log_mse_loss,
     temporal_warp_loss,
     train,
     warp_backward,
@@ -59,6 +60,24 @@ def test_l2_loss_hand_value():
     b[0, 0, 0, 0] = 1.0
     b[0, 2, 1, 1] = -2.0
     assert l2_loss(a, b).item() == pytest.approx((1 + 4) / 12)
+
+
+def test_log_mse_loss_hand_value_weighs_frames_alike():
+    out = torch.zeros(2, 3, 2, 2)
+    tgt = torch.zeros(2, 3, 2, 2)
+    tgt[0] = 0.1  # frame 0: MSE 0.01 (20 dB); frame 1: identical
+    want = (10 * math.log10(0.01 + 1e-5) + 10 * math.log10(1e-5)) / 2
+    assert log_mse_loss(out, tgt).item() == pytest.approx(want, rel=1e-5)
+    # per unit of error, the nearly right frame pulls far harder than the far-off one (plain MSE: alike)
+    o = out.clone().requires_grad_(True)
+    tgt[1, 0, 0, 0] = 0.01
+    log_mse_loss(o, tgt).backward()
+    g = o.grad.abs()
+    assert g[1, 0, 0, 0] > 10 * g[0, 0, 0, 0]
+    with pytest.raises(ShapeMismatchError):
+        log_mse_loss(out, tgt[:1])
+    with pytest.raises(ConfigError, match="l2_mode"):
+        TrainConfig(l2_mode="psnr")
 
 
 def test_feature_distance_hand_value():

@@ -400,14 +400,13 @@ class ParametricHarmonizer(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            out, _ = self(x, mask=m)
+            with torch.inference_mode():
+                out, _ = self(x, mask=m)
         finally:
             self.train(was_training)
-        res = out[0].permute(1, 2, 0).float().cpu().numpy()
+        res = np.ascontiguousarray(out[0].permute(1, 2, 0).float().cpu().numpy(), dtype=np.float32)
         if m is not None:  # exact copy where the mask is 0, whatever the float path did
-            zero = m[0, 0].cpu().numpy() == 0
-            res[zero] = img[zero]
-        res = np.ascontiguousarray(res, dtype=np.float32)
+            np.copyto(res, img, where=(m[0, 0].cpu().numpy() == 0)[..., None])
         return res if device is None else torch.from_numpy(res).to(device)
 
     def num_parameters(self) -> int:

@@ -13,7 +13,7 @@ Command line: ``simharmony train --config configs/train_default.yaml --out runs/
 from simharmony.training.config import TrainConfig
 from simharmony.training.ema import EMA
 from simharmony.training.features import RandomFeatures, VGG16Features, build_feature_extractor
-from simharmony.training.losses import PatchPerceptualLoss, l2_loss, temporal_warp_loss, warp_backward
+from simharmony.training.losses import PatchPerceptualLoss, l2_loss, log_mse_loss, temporal_warp_loss, warp_backward
 from simharmony.training.trainer import TrainResult, add_cli, evaluate, train
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "build_feature_extractor",
     "evaluate",
     "l2_loss",
+    "log_mse_loss",
     "temporal_warp_loss",
     "train",
     "warp_backward",

@@ -35,7 +35,9 @@ class TrainConfig(Config):
     temporal batch; each runs ``seq_len`` frames, 0 = the dataset's most common length), ``num_workers``.
     Model: ``model`` (an EnhancerConfig) or ``init_model`` (a folder saved by Enhancer.save_pretrained,
     whose weights and config are used instead). Loss: weights ``l2_weight``, ``perceptual_weight``,
-    ``temporal_weight``; ``patch_range`` in fractions of the image height; ``features``: "substitute" or
+    ``temporal_weight``; ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
+    10 log10(frame MSE + ``log_eps``), i.e. minus each frame's PSNR: every frame counts alike, so frames
+    whose input is already close to the target are not drowned by far-off ones); ``patch_range`` in fractions of the image height; ``features``: "substitute" or
     the path of a VGG16 .safetensors file. ``context_grad``: let gradients flow into the past latents of
     temporal batches (default False: detached, see trainer docstring).
     """
@@ -64,6 +66,8 @@ class TrainConfig(Config):
     ema_warmup: bool = True
     # losses
     l2_weight: float = 1.0
+    l2_mode: Literal["mse", "log"] = "mse"
+    log_eps: float = 1e-5
     perceptual_weight: float = 1.0
     temporal_weight: float = 1.0
     patch_range: tuple[float, float] = PAPER_PATCH_RANGE
@@ -107,6 +111,8 @@ class TrainConfig(Config):
         require(0 <= self.ema_decay < 1, o, f"ema_decay {self.ema_decay} must be in [0, 1)")
         require(all_finite(self.l2_weight, self.perceptual_weight, self.temporal_weight)
                 and min(self.l2_weight, self.perceptual_weight, self.temporal_weight) >= 0, o, "loss weights must be finite and >= 0")
+        require(self.l2_mode in ("mse", "log"), o, f"l2_mode must be 'mse' or 'log', got {self.l2_mode!r}")
+        require(all_finite(self.log_eps) and self.log_eps > 0, o, f"log_eps must be > 0, got {self.log_eps!r}")
         lo, hi = self.patch_range
         require(len(self.patch_range) == 2 and 0 < lo <= hi <= 1, o, f"patch_range {self.patch_range} must be 0 < lo <= hi <= 1 (fractions of the image height)")
         require(self.num_patches >= 1, o, "num_patches must be >= 1")

@@ -1,6 +1,7 @@
 """Training losses of the enhancer (diffusion-harmonizer section 3.3, eq. 4-6).
 
-- :func:`l2_loss`: per-pixel mean squared error (weight 1).
+- :func:`l2_loss`: per-pixel mean squared error (weight 1); :func:`log_mse_loss`: mean over frames of
+  10 log10(MSE + eps), minus the mean per-frame PSNR on a [0, 1] scale (eps caps it at -10 log10(eps) dB).
 - :class:`PatchPerceptualLoss`: multi-scale patch perceptual loss. Square patches whose side k is drawn
   uniformly from ``patch_range`` (fractions of the image height; the paper's 128-512 px at 1024x576 is
   (0.222, 0.889): 32-128 px at 256x144) are cut at random places, *the same place in output and target*,
@@ -16,6 +17,7 @@ Images are ``[N, 3, H, W]`` float in [0, 1] unless stated.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +36,16 @@ def l2_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if out.shape != target.shape:
         raise ShapeMismatchError(f"l2_loss: output {tuple(out.shape)} and target {tuple(target.shape)} differ")
     return (out - target).pow(2).mean()
+
+
+def log_mse_loss(out: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mean over frames (all leading dims but the last three) of 10 log10(frame MSE + eps)."""
+    if out.shape != target.shape:
+        raise ShapeMismatchError(f"log_mse_loss: output {tuple(out.shape)} and target {tuple(target.shape)} differ")
+    if out.ndim < 3:
+        raise ShapeMismatchError(f"log_mse_loss: need [..., C, H, W] images, got {tuple(out.shape)}")
+    mse = (out - target).pow(2).flatten(-3).mean(-1)
+    return (10.0 / math.log(10.0)) * torch.log(mse + eps).mean()
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from simharmony.training.checkpoint import clean_stale, latest_checkpoint, load_
 from simharmony.training.config import TrainConfig
 from simharmony.training.ema import EMA
 from simharmony.training.features import build_feature_extractor
-from simharmony.training.losses import PatchPerceptualLoss, l2_loss, temporal_warp_loss
+from simharmony.training.losses import PatchPerceptualLoss, l2_loss, log_mse_loss, temporal_warp_loss
 from simharmony.utils.io import ensure_writable_dir, save_yaml, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ class StepModule(nn.Module):
             del ctx[max(k, 1):]
         out_all = torch.stack(outs, dim=1).float()
         tgt_all = tgt.float()
-        losses = {"l2": l2_loss(out_all, tgt_all)}
+        losses = {"l2": l2_loss(out_all, tgt_all) if cfg.l2_mode == "mse" else log_mse_loss(out_all, tgt_all, cfg.log_eps)}
         total = cfg.l2_weight * losses["l2"]
         if self.perceptual is not None and cfg.perceptual_weight > 0:
             losses["perceptual"] = self.perceptual(out_all.flatten(0, 1), tgt_all.flatten(0, 1), generator)
@@ -244,14 +244,14 @@ def _eval_indices(n_items: int, limit: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: str | torch.device = "cpu") -> dict[str, float]:
+def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Mean PSNR (dB, per-frame values averaged per item, then over items) of output vs target and of input vs
     target on up to ``items`` evenly spaced holdout items; sequences run in order with cached context (as the
-    Harmonizer does), mask and depth given."""
+    Harmonizer does), mask and depth given. ``per_stream`` holds the same two means per stream."""
     from simharmony.metrics import psnr
 
     model.eval()
-    out_db, in_db = [], []
+    rows: list[tuple[str, float, float]] = []
     for i in _eval_indices(len(dataset), items):
         it = dataset[i]
         inp = it["input"].permute(0, 3, 1, 2).to(device)
@@ -266,11 +266,17 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
         tgt = it["target"]
         po = np.asarray(psnr(torch.stack(outs), tgt, reduction="none"))
         pi = np.asarray(psnr(it["input"], tgt, reduction="none"))
-        out_db.append(float(np.mean(np.minimum(po, 100.0))))  # identical frames: cap inf at 100 dB
-        in_db.append(float(np.mean(np.minimum(pi, 100.0))))
-    if not out_db:
+        # identical frames: cap inf at 100 dB
+        rows.append((it["stream"], float(np.mean(np.minimum(po, 100.0))), float(np.mean(np.minimum(pi, 100.0)))))
+    if not rows:
         return {}
-    return {"psnr_out": float(np.mean(out_db)), "psnr_in": float(np.mean(in_db)), "items": len(out_db)}
+    per_stream = {
+        s: {"psnr_out": float(np.mean([o for r, o, _ in rows if r == s])),
+            "psnr_in": float(np.mean([i for r, _, i in rows if r == s]))}
+        for s in sorted({r for r, _, _ in rows})
+    }
+    return {"psnr_out": float(np.mean([o for _, o, _ in rows])), "psnr_in": float(np.mean([i for _, _, i in rows])),
+            "items": len(rows), "per_stream": per_stream}
 
 
 # -- the loop -----------------------------------------------------------------------------------------------
