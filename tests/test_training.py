@@ -346,3 +346,18 @@ def test_denoise_timestep_hook_is_backward_compatible():
     same = unet(z, cond, timestep=torch.full((2,), float(cfg.null_timestep)))
     assert torch.allclose(same, null, atol=1e-5)  # the null time buffer is the embedding of null_timestep
     assert not torch.allclose(unet(z, cond, timestep=torch.tensor([10.0, 500.0])), null, atol=1e-4)
+
+
+def test_apply_override_nested_yaml_values_and_unknown_keys():
+    from simharmony.training.trainer import apply_override
+
+    d = TrainConfig().to_dict()
+    apply_override(d, "model.context_frames=0")
+    apply_override(d, "perceptual_weight=0.1")
+    apply_override(d, "l2_mode=log")
+    cfg = TrainConfig.from_dict(d)
+    assert cfg.model.context_frames == 0 and cfg.perceptual_weight == 0.1 and cfg.l2_mode == "log"
+    with pytest.raises(ConfigError, match="no key 'context'"):
+        apply_override(d, "model.context=0")
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_override(d, "perceptual_weight")

@@ -561,13 +561,14 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png: str | os.PathLike) -> 
 # -- CLI ----------------------------------------------------------------------------------------------------
 def _cmd_train(args) -> int:
     cfg = TrainConfig.load(args.config)
-    changes: dict[str, Any] = {}
+    d = cfg.to_dict()
     if args.data:
-        changes["data"] = args.data
+        d["data"] = args.data
     if args.holdout is not None:
-        changes["holdout"] = args.holdout
-    if changes:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), **changes})
+        d["holdout"] = args.holdout
+    for item in args.set or []:
+        apply_override(d, item)
+    cfg = TrainConfig.from_dict(d)
     if args.steps is not None:
         cfg = cfg.with_total_steps(args.steps)
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
@@ -581,6 +582,25 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def apply_override(config: dict[str, Any], item: str) -> None:
+    """Apply ``"a.b=value"`` to a nested config dict in place; the value is read as YAML (``safe_load``), so
+    ``0.1``, ``[1, 2]``, ``true`` and ``log`` mean what they would in the file. Unknown keys: ConfigError."""
+    import yaml
+
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set expects key=value (e.g. perceptual_weight=0.1), got {item!r}")
+    node = config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            where = ".".join(parts[:i]) or "the config"
+            raise ConfigError(f"--set {item!r}: {where} has no key {part!r}")
+        if i < len(parts) - 1:
+            node = node[part]
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
 def add_cli(subparsers) -> None:
     """Add ``simharmony train`` to an argparse subparsers object."""
     import argparse
@@ -590,6 +610,8 @@ def add_cli(subparsers) -> None:
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, final/, loss_curve.png")
     p.add_argument("--data", default=None, help="dataset folder (overrides the config's data)")
     p.add_argument("--holdout", default=None, help="holdout dataset folder for validation ('' = none)")
+    p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
+                   help="override a config entry, dotted for nested ones (repeatable): --set model.context_frames=0")
     p.add_argument("--steps", type=int, default=None, help="total steps: every phase of the config scaled to fit")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the newest checkpoint in --out (default) or start over")
@@ -597,4 +619,4 @@ def add_cli(subparsers) -> None:
     p.set_defaults(func=_cmd_train)
 
 
-__all__ = ["StepModule", "TrainResult", "add_cli", "evaluate", "plot_loss_curve", "read_metrics", "step_seed", "train"]
+__all__ = ["StepModule", "TrainResult", "add_cli", "apply_override", "evaluate", "plot_loss_curve", "read_metrics", "step_seed", "train"]
