@@ -8,6 +8,7 @@ the cost). Prints parameter count, thread count and the median over --repeats ru
     python benchmarks/bench_enhancer.py --threads 2 --repeats 20
     python benchmarks/bench_enhancer.py --config my_enhancer.yaml --res 512x288 --past 0
     python benchmarks/bench_enhancer.py --harmonizer              # through Harmonizer.enhance (numpy uint8 in/out)
+    python benchmarks/bench_enhancer.py --model weights/enhancer --threads 2 --repeats 15   # the shipped weights
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def time_model(model: Enhancer, width: int, height: int, past: int, repeats: int
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", type=Path, default=None, help="EnhancerConfig YAML (default: EnhancerConfig())")
+    ap.add_argument("--model", type=Path, default=None, help="a trained folder (e.g. weights/enhancer) instead of --config")
     ap.add_argument("--res", nargs="+", default=["512x288", "1024x576"], help="WxH sizes")
     ap.add_argument("--past", type=int, default=4, help="cached past latents (K)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -65,9 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = EnhancerConfig.load(args.config) if args.config else EnhancerConfig()
-    torch.manual_seed(0)
-    model = Enhancer(cfg).eval()
+    if args.model:
+        model = Enhancer.from_pretrained(args.model).eval()
+        cfg = model.config
+    else:
+        cfg = EnhancerConfig.load(args.config) if args.config else EnhancerConfig()
+        torch.manual_seed(0)
+        model = Enhancer(cfg).eval()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, params {model.num_parameters():,}, "
           f"codec {cfg.codec} f={cfg.codec_downscale}, channels {list(cfg.channels)}, past {args.past}, "
           f"{'Harmonizer.enhance' if args.harmonizer else 'Enhancer.forward'}")

@@ -31,10 +31,14 @@ from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
 def _cmd_demo(args: argparse.Namespace) -> int:
     from simharmony.demo import run_demo
 
-    result = run_demo(args.scene, args.out, lateral_shift_m=args.shift, num_frames=args.frames, progress=not args.quiet)
+    model = None if args.model == "none" else args.model
+    result = run_demo(args.scene, args.out, lateral_shift_m=args.shift, num_frames=args.frames, progress=not args.quiet,
+                      harmonizer=model)
+    enh = f", median enhance {result.median_enhance_ms:.0f} ms/frame" if result.median_enhance_ms is not None else ""
     print(f"demo: {result.num_frames} frames at {result.width}x{result.height}, "
-          f"median render {result.median_render_ms:.0f} ms/frame, inserted vehicle on "
+          f"median render {result.median_render_ms:.0f} ms/frame{enh}, inserted vehicle on "
           f"{100 * result.inserted_pixel_fraction:.1f}% of pixels")
+    print(f"enhancer: {result.model}")
     print(f"wrote {result.video} and {result.contact_sheet}")
     return 0
 
@@ -175,6 +179,7 @@ FEATURE_CLIS = (
     "simharmony.bench",
     "simharmony.parametric_training",
     "simharmony.training.trainer",
+    "simharmony.training.codec_trainer",
     "simharmony.viewer",
     "simharmony.integrations.nerfstudio",
 )
@@ -190,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="outputs/demo", help="output folder")
     d.add_argument("--shift", type=float, default=0.0, help="lateral shift of the ego trajectory in metres (+ = left)")
     d.add_argument("--frames", type=int, default=None, help="render only the first N frames")
+    d.add_argument("--model", default="default", help="enhancer: 'default' (weights/enhancer), a folder saved by "
+                   "Enhancer.save_pretrained, 'untrained' (identity) or 'none' (raw render only)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
     d.set_defaults(func=_cmd_demo)
 

@@ -1,8 +1,10 @@
 """The README's main job: render the shipped demo street with its inserted vehicle and write pictures.
 
 Renders the ego trajectory (optionally shifted sideways for a novel view) through
-``scene_tools.scene.Scene.render`` and writes a side-by-side video and contact sheet of rgb, depth,
-inserted-asset mask and geometric flow. The enhancer column is added once trained default weights ship.
+``scene_tools.scene.Scene.render``, passes every frame (with its inserted-asset mask and depth) through
+the streaming :class:`~simharmony.harmonizer.Harmonizer` (default: the shipped weights/enhancer), and
+writes a side-by-side video and contact sheet: render | harmonized | |difference| x4 | depth | inserted
+mask | geometric flow.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +35,8 @@ class DemoResult:
     height: int
     lateral_shift_m: float
     median_render_ms: float
+    median_enhance_ms: float | None
+    model: str
     inserted_pixel_fraction: float
     scene_gaussians: int
 
@@ -56,15 +61,21 @@ def run_demo(
     lateral_shift_m: float = 0.0,
     num_frames: int | None = None,
     progress: bool = True,
+    harmonizer: Any = "default",
 ) -> DemoResult:
+    """harmonizer: "default" (weights/enhancer), a folder, a Harmonizer/Enhancer, "untrained" or None (the
+    raw render only); see :func:`simharmony.sim.resolve_harmonizer`."""
+    from simharmony.sim import resolve_harmonizer
+
     scene, trajectory = load_demo_scene(scene_dir)
+    h, model = resolve_harmonizer(harmonizer)
     if lateral_shift_m:
         trajectory = trajectory.shifted_laterally(lateral_shift_m)
     if num_frames is not None:
         trajectory = trajectory[: max(1, num_frames)]
     out = Path(out_dir)
 
-    rows, times_ms, inserted = [], [], []
+    rows, times_ms, enhance_ms, inserted = [], [], [], []
     scene.reset()
     iterator = range(len(trajectory))
     if progress:
@@ -75,22 +86,26 @@ def run_demo(
         t0 = time.perf_counter()
         f = scene.render_frame(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics)
         times_ms.append((time.perf_counter() - t0) * 1e3)
-        mask = f.inserted_mask.cpu().numpy()
+        rgb, mask, depth = f.rgb.cpu().numpy(), f.inserted_mask.cpu().numpy(), f.depth.cpu().numpy()
         inserted.append(float((mask > 0.5).mean()))
-        rows.append(
-            side_by_side(
-                [f.rgb.cpu().numpy(), colorize_depth(f.depth.cpu().numpy()), mask,
-                 colorize_flow(f.flow.cpu().numpy(), f.flow_valid.cpu().numpy())],
-                ["render", "depth", "inserted mask", "flow to t-1"],
-            )
-        )
+        panels, labels = [rgb], ["render"]
+        if h is not None:
+            t0 = time.perf_counter()
+            out = h.enhance(rgb, mask=mask, depth=depth, stream="ego", clip=True)
+            enhance_ms.append((time.perf_counter() - t0) * 1e3)
+            panels += [out, np.clip(np.abs(out - np.clip(rgb, 0, 1)) * 4.0, 0, 1)]
+            labels += ["harmonized", "|difference| x4"]
+        panels += [colorize_depth(depth), mask, colorize_flow(f.flow.cpu().numpy(), f.flow_valid.cpu().numpy())]
+        labels += ["depth", "inserted mask", "flow to t-1"]
+        rows.append(side_by_side(panels, labels))
     video = write_video(out / "demo.mp4", rows, fps=10)
     sheet = out / "contact_sheet.png"
     save_png(sheet, contact_sheet(rows, max_rows=6))
     intr = trajectory.intrinsics
     result = DemoResult(
         str(out), str(video), str(sheet), len(trajectory), intr.width, intr.height, lateral_shift_m,
-        float(np.median(times_ms)), float(np.mean(inserted)), len(scene.background),
+        float(np.median(times_ms)), float(np.median(enhance_ms)) if enhance_ms else None, model,
+        float(np.mean(inserted)), len(scene.background),
     )
     write_text_atomic(out / "demo.json", json.dumps(asdict(result), indent=2))
     return result

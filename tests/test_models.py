@@ -301,7 +301,9 @@ def test_odd_sizes_are_padded_and_cropped():
 def test_autoencoder_codec_is_frozen_and_backbone_gets_gradients():
     torch.manual_seed(0)
     model = Enhancer(EnhancerConfig(**SMALL, codec="autoencoder", ae_widths=(8, 8), ae_latent_channels=4, detail_skips=True))
-    assert all(not p.requires_grad for p in model.codec.parameters())
+    frozen = [p.requires_grad for n, p in model.codec.named_parameters() if not n.startswith("skip_convs.")]
+    skips = [p.requires_grad for n, p in model.codec.named_parameters() if n.startswith("skip_convs.")]
+    assert frozen and not any(frozen) and skips and all(skips)  # detail skips train with the enhancer
     x = torch.rand(1, 3, 32, 48)
     perturb(model)
     model.train()
@@ -310,6 +312,7 @@ def test_autoencoder_codec_is_frozen_and_backbone_gets_gradients():
     assert out.shape == x.shape and z.shape == (1, 4, 8, 12)
     out.mean().backward()
     assert model.backbone.conv_out.weight.grad is not None and model.backbone.conv_out.weight.grad.abs().sum() > 0
+    assert model.codec.skip_convs[0].weight.grad is not None and model.codec.enc[0][0].weight.grad is None
 
 
 # -- config and files ------------------------------------------------------------------------------------------

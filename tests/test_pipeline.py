@@ -54,7 +54,10 @@ def test_demo_scene_build_and_demo_on_tiny_preset(tmp_path):
     scene, result, asset = build_demo_scene(tmp_path / "scene", cfg, work_dir=tmp_path / "work", progress=False)
     assert asset.category == "vehicle" and len(asset.gaussians) > 0
     assert (tmp_path / "demo_assets" / "index.yaml").is_file()
-    out = run_demo(tmp_path / "scene", tmp_path / "demo", lateral_shift_m=2.0, progress=False)
+    out = run_demo(tmp_path / "scene", tmp_path / "demo", lateral_shift_m=2.0, progress=False, harmonizer="untrained")
+    assert out.median_enhance_ms is not None and "untrained" in out.model
+    raw = run_demo(tmp_path / "scene", tmp_path / "raw", num_frames=2, progress=False, harmonizer=None)
+    assert raw.median_enhance_ms is None and raw.model.startswith("none")
     assert out.num_frames == 8 and (tmp_path / "demo" / "demo.mp4").stat().st_size > 0
     assert json.loads((tmp_path / "demo" / "demo.json").read_text())["num_frames"] == 8
     assert 0.0 < out.inserted_pixel_fraction < 1.0  # the inserted vehicle is in view but does not fill it
@@ -76,5 +79,6 @@ def test_shipped_demo_scene_renders(tmp_path):
     assert recon["heldout_psnr"] >= 25.0  # the bar, recorded when the scene was built
     bank = AssetBank(DEMO_ASSETS_DIR, create=False)
     assert scene.metadata["inserted_asset"] in bank.list()
-    out = run_demo(out_dir=tmp_path, num_frames=3, progress=False)
+    out = run_demo(out_dir=tmp_path, num_frames=3, progress=False)  # with the shipped default enhancer
     assert out.num_frames == 3 and out.inserted_pixel_fraction > 0.005
+    assert out.median_enhance_ms is not None and "default weights" in out.model

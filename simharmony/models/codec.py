@@ -107,6 +107,14 @@ class CompactAutoencoder(Codec):
         else:
             self.skip_convs = None
 
+    def freeze(self) -> CompactAutoencoder:
+        """Freeze the encoder and decoder; the detail-skip convs stay trainable (they are trained with the
+        enhancer while the codec they read from stays fixed)."""
+        super().freeze()
+        if self.skip_convs is not None:
+            self.skip_convs.requires_grad_(True)
+        return self
+
     def encode(self, x: torch.Tensor, return_features: bool = False):
         h = x * 2.0 - 1.0
         feats = []

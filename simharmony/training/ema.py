@@ -24,7 +24,8 @@ class EMA:
         self.decay = float(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0
-        self.param_names = {name for name, p in model.named_parameters() if p.is_floating_point()}
+        # only trained parameters are averaged; frozen ones (the codec) and buffers are copied exactly
+        self.param_names = {name for name, p in model.named_parameters() if p.is_floating_point() and p.requires_grad}
         self.shadow: dict[str, torch.Tensor] = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
 
     def current_decay(self) -> float:
