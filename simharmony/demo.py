@@ -91,9 +91,9 @@ def run_demo(
         panels, labels = [rgb], ["render"]
         if h is not None:
             t0 = time.perf_counter()
-            out = h.enhance(rgb, mask=mask, depth=depth, stream="ego", clip=True)
+            enhanced = h.enhance(rgb, mask=mask, depth=depth, stream="ego", clip=True)
             enhance_ms.append((time.perf_counter() - t0) * 1e3)
-            panels += [out, np.clip(np.abs(out - np.clip(rgb, 0, 1)) * 4.0, 0, 1)]
+            panels += [enhanced, np.clip(np.abs(enhanced - np.clip(rgb, 0, 1)) * 4.0, 0, 1)]
             labels += ["harmonized", "|difference| x4"]
         panels += [colorize_depth(depth), mask, colorize_flow(f.flow.cpu().numpy(), f.flow_valid.cpu().numpy())]
         labels += ["depth", "inserted mask", "flow to t-1"]

@@ -525,20 +525,32 @@ def plot_loss_curve(metrics_path: str | os.PathLike, png: str | os.PathLike) -> 
         return None
     fig, axes = plt.subplots(1, 2 if evals else 1, figsize=(11 if evals else 6.5, 4), squeeze=False)
     ax = axes[0, 0]
+    db_ax = None  # losses that go negative (log-MSE in dB, and totals containing it) get a linear axis
     names = sorted({k for r in train_recs for k in r["loss"]})
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4)
     for name in names:
         pts = [(r["step"], r["loss"][name]) for r in train_recs if name in r["loss"] and math.isfinite(r["loss"][name])]
         if not pts:
             continue
         xs, ys = np.array(pts).T
+        target = ax
+        if ys.min() <= 0:
+            db_ax = db_ax or ax.twinx()
+            target = db_ax
         win = max(1, len(ys) // 25)
         smooth = np.convolve(ys, np.ones(win) / win, mode="valid")
-        (line,) = ax.plot(xs[win - 1 :], smooth, label=name)
-        ax.plot(xs, ys, alpha=0.2, color=line.get_color())
+        colour = next(colours)
+        target.plot(xs[win - 1 :], smooth, label=name, color=colour)
+        target.plot(xs, ys, alpha=0.2, color=colour)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title("training losses (running mean)")
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    if db_ax is not None:
+        db_ax.set_ylabel("log-MSE losses (dB, linear)")
+        h2, l2 = db_ax.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + [f"{lab} (right axis)" for lab in l2]
+    ax.legend(handles, labels, fontsize=8)
     if evals:
         ax = axes[0, 1]
         ax.plot([r["step"] for r in evals], [r["psnr_out"] for r in evals], "o-", label="output")
