@@ -21,8 +21,8 @@ so the brake is exercised. Writes ``closed_loop.mp4`` (raw | harmonized, with sp
     python examples/closed_loop.py --frames 40 --out outputs/closed_loop            # default weights
     python examples/closed_loop.py --model path/to/enhancer --scale 0.5
 
-While weights/enhancer is not trained, ``--model default`` falls back to an untrained Enhancer (the
-identity: harmonized == raw) and says so.
+``--model default`` uses the shipped weights/enhancer; if that folder is missing it falls back to an
+untrained Enhancer (the identity: harmonized == raw) and says so.
 """
 
 from __future__ import annotations

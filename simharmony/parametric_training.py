@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -88,10 +87,9 @@ class ParametricTrainConfig(Config):
 
 def learning_rate(cfg: ParametricTrainConfig, step: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_fraction * lr`` at ``steps``."""
-    if cfg.warmup and step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
-    return cfg.lr * (cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+    from simharmony.training.config import warmup_cosine_lr
+
+    return warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_fraction)
 
 
 def parametric_loss(out: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cfg: ParametricTrainConfig) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@
         frame = sim.step(pose)
 
 The harmonizer is a :class:`~simharmony.harmonizer.Harmonizer`, an Enhancer, a folder saved with
-``Enhancer.save_pretrained``, "default" (weights/enhancer; MissingFileError until it is trained) or None
+``Enhancer.save_pretrained``, "default" (weights/enhancer; MissingFileError if it is absent) or None
 (raw frames only). Every frame passes through a :class:`~simharmony.plugin.HarmonizedRenderer`, so the
 plugin's failure policy, context resets (size change, teleport, toggle) and timing statistics apply;
 ``sim.enabled`` switches the enhancer at run time. The ego camera is one stream (``camera_id``).
@@ -213,8 +213,8 @@ class Simulator:
         """The shipped demo street (weights/demo_street, with its inserted vehicle on a 3 m shifted track).
 
         ``scale`` resizes the camera (0.5 -> 128x72); ``sim.trajectory`` is the recorded ego trajectory.
-        harmonizer="default" raises MissingFileError while weights/enhancer is not trained; pass
-        "untrained", an Enhancer, a folder or None meanwhile.
+        harmonizer="default" uses the shipped weights/enhancer (MissingFileError if it was removed); also
+        "untrained", an Enhancer, a folder or None.
         """
         scene_dir = Path(scene_dir)
         if not (scene_dir / "scene.yaml").is_file():

@@ -28,9 +28,9 @@ def tiny_data(tmp_path_factory):
 
 
 def small_cfg(data, **changes) -> CodecTrainConfig:
-    base = dict(data=str(data), holdout=str(data), widths=[8, 8], latent_channels=6, steps=6, batch_size=4, crop=16,
-                warmup_steps=2, lr=3e-3, checkpoint_every=3, log_every=1, eval_items=6, perceptual_weight=0.1,
-                model=SMALL_MODEL)
+    base = {"data": str(data), "holdout": str(data), "widths": [8, 8], "latent_channels": 6, "steps": 6, "batch_size": 4,
+            "crop": 16, "warmup_steps": 2, "lr": 3e-3, "checkpoint_every": 3, "log_every": 1, "eval_items": 6,
+            "perceptual_weight": 0.1, "model": SMALL_MODEL}
     return CodecTrainConfig.from_dict({**base, **changes})
 
 

@@ -20,12 +20,10 @@ enhancer: the codec itself stays frozen there, the skip convs do not (see :meth:
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +35,7 @@ from simharmony.errors import ConfigError, NonFiniteError
 from simharmony.models import Enhancer, EnhancerConfig
 from simharmony.models.codec import CompactAutoencoder
 from simharmony.training.checkpoint import clean_stale, latest_checkpoint, load_checkpoint, save_checkpoint
+from simharmony.training.config import warmup_cosine_lr
 from simharmony.training.ema import EMA
 from simharmony.training.features import build_feature_extractor
 from simharmony.training.losses import PAPER_PATCH_RANGE, PatchPerceptualLoss
@@ -98,10 +97,7 @@ class CodecTrainConfig(Config):
 
     def lr_at(self, step: int) -> float:
         """Linear warmup, then cosine to ``min_lr_ratio * lr`` at the last step."""
-        if self.warmup_steps and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        frac = min(max(step - self.warmup_steps, 0) / max(self.steps - self.warmup_steps, 1), 1.0)
-        return float(self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))))
+        return warmup_cosine_lr(step, self.lr, self.warmup_steps, self.steps, self.min_lr_ratio)
 
     def enhancer_config(self) -> EnhancerConfig:
         """``model`` with its codec fields set to this autoencoder."""
@@ -146,9 +142,10 @@ def reconstruction_psnr(codec: CompactAutoencoder, ds: ShardDataset, items: int)
     """Mean PSNR (dB, data range 1 = 255) of target frames through encode + decode, frames cropped to the
     codec's multiple, over up to ``items`` evenly spaced items."""
     codec.eval()
+    from simharmony.training.trainer import eval_indices
+
     vals = []
-    n = len(ds)
-    for i in sorted({int(round(x)) for x in np.linspace(0, n - 1, min(items, n))}) if n and items else []:
+    for i in eval_indices(len(ds), items):
         seq = ds[i]["target"].permute(0, 3, 1, 2).float()
         f = codec.downscale
         seq = seq[..., : seq.shape[-2] - seq.shape[-2] % f, : seq.shape[-1] - seq.shape[-1] % f]

@@ -26,6 +26,15 @@ from simharmony.utils.config import Config, all_finite, require
 Phase = Literal["denoise", "image", "temporal"]
 
 
+def warmup_cosine_lr(step: int, lr: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Learning rate at ``step``: linear warmup over ``warmup`` steps, then a cosine from ``lr`` down to
+    ``min_ratio * lr`` at step ``total`` (held there after). Shared by every trainer in the project."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    frac = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return float(lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac))))
+
+
 @dataclass
 class TrainConfig(Config):
     """Everything :func:`simharmony.training.train` needs; round-trips to YAML.
@@ -149,11 +158,7 @@ class TrainConfig(Config):
 
     def lr_at(self, step: int) -> float:
         """Linear warmup over ``warmup_steps``, then cosine to ``min_lr_ratio * lr`` at the last step."""
-        if self.warmup_steps and step < self.warmup_steps:
-            return self.lr * (step + 1) / self.warmup_steps
-        span = max(self.total_steps - self.warmup_steps, 1)
-        frac = min(max(step - self.warmup_steps, 0) / span, 1.0)
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+        return warmup_cosine_lr(step, self.lr, self.warmup_steps, self.total_steps, self.min_lr_ratio)
 
     def with_total_steps(self, steps: int) -> TrainConfig:
         """The same recipe squeezed (or stretched) to ``steps`` steps: every phase and the warmup scaled alike."""

@@ -235,7 +235,8 @@ class StepModule(nn.Module):
 
 
 # -- evaluation ---------------------------------------------------------------------------------------------
-def _eval_indices(n_items: int, limit: int) -> list[int]:
+def eval_indices(n_items: int, limit: int) -> list[int]:
+    """Up to ``limit`` evenly spaced item indices in [0, n_items) (all of them if fewer)."""
     if limit <= 0 or n_items == 0:
         return []
     if limit >= n_items:
@@ -252,7 +253,7 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
 
     model.eval()
     rows: list[tuple[str, float, float]] = []
-    for i in _eval_indices(len(dataset), items):
+    for i in eval_indices(len(dataset), items):
         it = dataset[i]
         inp = it["input"].permute(0, 3, 1, 2).to(device)
         ctx: list[torch.Tensor] = []
