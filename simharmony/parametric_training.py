@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 
 from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError
 from simharmony.models.parametric import ParametricConfig, ParametricHarmonizer, load_state_checked
+from simharmony.training.checkpoint import truncate_metrics
+from simharmony.training.config import warmup_cosine_lr
 from simharmony.utils.config import Config, all_finite, require
 from simharmony.utils.io import (
     PathLike,
@@ -47,7 +49,6 @@ from simharmony.utils.io import (
     load_yaml,
     save_tensors,
     save_yaml,
-    write_text_atomic,
 )
 
 
@@ -87,8 +88,6 @@ class ParametricTrainConfig(Config):
 
 def learning_rate(cfg: ParametricTrainConfig, step: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_lr_fraction * lr`` at ``steps``."""
-    from simharmony.training.config import warmup_cosine_lr
-
     return warmup_cosine_lr(step, cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr_fraction)
 
 
@@ -202,7 +201,7 @@ def train_parametric(
                               "use another --out or --no-resume")
         start = _load_checkpoint(ckpt_dir, model, opt)
     save_yaml(out / "train.yaml", cfg.to_dict())
-    _trim_log(out / "metrics.jsonl", start)
+    truncate_metrics(out / "metrics.jsonl", start)
 
     # the whole key list is a function of the seed, so a resumed run skips exactly the batches it has seen
     sampler = MixingBatchSampler(ds, weights, cfg.batch_size, cfg.steps, sequence_prob=0.0, seed=cfg.seed)
@@ -256,20 +255,6 @@ def train_parametric(
         summary["holdout"] = evaluate_parametric(model, holdout_dir, progress=progress)
         save_yaml(out / "holdout.yaml", summary["holdout"])
     return summary
-
-
-def _trim_log(path: Path, step: int) -> None:
-    """Keep the metrics lines up to ``step`` (a resumed run rewrites what came after its checkpoint)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    write_text_atomic(path, "".join(k + "\n" for k in keep))
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -27,17 +27,23 @@ NA = "n/a"
 STREAM_ORDER = ("isp", "shadow", "rpb", "relight", "reinsert", "novel_view")
 
 
-def _fmt(v: Any, digits: int = 2) -> str:
+def _fmt(v: Any, digits: int = 2, scale: float = 1.0) -> str:
+    """A number as text with ``digits`` decimals after multiplying by ``scale``; None / NaN -> "n/a"."""
     if v is None:
         return NA
     if isinstance(v, str):
         return v
-    v = float(v)
+    v = float(v) * scale
     if math.isnan(v):
         return NA
     if math.isinf(v):
         return "inf"
     return f"{v:.{digits}f}"
+
+
+def _table_rows(rows_m: list[tuple[str, str, bool]], width: int, cells) -> list[list[str]]:
+    """One table row per method: its label then ``cells(name)``, or "<label> — not available" and n/a cells."""
+    return [[label, *cells(name)] if ok else [f"{label} — not available"] + [NA] * (width - 1) for name, label, ok in rows_m]
 
 
 def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> str:
@@ -121,16 +127,10 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
     # Table 1: holdout streams
     out.append("## Table 1. Holdout streams (shaped like the paper's Table 2)\n")
     header = ["Method"] + [f"{s} {k}" for s in streams for k in ("PSNR↑", "SSIM↑", "fPSNR↑")]
-    rows = []
-    for name, label, ok in rows_m:
-        if not ok:
-            rows.append([f"{label} — not available"] + [NA] * (len(header) - 1))
-            continue
-        r = [label]
-        for s in streams:
-            r += [_fmt(_get(results, "holdout", s, name, "psnr")), _fmt(_get(results, "holdout", s, name, "ssim"), 4),
-                  _fmt(_get(results, "holdout", s, name, "fpsnr"))]
-        rows.append(r)
+    rows = _table_rows(rows_m, len(header), lambda name: [
+        cell for s in streams for cell in (_fmt(_get(results, "holdout", s, name, "psnr")),
+                                           _fmt(_get(results, "holdout", s, name, "ssim"), 4),
+                                           _fmt(_get(results, "holdout", s, name, "fpsnr")))])
     out.append(_table(header, rows))
     counts = ", ".join(f"{s}: {results['holdout'][s]['counts']['clips']} items "
                        f"({results['holdout'][s]['counts']['sequences']} sequences)" for s in streams)
@@ -141,21 +141,13 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
     out.append("## Table 2. Temporal metrics on holdout sequences\n")
     if seq_streams:
         header = ["Method"] + [f"{s} {k}" for s in seq_streams for k in ("temporal cons.↑", "warp err↓ (x1e3)")]
-        rows = []
-        for name, label, ok in rows_m:
-            if not ok:
-                rows.append([f"{label} — not available"] + [NA] * (len(header) - 1))
-                continue
-            r = [label]
-            for s in seq_streams:
-                we = _get(results, "holdout", s, name, "warping_error")
-                r += [_fmt(_get(results, "holdout", s, name, "flicker"), 4), _fmt(None if we is None else 1e3 * we, 3)]
-            rows.append(r)
+        rows = _table_rows(rows_m, len(header), lambda name: [
+            cell for s in seq_streams for cell in (_fmt(_get(results, "holdout", s, name, "flicker"), 4),
+                                                   _fmt(_get(results, "holdout", s, name, "warping_error"), 3, 1e3))])
         ref = ["target (reference)"]
         for s in seq_streams:
             rt = results["holdout"][s]["reference_target"]
-            we = rt.get("warping_error")
-            ref += [_fmt(rt.get("flicker"), 4), _fmt(None if we is None else 1e3 * we, 3)]
+            ref += [_fmt(rt.get("flicker"), 4), _fmt(rt.get("warping_error"), 3, 1e3)]
         rows.append(ref)
         out.append(_table(header, rows))
         out.append("")
@@ -171,26 +163,21 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
         header = ["Method", f"speed ms ({size})", "NT PSNR↑", "NT SSIM↑", "NT fPSNR↑", "NT HF", "NT struct.↑",
                   "NT temporal cons.↑", "NT warp err↓ (x1e3)", "Ins struct.↑", "Ins struct. in mask↑", "Ins HF vs input",
                   "Ins temporal cons.↑", "Ins warp err↓ (x1e3)", "FID / FVD / DINO"]
-        rows = []
-        for name, label, ok in rows_m:
-            if not ok:
-                rows.append([f"{label} — not available"] + [NA] * (len(header) - 1))
-                continue
-            sp = results["speed"].get(name, {}).get(size, {}).get("median_ms")
+        def scenario_cells(name):
+            def g(group, key, scale=1.0, digits=2):
+                return _fmt(_get(results, "scenarios", group, name, key), digits, scale)
 
-            def g(group, key, scale=1.0, digits=2, name=name):
-                v = _get(results, "scenarios", group, name, key)
-                return _fmt(None if v is None else scale * v, digits)
+            return [_fmt(results["speed"].get(name, {}).get(size, {}).get("median_ms"), 1),
+                    g(nt, "psnr"), g(nt, "ssim", digits=4), g(nt, "fpsnr"), g(nt, "hf_ratio"),
+                    g(nt, "structure", digits=4), g(nt, "flicker", digits=4), g(nt, "warping_error", 1e3, 3),
+                    g(ins, "structure", digits=4), g(ins, "structure_in_mask", digits=4), g(ins, "hf_ratio"),
+                    g(ins, "flicker", digits=4), g(ins, "warping_error", 1e3, 3), NA]
 
-            rows.append([label, _fmt(sp, 1), g(nt, "psnr"), g(nt, "ssim", digits=4), g(nt, "fpsnr"), g(nt, "hf_ratio"),
-                         g(nt, "structure", digits=4), g(nt, "flicker", digits=4), g(nt, "warping_error", 1e3, 3),
-                         g(ins, "structure", digits=4), g(ins, "structure_in_mask", digits=4), g(ins, "hf_ratio"),
-                         g(ins, "flicker", digits=4), g(ins, "warping_error", 1e3, 3), NA])
+        rows = _table_rows(rows_m, len(header), scenario_cells)
         rt = sc.get(nt, {}).get("reference_target", {})
         if rt:
-            we = rt.get("warping_error")
             rows.append(["PBR ground truth (reference)", NA, NA, NA, NA, NA, NA, _fmt(rt.get("flicker"), 4),
-                         _fmt(None if we is None else 1e3 * we, 3)] + [NA] * 6)
+                         _fmt(rt.get("warping_error"), 3, 1e3)] + [NA] * 6)
         out.append(_table(header, rows))
         si = meta["scenes"]
         n_i, i_i = si.get("novel_trajectory", {}), si.get("insertion", {})
@@ -208,17 +195,12 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
     out.append("## Table 4. Speed (median ms/frame over repeated runs)\n")
     sizes = sorted({s for v in results["speed"].values() for s in v}, key=lambda s: int(s.split("x")[0]))
     header = ["Method"] + [f"{s} median (min-max)" for s in sizes] + ["device"]
-    rows = []
-    for name, label, ok in rows_m:
-        if not ok:
-            rows.append([f"{label} — not available"] + [NA] * (len(header) - 1))
-            continue
+    def speed_cells(name):
         sp = results["speed"].get(name, {})
-        cells = []
-        for s in sizes:
-            v = sp.get(s)
-            cells.append(f"{v['median_ms']:.1f} ({v['min_ms']:.1f}-{v['max_ms']:.1f})" if v else NA)
-        rows.append([label] + cells + [results["methods"][name]["device"]])
+        return [f"{v['median_ms']:.1f} ({v['min_ms']:.1f}-{v['max_ms']:.1f})" if (v := sp.get(s)) else NA
+                for s in sizes] + [results["methods"][name]["device"]]
+
+    rows = _table_rows(rows_m, len(header), speed_cells)
     out.append(_table(header, rows))
     reps = next((v["repeats"] for sp in results["speed"].values() for v in sp.values()), 0)
     gpu_note = "GPU figures: none (no GPU in this run)." if mach["device"] != "cuda" else f"GPU: {mach['gpu']}."
@@ -240,26 +222,21 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
             vals = [v for v in vals if v is not None and not math.isnan(v)]
             return float(np.mean(vals)) if vals else None
 
+        def warp(name):  # novel trajectory, insertion, holdout mean
+            return (_get(results, "scenarios", "novel_trajectory", name, "warping_error"),
+                    _get(results, "scenarios", "insertion", name, "warping_error"), holdout_mean(name, "warping_error"))
+
         rows = []
         for name, label in abl:
-            def g(group, key, scale=1.0, digits=4, name=name):
-                v = _get(results, "scenarios", group, name, key)
-                return _fmt(None if v is None else scale * v, digits)
-
-            hw = holdout_mean(name, "warping_error")
-            rows.append([label, g("novel_trajectory", "flicker"), g("insertion", "flicker"),
-                         g("novel_trajectory", "warping_error", 1e3, 3), g("insertion", "warping_error", 1e3, 3),
-                         _fmt(holdout_mean(name, "flicker"), 4), _fmt(None if hw is None else 1e3 * hw, 3)])
+            w_nt, w_ins, w_hold = warp(name)
+            rows.append([label, _fmt(_get(results, "scenarios", "novel_trajectory", name, "flicker"), 4),
+                         _fmt(_get(results, "scenarios", "insertion", name, "flicker"), 4), _fmt(w_nt, 3, 1e3),
+                         _fmt(w_ins, 3, 1e3), _fmt(holdout_mean(name, "flicker"), 4), _fmt(w_hold, 3, 1e3)])
         out.append(_table(header, rows))
-        if any(n == "per_frame_model" for n, _ in abl) and any(n == "ours" for n, _ in abl):
-            ratios = []
-            for what, a, b in (("NT", _get(results, "scenarios", "novel_trajectory", "ours", "warping_error"),
-                                _get(results, "scenarios", "novel_trajectory", "per_frame_model", "warping_error")),
-                               ("Ins", _get(results, "scenarios", "insertion", "ours", "warping_error"),
-                                _get(results, "scenarios", "insertion", "per_frame_model", "warping_error")),
-                               ("holdout", holdout_mean("ours", "warping_error"), holdout_mean("per_frame_model", "warping_error"))):
-                if a is not None and b:
-                    ratios.append(f"{what} {a / b:.2f}")
+        names = {n for n, _ in abl}
+        if {"ours", "per_frame_model"} <= names:
+            ratios = [f"{what} {a / b:.2f}" for what, a, b in zip(("NT", "Ins", "holdout"), warp("ours"), warp("per_frame_model"))
+                      if a is not None and b]
             out.append("\nWarping error of ours over the separately trained per-frame model (same recipe, no temporal "
                        f"context; the enhancer issue's bar is <= 0.8): {', '.join(ratios) or 'n/a'}.")
     else:

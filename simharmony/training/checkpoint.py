@@ -14,6 +14,7 @@ a readable ``state.yaml``; older checkpoints beyond ``keep`` are deleted after t
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ from torch import nn
 
 from simharmony.errors import CorruptFileError
 from simharmony.training.ema import EMA
-from simharmony.utils.io import ensure_writable_dir, load_tensors, load_yaml, save_tensors, save_yaml
+from simharmony.utils.io import ensure_writable_dir, load_tensors, load_yaml, save_tensors, save_yaml, write_text_atomic
 
 FORMAT = "simharmony-train-checkpoint"
 _NAME = re.compile(r"^step_(\d{7})$")
@@ -88,6 +89,28 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: nn.Module, ema: E
     return final
 
 
+def append_metrics(path: str | os.PathLike, record: dict[str, Any]) -> None:
+    """Append one JSON line to a run's metrics log."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=True) + "\n")
+
+
+def truncate_metrics(path: str | os.PathLike, upto_step: int) -> None:
+    """Keep only the metrics lines of steps <= ``upto_step`` (a resumed run redoes the rest); a line cut
+    by a kill is dropped. Rewritten atomically."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= upto_step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue
+    write_text_atomic(path, "".join(line + "\n" for line in keep))
+
+
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     """Complete checkpoint folders under ``root``, oldest first."""
     root = Path(root)
@@ -133,4 +156,4 @@ def load_checkpoint(path: str | os.PathLike, model: nn.Module, ema: EMA, optimiz
     return state
 
 
-__all__ = ["checkpoint_name", "clean_stale", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint"]
+__all__ = ["append_metrics", "checkpoint_name", "clean_stale", "latest_checkpoint", "list_checkpoints", "load_checkpoint", "save_checkpoint", "truncate_metrics"]

@@ -19,7 +19,6 @@ enhancer: the codec itself stays frozen there, the skip convs do not (see :meth:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,14 @@ from simharmony.data.shards import ShardDataset
 from simharmony.errors import ConfigError, NonFiniteError
 from simharmony.models import Enhancer, EnhancerConfig
 from simharmony.models.codec import CompactAutoencoder
-from simharmony.training.checkpoint import clean_stale, latest_checkpoint, load_checkpoint, save_checkpoint
+from simharmony.training.checkpoint import (
+    append_metrics,
+    clean_stale,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_metrics,
+)
 from simharmony.training.config import warmup_cosine_lr
 from simharmony.training.ema import EMA
 from simharmony.training.features import build_feature_extractor
@@ -182,7 +188,7 @@ def train_codec(config: CodecTrainConfig, out_dir: str | os.PathLike, resume: bo
         start = int(load_checkpoint(last, codec, ema, opt)["step"])
     save_yaml(out / "codec_config.yaml", cfg.to_dict())
     metrics = out / "metrics.jsonl"
-    _keep_metrics_upto(metrics, start)
+    truncate_metrics(metrics, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
     started = time.perf_counter()
     bar = tqdm(range(start, end), desc="codec", unit="step", disable=not progress, initial=start, total=cfg.steps)
@@ -209,8 +215,7 @@ def train_codec(config: CodecTrainConfig, out_dir: str | os.PathLike, resume: bo
         done = step + 1
         if done % cfg.log_every == 0 or done == end:
             rec_line = {"step": done, "lr": cfg.lr_at(step), **{k: float(v.detach()) for k, v in losses.items()}}
-            with open(metrics, "a") as f:
-                f.write(json.dumps(rec_line) + "\n")
+            append_metrics(metrics, rec_line)
             bar.set_postfix(l1=f"{float(losses['l1'].detach()):.4f}")
         if done % cfg.checkpoint_every == 0 or done == end:
             save_checkpoint(ckpt_root, done, codec, ema, opt, keep=cfg.keep_checkpoints)
@@ -233,16 +238,6 @@ def train_codec(config: CodecTrainConfig, out_dir: str | os.PathLike, resume: bo
                                             "holdout_reconstruction_psnr_db": psnr,
                                             "train_seconds_this_run": round(seconds, 1)})
     return CodecTrainResult(out, final, cfg.steps, start, seconds, psnr)
-
-
-def _keep_metrics_upto(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (a resumed run redoes them)."""
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
 
 
 def _cmd_train_codec(args) -> int:

@@ -54,12 +54,19 @@ from tqdm.auto import tqdm
 from simharmony.data.shards import MixingBatchSampler, ShardDataset
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
-from simharmony.training.checkpoint import clean_stale, latest_checkpoint, load_checkpoint, save_checkpoint
+from simharmony.training.checkpoint import (
+    append_metrics,
+    clean_stale,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_metrics,
+)
 from simharmony.training.config import TrainConfig
 from simharmony.training.ema import EMA
 from simharmony.training.features import build_feature_extractor
 from simharmony.training.losses import PatchPerceptualLoss, l2_loss, log_mse_loss, temporal_warp_loss
-from simharmony.utils.io import ensure_writable_dir, save_yaml, write_text_atomic
+from simharmony.utils.io import ensure_writable_dir, save_yaml
 
 log = logging.getLogger(__name__)
 
@@ -297,20 +304,6 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _truncate_metrics(path: Path, upto_step: int) -> None:
-    """Keep only the metrics lines of steps <= ``upto_step`` (a resumed run redoes the rest)."""
-    if not path.is_file():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= upto_step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-    write_text_atomic(path, "".join(line + "\n" for line in keep))
-
-
 def _open_datasets(cfg: TrainConfig) -> tuple[ShardDataset, dict[str, float], ShardDataset | None]:
     ds = ShardDataset(cfg.data)
     present = sorted(ds.streams_of(ds.records))
@@ -391,7 +384,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
     if is_main:
         save_yaml(out / "train_config.yaml", cfg.to_dict())
         if start > 0:
-            _truncate_metrics(metrics_path, start)
+            truncate_metrics(metrics_path, start)
         elif metrics_path.exists():
             metrics_path.unlink()
 
@@ -440,7 +433,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
             vals = _reduce_losses(losses, d)
             last = vals
             if is_main:
-                _append_jsonl(metrics_path, {"step": step, "phase": phase, "loss": vals, "lr": lr,
+                append_metrics(metrics_path, {"step": step, "phase": phase, "loss": vals, "lr": lr,
                                              "grad_norm": float(gnorm), "seconds": round(seconds, 4),
                                              "elapsed": round(time.perf_counter() - started, 2), "skipped": bool(bad_steps)})
             bar.set_postfix({k: f"{v:.4f}" for k, v in vals.items() if k in ("total", "l2", "temporal", "denoise")}, refresh=False)
@@ -450,7 +443,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
                 ev = _evaluate_ema(model, ema, holdout, cfg.eval_items, device)
                 ev = {"step": step, "phase": "eval", **ev}
                 evals.append(ev)
-                _append_jsonl(metrics_path, ev)
+                append_metrics(metrics_path, ev)
                 log.info("step %d: holdout PSNR out %.2f dB, in %.2f dB", step, ev.get("psnr_out", float("nan")), ev.get("psnr_in", float("nan")))
             _barrier(d)
         if step % cfg.checkpoint_every == 0 or step == end:
@@ -491,11 +484,6 @@ def _reduce_losses(losses: dict[str, torch.Tensor], d: _Dist) -> dict[str, float
         dist.all_reduce(vec)
         vec = vec / d.world
     return {k: float(v) for k, v in zip(names, vec.cpu())}
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, allow_nan=True) + "\n")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
