@@ -1,8 +1,8 @@
 """The README's main job: render the shipped demo street with its inserted vehicle and write pictures.
 
 Renders the ego trajectory (optionally shifted sideways for a novel view) through
-``scene_tools.scene.Scene.render``, passes every frame (with its inserted-asset mask and depth) through
-the streaming :class:`~simharmony.harmonizer.Harmonizer` (default: the shipped weights/enhancer), and
+``simharmony.sim.Simulator``, which passes every frame (with its inserted-asset mask and depth) through
+the render hook and the streaming Harmonizer (default: the shipped weights/enhancer), and
 writes a side-by-side video and contact sheet: render | harmonized | |difference| x4 | depth | inserted
 mask | geometric flow.
 """
@@ -10,7 +10,6 @@ mask | geometric flow.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,48 +63,38 @@ def run_demo(
     harmonizer: Any = "default",
 ) -> DemoResult:
     """harmonizer: "default" (weights/enhancer), a folder, a Harmonizer/Enhancer, "untrained" or None (the
-    raw render only); see :func:`simharmony.sim.resolve_harmonizer`."""
-    from simharmony.sim import resolve_harmonizer
+    raw render only); see :func:`simharmony.sim.resolve_harmonizer`. Frames go through
+    :class:`~simharmony.sim.Simulator` (the render hook), one ego stream."""
+    from simharmony.sim import Simulator
 
     scene, trajectory = load_demo_scene(scene_dir)
-    h, model = resolve_harmonizer(harmonizer)
     if lateral_shift_m:
         trajectory = trajectory.shifted_laterally(lateral_shift_m)
     if num_frames is not None:
         trajectory = trajectory[: max(1, num_frames)]
     out = Path(out_dir)
+    sim = Simulator(scene, harmonizer, intrinsics=trajectory.intrinsics, progress=progress)
+    seq = sim.render(trajectory)
 
-    rows, times_ms, enhance_ms, inserted = [], [], [], []
-    scene.reset()
-    iterator = range(len(trajectory))
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(iterator, desc="demo render", unit="frame")
-    for i in iterator:
-        t0 = time.perf_counter()
-        f = scene.render_frame(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics)
-        times_ms.append((time.perf_counter() - t0) * 1e3)
-        rgb, mask, depth = f.rgb.cpu().numpy(), f.inserted_mask.cpu().numpy(), f.depth.cpu().numpy()
-        inserted.append(float((mask > 0.5).mean()))
-        panels, labels = [rgb], ["render"]
-        if h is not None:
-            t0 = time.perf_counter()
-            enhanced = h.enhance(rgb, mask=mask, depth=depth, stream="ego", clip=True)
-            enhance_ms.append((time.perf_counter() - t0) * 1e3)
-            panels += [enhanced, np.clip(np.abs(enhanced - np.clip(rgb, 0, 1)) * 4.0, 0, 1)]
+    rows = []
+    for f in seq:
+        panels, labels = [f.raw], ["render"]
+        if sim.harmonizer is not None:
+            panels += [f.harmonized, np.clip(np.abs(f.harmonized - np.clip(f.raw, 0, 1)) * 4.0, 0, 1)]
             labels += ["harmonized", "|difference| x4"]
-        panels += [colorize_depth(depth), mask, colorize_flow(f.flow.cpu().numpy(), f.flow_valid.cpu().numpy())]
+        g = f.gbuffers
+        panels += [colorize_depth(f.depth), f.inserted_mask, colorize_flow(g.flow.cpu().numpy(), g.flow_valid.cpu().numpy())]
         labels += ["depth", "inserted mask", "flow to t-1"]
         rows.append(side_by_side(panels, labels))
     video = write_video(out / "demo.mp4", rows, fps=10)
     sheet = out / "contact_sheet.png"
     save_png(sheet, contact_sheet(rows, max_rows=6))
+    timings = seq.timings()
     intr = trajectory.intrinsics
     result = DemoResult(
         str(out), str(video), str(sheet), len(trajectory), intr.width, intr.height, lateral_shift_m,
-        float(np.median(times_ms)), float(np.median(enhance_ms)) if enhance_ms else None, model,
-        float(np.mean(inserted)), len(scene.background),
+        timings["render_ms"]["median"], timings["enhance_ms"]["median"] if timings["enhance_ms"]["count"] else None,
+        sim.harmonizer_source, float(np.mean([(f.inserted_mask > 0.5).mean() for f in seq])), len(scene.background),
     )
     write_text_atomic(out / "demo.json", json.dumps(asdict(result), indent=2))
     return result
