@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -13,7 +14,8 @@ import pytest
 from simharmony.bench import add_cli, config_from_args, get_bench_preset
 from simharmony.bench.methods import Method, Unavailable, parametric_method, resolve_ours
 from simharmony.bench.runner import build_methods, clip_metrics, run_bench
-from simharmony.bench.scenarios import Clip, make_smoke_holdout
+from simharmony.bench.scenarios import Clip, flicker_clips, make_smoke_holdout
+from simharmony.data.flicker import apply_flicker, flicker_gains
 from simharmony.errors import ConfigError, MissingFileError
 
 
@@ -139,7 +141,8 @@ def test_smoke_end_to_end(tmp_path, monkeypatch, one_torch_thread):
     res = run_bench(cfg, out, extra_methods={"oracle": Method("oracle", "oracle (returns the target)", oracle,
                                                                kind="reference")})
     for f in ("report.md", "results.json", "contact_sheet.png", "plots/psnr_per_stream.png", "plots/temporal.png",
-              "videos/isp.mp4", "videos/shadow.mp4", "videos/novel_trajectory.mp4", "videos/insertion.mp4"):
+              "videos/isp.mp4", "videos/shadow.mp4", "videos/novel_trajectory.mp4", "videos/insertion.mp4",
+              "videos/holdout_flicker.mp4"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     data = _strict_json((out / "results.json").read_text())
     assert data["meta"]["preset"] == "smoke" and data["meta"]["weights"]["ours"]["trained"] is False
@@ -161,6 +164,17 @@ def test_smoke_end_to_end(tmp_path, monkeypatch, one_torch_thread):
         assert group["methods"]["ours"]["psnr"] == pytest.approx(expect, abs=0.05)
         if group["counts"]["sequences"]:
             assert group["methods"]["oracle"]["flicker"] == pytest.approx(group["reference_target"]["flicker"])
+    # flicker holdout: every holdout sequence (fewer than flicker_sequences here) with drifting inputs
+    fl = res["scenarios"]["holdout_flicker"]
+    stream_of = {r["id"]: r["stream"] for r, it in zip(ds.records, items) if it.num_frames > 1}
+    assert fl["counts"]["sequences"] == min(cfg.flicker_sequences, len(stream_of)) > 0 and "Flicker holdout" in report
+    clips = flicker_clips(make_smoke_holdout(cfg), dataclasses.replace(cfg, flicker_sequences=3))
+    assert len(clips) == 3 and len({stream_of[c.id.removesuffix(":flicker")] for c in clips}) == 2  # round robin
+    for c in clips:
+        k = [r["id"] for r in ds.records].index(c.id.removesuffix(":flicker"))
+        gains = flicker_gains(np.random.default_rng([cfg.flicker_seed, k]), c.num_frames, cfg.flicker)
+        assert np.array_equal(c.input, apply_flicker(items[k].input, gains)) and not np.array_equal(c.input, items[k].input)
+        assert np.array_equal(c.input[0], items[k].input[0]) and np.array_equal(c.target, items[k].target)
     nt = res["scenarios"]["novel_trajectory"]["methods"]
     assert 5 < nt["identity"]["psnr"] < 60 and nt["oracle"]["psnr"] == pytest.approx(nt["identity"]["psnr"])
     ins = res["scenarios"]["insertion"]["methods"]

@@ -16,6 +16,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from simharmony.data.flicker import FlickerConfig
 from simharmony.errors import ConfigError
 from simharmony.paths import DEMO_SCENE_DIR
 from simharmony.utils.config import Config, all_finite, require
@@ -41,6 +42,9 @@ class BenchConfig(Config):
     Methods: ``model`` ("" = weights/enhancer; with ``untrained_fallback`` a small untrained Enhancer
     (``untrained_config``) when that is missing), ``per_frame_model``, ``parametric`` ("" = not given),
     ``variants`` {name: folder} (ablation models), ``ema_alpha`` (weight of the newest frame).
+    Flicker holdout: up to ``flicker_sequences`` holdout sequences (round-robin over streams; 0 = off)
+    with per-frame exposure / white-balance flicker ``flicker`` on their inputs, seeded by ``flicker_seed``
+    (:mod:`simharmony.data.flicker`); targets unchanged.
     Inputs to the models: ``mask_to_model`` / ``depth_to_model``. ``psnr_cap_db``: per-frame PSNR and
     fPSNR are capped there (identical frames would give inf).
     Speed: ``speed_sizes`` [(W, H)], ``speed_repeats`` timed calls after ``speed_warmup``.
@@ -71,6 +75,9 @@ class BenchConfig(Config):
     parametric: str = ""
     variants: dict[str, str] = field(default_factory=dict)
     ema_alpha: float = 0.5
+    flicker_sequences: int = 60
+    flicker_seed: int = 0
+    flicker: FlickerConfig = field(default_factory=FlickerConfig)
     mask_to_model: bool = True
     depth_to_model: bool = True
     psnr_cap_db: float = 100.0
@@ -94,6 +101,7 @@ class BenchConfig(Config):
         require(self.max_items_per_stream >= 0, o, f"max_items_per_stream={self.max_items_per_stream} must be >= 0")
         require(self.smoke_items_per_stream >= 1, o, "smoke_items_per_stream must be >= 1")
         require(self.smoke_seq_len >= 2, o, f"smoke_seq_len={self.smoke_seq_len} must be >= 2")
+        require(self.flicker_sequences >= 0 and self.flicker_seed >= 0, o, "flicker_sequences and flicker_seed must be >= 0")
         require(self.num_frames >= 0, o, f"num_frames={self.num_frames} must be >= 0 (0 skips the scene scenarios)")
         require(all_finite(self.render_scale) and 0 < self.render_scale <= 4, o, "render_scale must be in (0, 4]")
         require(self.gt_spp >= 1, o, f"gt_spp={self.gt_spp} must be >= 1")

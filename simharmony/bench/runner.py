@@ -42,7 +42,7 @@ from simharmony.bench.methods import (
     parametric_method,
     resolve_ours,
 )
-from simharmony.bench.scenarios import Clip, holdout_clips, make_smoke_holdout, scene_clips
+from simharmony.bench.scenarios import Clip, flicker_clips, holdout_clips, make_smoke_holdout, scene_clips
 from simharmony.errors import ConfigError, MissingFileError
 from simharmony.paths import REPO_ROOT
 
@@ -373,6 +373,10 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
 
     novel, insertion, scene_info = [], [], {}
     scenes: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    flicker = flicker_clips(holdout_dir, cfg)
+    scenes.update(evaluate(flicker, len(flicker), methods, cfg, media, "holdout flicker"))
+    timings["holdout_flicker_s"] = time.perf_counter() - t0
     if cfg.num_frames > 0:
         t0 = time.perf_counter()
         novel, insertion, scene_info = scene_clips(cfg)

@@ -8,6 +8,10 @@
   Mitsuba render of the *same* street (the StreetConfig recorded in the scene's build config, whose
   layout, lighting and ego trajectory are checked against the scene's metadata) along the same shifted
   poses at the same times. Flow for the warping error is the exact PBR flow (moving objects included).
+- ``holdout_flicker``: holdout sequences (``flicker_sequences`` of them, round-robin over streams) whose
+  inputs get seeded per-frame exposure / white-balance flicker (frame 0 clean, :mod:`simharmony.data.flicker`);
+  targets, masks and flow unchanged. It measures what the temporal context is for: undoing drift that a
+  single frame cannot reveal.
 - ``insertion``: the demo scene *with* its inserted vehicle (as ``simharmony demo --shift 3`` renders it)
   along the ego trajectory shifted ``insert_shift_m``; no ground truth; flow from the Gaussian render.
 
@@ -130,6 +134,38 @@ def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_mod
             )
 
     return len(picked), clips()
+
+
+def flicker_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
+    """The ``holdout_flicker`` scenario: up to ``cfg.flicker_sequences`` sequence items of the holdout
+    folder, taken round-robin over streams in manifest order, each with its own seeded flicker."""
+    from simharmony.data.flicker import apply_flicker, flicker_gains
+    from simharmony.data.shards import ShardDataset
+
+    if cfg.flicker_sequences == 0:
+        return []
+    ds = ShardDataset(folder)
+    by_stream: dict[str, list[int]] = {}
+    for i, rec in enumerate(ds.records):
+        if rec["num_frames"] > 1:
+            by_stream.setdefault(rec["stream"], []).append(i)
+    picked: list[int] = []
+    queues = [list(v) for _, v in sorted(by_stream.items())]
+    while len(picked) < cfg.flicker_sequences and any(queues):
+        for q in queues:
+            if q and len(picked) < cfg.flicker_sequences:
+                picked.append(q.pop(0))
+    clips = []
+    for i in picked:
+        it = ds.load_item(i)
+        rng = np.random.default_rng([cfg.flicker_seed, i])
+        clips.append(Clip(
+            id=f"{ds.records[i]['id']}:flicker", group="holdout_flicker",
+            input=apply_flicker(it.input, flicker_gains(rng, it.input.shape[0], cfg.flicker)), target=it.target,
+            mask=it.mask, model_mask=it.mask if cfg.mask_to_model else None, depth=it.depth, flow=it.flow,
+            flow_valid=it.flow_valid,
+        ))
+    return clips
 
 
 # --------------------------------------------------------------------------------------------------

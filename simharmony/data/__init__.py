@@ -6,6 +6,8 @@
   the STREAMS registry (all six streams) and the report
 - :mod:`simharmony.data.recon_streams`: the reconstruction streams (``reinsert``, ``novel_view``) and their cache
 - :mod:`simharmony.data.presets`: ``tiny`` / ``default`` / ``holdout`` dataset presets (``simharmony data``)
+- :mod:`simharmony.data.flicker`: per-frame exposure / white-balance flicker of input sequences (training
+  augmentation and the benchmark's flicker holdout)
 - :mod:`simharmony.data.shards`: :func:`generate_dataset`, :class:`ShardDataset`, :class:`MixingBatchSampler`
 
 This package may import ``scene_tools`` (it renders the streets); the model code must not.

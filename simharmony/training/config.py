@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from simharmony.data.flicker import FlickerConfig
 from simharmony.errors import ConfigError
 from simharmony.models.backbone import EnhancerConfig
 from simharmony.training.losses import PAPER_PATCH_RANGE
@@ -48,7 +49,9 @@ class TrainConfig(Config):
     10 log10(frame MSE + ``log_eps``), i.e. minus each frame's PSNR: every frame counts alike, so frames
     whose input is already close to the target are not drowned by far-off ones); ``patch_range`` in fractions of the image height; ``features``: "substitute" or
     the path of a VGG16 .safetensors file. ``context_grad``: let gradients flow into the past latents of
-    temporal batches (default False: detached, see trainer docstring).
+    temporal batches (default False: detached, see trainer docstring). ``flicker_prob``: probability that a
+    sequence of a temporal batch gets per-frame exposure / white-balance flicker (``flicker``, see
+    :mod:`simharmony.data.flicker`) on its input; its target stays clean.
     """
 
     data: str = "data/default"
@@ -88,6 +91,8 @@ class TrainConfig(Config):
     mask_dropout: float = 0.5
     depth_dropout: float = 0.5
     context_grad: bool = False
+    flicker_prob: float = 0.0
+    flicker: FlickerConfig = field(default_factory=FlickerConfig)
     # bookkeeping
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -126,6 +131,7 @@ class TrainConfig(Config):
         require(len(self.patch_range) == 2 and 0 < lo <= hi <= 1, o, f"patch_range {self.patch_range} must be 0 < lo <= hi <= 1 (fractions of the image height)")
         require(self.num_patches >= 1, o, "num_patches must be >= 1")
         require(0 <= self.mask_dropout <= 1 and 0 <= self.depth_dropout <= 1, o, "mask_dropout and depth_dropout must be in [0, 1]")
+        require(all_finite(self.flicker_prob) and 0 <= self.flicker_prob <= 1, o, f"flicker_prob {self.flicker_prob!r} must be in [0, 1]")
         require(0 <= self.temporal_prob <= 1, o, f"temporal_prob {self.temporal_prob} must be in [0, 1]")
         require(bool(self.features), o, "features must be 'substitute' or a path to a VGG16 .safetensors file")
         bad = {k: v for k, v in self.stream_weights.items() if not all_finite(v) or v < 0}

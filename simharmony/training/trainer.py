@@ -51,6 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from simharmony.data.flicker import apply_flicker, flicker_gains
 from simharmony.data.shards import MixingBatchSampler, ShardDataset
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
@@ -193,7 +194,10 @@ class StepModule(nn.Module):
         if phase == "denoise":
             return self._denoise(batch, generator)
         cfg, mcfg = self.cfg, self.model.config
-        inp = batch["input"].permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
+        inp = batch["input"]
+        if inp.shape[1] > 1 and cfg.flicker_prob > 0:
+            inp = self._flicker(inp, generator)
+        inp = inp.permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
         tgt = batch["target"].permute(0, 1, 4, 2, 3)
         t_len = inp.shape[1]
         draws = torch.rand(2, generator=generator)
@@ -223,6 +227,13 @@ class StepModule(nn.Module):
             total = total + cfg.temporal_weight * temp
         losses["total"] = total
         return losses
+
+    def _flicker(self, inp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Inputs [B, T, H, W, 3] with flicker on each sequence drawn with probability ``flicker_prob``."""
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        seqs = [apply_flicker(seq, flicker_gains(rng, seq.shape[0], self.cfg.flicker))
+                if rng.uniform() < self.cfg.flicker_prob else seq for seq in inp]
+        return torch.stack(seqs)
 
     def _denoise(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         model = self.model
