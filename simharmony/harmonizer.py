@@ -7,7 +7,9 @@
     outs = h.enhance_batch({"front": f0, "left": f1})      # equal-size streams share one forward
     h.reset("front"); h.reset()                            # scene cut / all streams
 
-Context cache: per stream, the latents of the last K *output* frames, most recent first. We cache the
+Context cache: per stream, the latents of the last K *output* frames, most recent first, and what each
+temporal layer reads from them (`Enhancer.context_features`: keys/values computed once per frame instead
+of K times). We cache the
 backbone's output latent ``z_out`` (before decoding) rather than ``E(D(z_out))``: the paper conditions on
 E(I_hat), and for the lossless codec the two agree except where the decoded image is clamped to [0, 1];
 for a lossy autoencoder caching ``z_out`` saves one encode per frame. Training on temporal batches must
@@ -44,6 +46,7 @@ from simharmony.paths import ENHANCER_DIR
 class _StreamState:
     size: tuple[int, int]
     latents: deque = field(default_factory=deque)  # most recent first, [1, Cz, h, w] each
+    features: deque = field(default_factory=deque)  # Enhancer.context_features of the same frames (or empty)
 
 
 @dataclass
@@ -110,7 +113,8 @@ class Harmonizer:
     def _state(self, stream: Hashable, size: tuple[int, int], cut: bool) -> _StreamState:
         state = self._streams.get(stream)
         if state is None or cut or state.size != size:  # resolution change = new context
-            state = _StreamState(size=size, latents=deque(maxlen=max(self.context_frames, 1)))
+            k = max(self.context_frames, 1)
+            state = _StreamState(size=size, latents=deque(maxlen=k), features=deque(maxlen=k))
             self._streams[stream] = state
         return state
 
@@ -160,15 +164,24 @@ class Harmonizer:
                 x = torch.stack([prepared[s][0].x for s in names]).to(self.dtype)
                 mask = torch.stack([prepared[s][1] for s in names]).to(self.dtype) if has_m else None
                 depth = torch.stack([prepared[s][2] for s in names]).to(self.dtype) if has_d else None
-                past = None
-                if n_past:
-                    past = torch.stack([torch.cat(list(self._streams[s].latents), dim=0) for s in names])  # [B, T, Cz, h, w]
-                out, z = self.model(x, past, mask=mask, depth=depth)
+                states = [self._streams[s] for s in names]
+                past = past_kv = None
+                if n_past and all(len(st.features) == n_past for st in states):
+                    # per temporal layer [B, T, 2C, h, w]: each past frame's keys/values, computed once
+                    past_kv = [torch.stack([torch.cat([f[j] for f in st.features], dim=0) for st in states])
+                               for j in range(len(states[0].features[0]))]
+                elif n_past:
+                    past = torch.stack([torch.cat(list(st.latents), dim=0) for st in states])  # [B, T, Cz, h, w]
+                out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv)
                 if self.reencode_context:
                     z = self.model.encode(out)
+                if self.context_frames > 0:
+                    feats = self.model.context_features(z)
+                    for i, st in enumerate(states):
+                        st.latents.appendleft(z[i : i + 1].clone())
+                        if feats is not None:
+                            st.features.appendleft([f[i : i + 1].clone() for f in feats])
                 for i, s in enumerate(names):
-                    if self.context_frames > 0:
-                        self._streams[s].latents.appendleft(z[i : i + 1].clone())
                     outputs[s] = prepared[s][0].restore(out[i].float())
         return {s: outputs[s] for s in frames}
 

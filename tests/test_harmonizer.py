@@ -43,10 +43,15 @@ def test_stream_matches_reference_and_cache_is_bounded():
     h = Harmonizer(model)
     xs = np_frames(7)
     ref = reference_stream(model, xs)
+    calls = []
+    real = model.forward
+    model.forward = lambda *a, **kw: calls.append(kw.get("past_kv") is not None) or real(*a, **kw)
     for t, x in enumerate(xs):
         out = h.enhance(x)
         assert h.context_length() == min(t + 1, 4)
         np.testing.assert_allclose(out, ref[t], atol=1e-6)
+    # frames after the first read the cached per-layer keys/values, not the raw latents
+    assert calls == [False] + [True] * (len(xs) - 1) and len(h._streams["default"].features) == 4
 
 
 def test_streams_are_independent():

@@ -156,6 +156,31 @@ class TemporalUNet(nn.Module):
         emb = self.time_mlp(self.null_time) + self.cond_proj(self.null_cond)
         return emb[None].expand(batch, -1)
 
+    def _latent_pyramid(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Latents [N, Cz, h, w] pooled to every level: [N, Cz, h / 2**lv, w / 2**lv] for each level lv."""
+        pyramid = [flat]
+        for _ in range(1, len(self.cfg.channels)):
+            # 2x2 mean from four strided views: several times faster than avg_pool2d on CPU
+            flat = (flat[..., ::2, ::2] + flat[..., 1::2, ::2] + flat[..., ::2, 1::2] + flat[..., 1::2, 1::2]) * 0.25
+            pyramid.append(flat)
+        return pyramid
+
+    def _temporal_slots(self) -> list[tuple[CausalTemporalAttention, int]]:
+        """(layer, level) of every temporal layer in call order: down levels, middle, up levels."""
+        n = len(self.cfg.channels)
+        slots = [(m, lv) for lv, m in enumerate(self.down_temporal) if isinstance(m, CausalTemporalAttention)]
+        slots.append((self.mid_temporal, n - 1))
+        ups = zip(self.up_temporal, reversed(range(n - 1)))
+        return slots + [(m, lv) for m, lv in ups if isinstance(m, CausalTemporalAttention)]
+
+    def context_features(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """What every temporal layer reads from one past latent ``z [B, Cz, h, w]``: its keys/values, one
+        [B, 2C_l, h_l, w_l] per layer in call order. A stream computes them once, when the frame enters its
+        cache, and passes them back as ``past_kv`` (stacked over frames) instead of re-deriving them from
+        K latents every frame; the output is the same."""
+        pyramid = self._latent_pyramid(z)
+        return [layer.past_keys_values(pyramid[lv], tuple(pyramid[lv].shape[-2:])) for layer, lv in self._temporal_slots()]
+
     def forward(
         self,
         z: torch.Tensor,
@@ -163,26 +188,29 @@ class TemporalUNet(nn.Module):
         past: torch.Tensor | None = None,
         mask_lat: torch.Tensor | None = None,
         timestep: torch.Tensor | None = None,
+        past_kv: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """``timestep`` [B] (or [1]): overrides the fixed null time embedding; used only by the optional
-        denoising pretraining (:mod:`simharmony.training`). None (always at inference) = single step."""
+        denoising pretraining (:mod:`simharmony.training`). None (always at inference) = single step.
+        ``past_kv``: :meth:`context_features` of the past frames stacked to [B, T, 2C_l, h_l, w_l] per
+        temporal layer, given instead of ``past``."""
         cfg = self.cfg
         if past is not None and past.shape[1] > cfg.context_frames:
             past = past[:, : cfg.context_frames]  # most recent first: keep the newest K
         if past is not None and past.shape[1] == 0:
             past = None
         emb = self.embedding(z.shape[0], timestep).to(z.dtype)
-        if past is not None:
-            # Pool the past latents once per level (shared by all temporal layers of that level).
-            b, t = past.shape[:2]
-            flat = past.reshape(b * t, *past.shape[2:])
-            pyramid = [past]
-            for lv in range(1, len(cfg.channels)):
-                # 2x2 mean from four strided views: several times faster than avg_pool2d on CPU
-                flat = (flat[..., ::2, ::2] + flat[..., 1::2, ::2] + flat[..., ::2, 1::2] + flat[..., 1::2, 1::2]) * 0.25
-                pyramid.append(flat.reshape(b, t, *flat.shape[1:]))
-        else:
+        slots = self._temporal_slots()
+        if past_kv is not None:
+            if len(past_kv) != len(slots):
+                raise ValueError(f"past_kv has {len(past_kv)} entries, the backbone has {len(slots)} temporal layers")
+            kv = {id(layer): t[:, : cfg.context_frames] for (layer, _), t in zip(slots, past_kv)}
             pyramid = [None] * len(cfg.channels)
+        else:
+            kv = {}
+            # Pool the past latents once per level (shared by all temporal layers of that level).
+            pyramid = [None] * len(cfg.channels) if past is None else [
+                p.reshape(*past.shape[:2], *p.shape[1:]) for p in self._latent_pyramid(past.flatten(0, 1))]
         x = torch.cat([z, cond], dim=1) if cond is not None else z
         h = self.conv_in(x)
         skips = []
@@ -192,19 +220,19 @@ class TemporalUNet(nn.Module):
             if mask_lat is not None and cfg.maca:
                 h = self.down_maca[lv](h, mask_lat)
             if isinstance(self.down_temporal[lv], CausalTemporalAttention):
-                h = self.down_temporal[lv](h, pyramid[lv])
+                h = self.down_temporal[lv](h, pyramid[lv], kv.get(id(self.down_temporal[lv])))
             if lv < len(cfg.channels) - 1:
                 skips.append(h)
                 h = self.downsample[lv](h)
         h = self.mid_attn(h)
-        h = self.mid_temporal(h, pyramid[-1])
+        h = self.mid_temporal(h, pyramid[-1], kv.get(id(self.mid_temporal)))
         h = self.mid_block(h, emb)
         for j, lv in enumerate(reversed(range(len(cfg.channels) - 1))):
             # conv at the coarse level, then nearest upsample: 4x cheaper than conv after upsampling
             h = F.interpolate(self.upsample[j](h), scale_factor=2.0, mode="nearest")
             h = self.up[j](h + skips[lv], emb)  # additive skips: half the cost of concatenation
             if isinstance(self.up_temporal[j], CausalTemporalAttention):
-                h = self.up_temporal[j](h, pyramid[lv])
+                h = self.up_temporal[j](h, pyramid[lv], kv.get(id(self.up_temporal[j])))
         return z + self.conv_out(F.silu(self.norm_out(h)))
 
     def temporal_layers(self) -> list[CausalTemporalAttention]:

@@ -108,12 +108,15 @@ class Enhancer(nn.Module):
         past_latents: list[torch.Tensor] | torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         depth: torch.Tensor | None = None,
+        past_kv: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Enhance one frame per batch item.
 
         frame [B, 3, H, W] in [0, 1]; past_latents: list of [B, Cz, h, w] (most recent first, 0..K; older
         ones beyond K are ignored) or a tensor [B, T, Cz, h, w]; mask [B, 1, H, W] in [0, 1] or None;
         depth [B, 1, H, W] (z-depth, inf = no hit) or None.
+        past_kv: instead of ``past_latents``, the past frames' :meth:`context_features` stacked over frames
+        ([B, T, ...] per temporal layer; what a stream caches so K past frames cost one projection each).
         Returns (out [B, 3, H, W] clamped to [0, 1], latent_out [B, Cz, h, w] at the padded latent size).
         """
         cfg = self.config
@@ -123,9 +126,18 @@ class Enhancer(nn.Module):
         z, feats = self.codec.encode(x, return_features=True)
         past = self._stack_past(past_latents, z)
         cond, mask_lat = self._conditions(b, height, width, z, mask, depth)
-        z_out = self.backbone(z, cond, past, mask_lat)
+        if past_kv is not None:
+            z_out = self.backbone(z, cond, None, mask_lat, past_kv=past_kv)
+        else:
+            z_out = self.backbone(z, cond, past, mask_lat)
         out = self.codec.decode(z_out, skips=feats)[..., :height, :width]
         return out.clamp(0.0, 1.0), z_out
+
+    def context_features(self, latent: torch.Tensor) -> list[torch.Tensor] | None:
+        """Per temporal layer, what it reads from the past latent ``latent [B, Cz, h, w]`` (see
+        ``TemporalUNet.context_features``); None when the backbone reads raw latents (diffusers UNets)."""
+        fn = getattr(self.backbone, "context_features", None)
+        return fn(latent) if fn is not None and self.context_frames > 0 else None
 
     def _check_frame(self, frame: torch.Tensor) -> None:
         if not isinstance(frame, torch.Tensor) or frame.ndim != 4 or frame.shape[1] != 3:

@@ -122,10 +122,18 @@ class CausalTemporalAttention(nn.Module):
         nn.init.normal_(self.age, std=0.02)
         self.proj_out = zero_module(nn.Conv2d(channels, channels, 1))
 
-    def forward(self, x: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+    def past_keys_values(self, p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Keys/values of past latents ``p [N, Cz, h', w']`` at feature size ``size`` -> [N, 2C, h, w]
+        (before the per-age bias). Depends on nothing but ``p``: a stream computes it once per frame."""
+        if p.shape[-2:] != size:
+            p = F.adaptive_avg_pool2d(p, size)
+        return self.kv_past(p)
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None, past_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """``past_kv [B, T, 2C, h, w]``: :meth:`past_keys_values` of the past frames, given instead of ``past``."""
         b, c, h, w = x.shape
         hd, d = self.heads, c // self.heads
-        t = 0 if past is None else past.shape[1]
+        t = past_kv.shape[1] if past_kv is not None else (0 if past is None else past.shape[1])
         if t > self.max_past:
             raise ValueError(f"got {t} past frames, the layer supports at most {self.max_past}")
         xn = self.norm(x)
@@ -135,10 +143,9 @@ class CausalTemporalAttention(nn.Module):
         k0, v0 = self.kv(xn).reshape(b, 2, 1, c, h * w).unbind(1)
         prods = q * k0  # [B, 1, C, hw]
         if t:
-            p = past.reshape(b * t, *past.shape[2:])
-            if p.shape[-2:] != (h, w):
-                p = F.adaptive_avg_pool2d(p, (h, w))
-            kvp = self.kv_past(p).reshape(b, t, 2 * c, h * w) + self.age[:t, :, None]
+            if past_kv is None:
+                past_kv = self.past_keys_values(past.reshape(b * t, *past.shape[2:]), (h, w))
+            kvp = past_kv.reshape(b, t, 2 * c, h * w) + self.age[:t, :, None]
             kp, vp = kvp.reshape(b, t, 2, c, h * w).unbind(2)
             prods = torch.cat([prods, q * kp], dim=1)  # [B, 1+T, C, hw]
         attn = torch.matmul(group, prods).softmax(dim=1)  # [B, 1+T, heads, hw]
