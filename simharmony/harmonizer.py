@@ -9,10 +9,10 @@
 
 Context cache: per stream, the latents of the last K *output* frames, most recent first, and what each
 temporal layer reads from them (`Enhancer.context_features`: keys/values computed once per frame instead
-of K times). We cache the
-backbone's output latent ``z_out`` (before decoding) rather than ``E(D(z_out))``: the paper conditions on
-E(I_hat), and for the lossless codec the two agree except where the decoded image is clamped to [0, 1];
-for a lossy autoencoder caching ``z_out`` saves one encode per frame. Training on temporal batches must
+of K times). We cache the backbone's output latent ``z_out`` (before decoding) rather than
+``E(D(z_out))``: the paper conditions on E(I_hat), and for the lossless codec the two agree except where
+the decoded image is clamped to [0, 1]; for a lossy autoencoder caching ``z_out`` saves one encode per
+frame. Training on temporal batches must
 feed the same kind of context. ``reencode_context=True`` switches to E(clamp(D(z_out))), the paper's
 literal definition, at the cost of one encode per frame.
 
