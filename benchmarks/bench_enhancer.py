@@ -49,7 +49,7 @@ def time_model(model: Enhancer, width: int, height: int, past: int, repeats: int
         cache = [z + 0.01 * k for k in range(past)]
         # the steady state of a stream: past keys/values cached per frame, one projection for the new latent
         feats = [model.context_features(c) for c in cache]
-        past_kv = [torch.stack([f[j] for f in feats], 1) for j in range(len(feats[0]))] if past and feats[0] else None
+        past_kv = [[f[j] for f in feats] for j in range(len(feats[0]))] if past and feats[0] else None
         for i in range(warmup + repeats):
             t0 = time.perf_counter()
             _, z_out = model(frame, None if past_kv else cache, past_kv=past_kv)

@@ -167,9 +167,9 @@ class Harmonizer:
                 states = [self._streams[s] for s in names]
                 past = past_kv = None
                 if n_past and all(len(st.features) == n_past for st in states):
-                    # per temporal layer [B, T, 2C, h, w]: each past frame's keys/values, computed once
-                    past_kv = [torch.stack([torch.cat([f[j] for f in st.features], dim=0) for st in states])
-                               for j in range(len(states[0].features[0]))]
+                    # per temporal layer, per past frame: keys/values computed once, batched over streams
+                    past_kv = [[st0[j] if len(states) == 1 else torch.cat([st.features[i][j] for st in states])
+                                for i, st0 in enumerate(states[0].features)] for j in range(len(states[0].features[0]))]
                 elif n_past:
                     past = torch.stack([torch.cat(list(st.latents), dim=0) for st in states])  # [B, T, Cz, h, w]
                 out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv)

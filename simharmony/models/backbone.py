@@ -176,8 +176,8 @@ class TemporalUNet(nn.Module):
     def context_features(self, z: torch.Tensor) -> list[torch.Tensor]:
         """What every temporal layer reads from one past latent ``z [B, Cz, h, w]``: its keys/values, one
         [B, 2C_l, h_l, w_l] per layer in call order. A stream computes them once, when the frame enters its
-        cache, and passes them back as ``past_kv`` (stacked over frames) instead of re-deriving them from
-        K latents every frame; the output is the same."""
+        cache, and passes them back as ``past_kv`` instead of re-deriving them from K latents every frame;
+        the output is the same."""
         pyramid = self._latent_pyramid(z)
         return [layer.past_keys_values(pyramid[lv], tuple(pyramid[lv].shape[-2:])) for layer, lv in self._temporal_slots()]
 
@@ -192,8 +192,8 @@ class TemporalUNet(nn.Module):
     ) -> torch.Tensor:
         """``timestep`` [B] (or [1]): overrides the fixed null time embedding; used only by the optional
         denoising pretraining (:mod:`simharmony.training`). None (always at inference) = single step.
-        ``past_kv``: :meth:`context_features` of the past frames stacked to [B, T, 2C_l, h_l, w_l] per
-        temporal layer, given instead of ``past``."""
+        ``past_kv``: per temporal layer, the :meth:`context_features` entries of the past frames (a list,
+        most recent first, of [B, 2C_l, h_l, w_l]), given instead of ``past``."""
         cfg = self.cfg
         if past is not None and past.shape[1] > cfg.context_frames:
             past = past[:, : cfg.context_frames]  # most recent first: keep the newest K
@@ -204,7 +204,7 @@ class TemporalUNet(nn.Module):
         if past_kv is not None:
             if len(past_kv) != len(slots):
                 raise ValueError(f"past_kv has {len(past_kv)} entries, the backbone has {len(slots)} temporal layers")
-            kv = {id(layer): t[:, : cfg.context_frames] for (layer, _), t in zip(slots, past_kv)}
+            kv = {id(layer): list(frames)[: cfg.context_frames] for (layer, _), frames in zip(slots, past_kv)}
             pyramid = [None] * len(cfg.channels)
         else:
             kv = {}

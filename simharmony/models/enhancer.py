@@ -108,15 +108,15 @@ class Enhancer(nn.Module):
         past_latents: list[torch.Tensor] | torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         depth: torch.Tensor | None = None,
-        past_kv: list[torch.Tensor] | None = None,
+        past_kv: list[list[torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Enhance one frame per batch item.
 
         frame [B, 3, H, W] in [0, 1]; past_latents: list of [B, Cz, h, w] (most recent first, 0..K; older
         ones beyond K are ignored) or a tensor [B, T, Cz, h, w]; mask [B, 1, H, W] in [0, 1] or None;
         depth [B, 1, H, W] (z-depth, inf = no hit) or None.
-        past_kv: instead of ``past_latents``, the past frames' :meth:`context_features` stacked over frames
-        ([B, T, ...] per temporal layer; what a stream caches so K past frames cost one projection each).
+        past_kv: instead of ``past_latents``, per temporal layer a list over past frames (most recent first)
+        of their :meth:`context_features` entries (what a stream caches: K past frames cost one projection each).
         Returns (out [B, 3, H, W] clamped to [0, 1], latent_out [B, Cz, h, w] at the padded latent size).
         """
         cfg = self.config

@@ -129,30 +129,29 @@ class CausalTemporalAttention(nn.Module):
             p = F.adaptive_avg_pool2d(p, size)
         return self.kv_past(p)
 
-    def forward(self, x: torch.Tensor, past: torch.Tensor | None, past_kv: torch.Tensor | None = None) -> torch.Tensor:
-        """``past_kv [B, T, 2C, h, w]``: :meth:`past_keys_values` of the past frames, given instead of ``past``."""
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None, past_kv: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """``past_kv``: :meth:`past_keys_values` of each past frame (most recent first, [B, 2C, h, w] each),
+        given instead of ``past``: a stream keeps them per frame, so nothing is re-stacked or re-projected."""
         b, c, h, w = x.shape
         hd, d = self.heads, c // self.heads
-        t = past_kv.shape[1] if past_kv is not None else (0 if past is None else past.shape[1])
+        if past_kv is None and past is not None and past.shape[1]:
+            past_kv = list(self.past_keys_values(past.flatten(0, 1), (h, w)).reshape(b, past.shape[1], 2 * c, h, w).unbind(1))
+        t = len(past_kv) if past_kv is not None else 0
         if t > self.max_past:
             raise ValueError(f"got {t} past frames, the layer supports at most {self.max_past}")
         xn = self.norm(x)
         # Head sums as a [heads, C] block-ones matmul: reducing over a middle dim is slow on CPU.
         group = torch.repeat_interleave(torch.eye(hd, dtype=x.dtype, device=x.device), d, dim=1)  # [heads, C]
-        q = self.q(xn).reshape(b, 1, c, h * w) * d**-0.5
-        k0, v0 = self.kv(xn).reshape(b, 2, 1, c, h * w).unbind(1)
-        prods = q * k0  # [B, 1, C, hw]
-        if t:
-            if past_kv is None:
-                past_kv = self.past_keys_values(past.reshape(b * t, *past.shape[2:]), (h, w))
-            kvp = past_kv.reshape(b, t, 2 * c, h * w) + self.age[:t, :, None]
-            kp, vp = kvp.reshape(b, t, 2, c, h * w).unbind(2)
-            prods = torch.cat([prods, q * kp], dim=1)  # [B, 1+T, C, hw]
-        attn = torch.matmul(group, prods).softmax(dim=1)  # [B, 1+T, heads, hw]
-        attn = torch.matmul(group.t(), attn)  # back to channels: [B, 1+T, C, hw]
-        o = attn[:, 0] * v0[:, 0]
-        if t:
-            o = o + (attn[:, 1:] * vp).sum(1)
+        q = self.q(xn).reshape(b, c, h * w) * d**-0.5
+        k0, v0 = self.kv(xn).reshape(b, 2, c, h * w).unbind(1)
+        keys, values = [k0], [v0]
+        for age, kv in enumerate(past_kv or ()):
+            kp, vp = (kv.reshape(b, 2 * c, h * w) + self.age[age, :, None]).reshape(b, 2, c, h * w).unbind(1)
+            keys.append(kp)
+            values.append(vp)
+        # one logit per head and frame: [B, 1+T, heads, hw], softmax over the current frame and its past
+        attn = torch.stack([torch.matmul(group, q * k) for k in keys], dim=1).softmax(dim=1)
+        o = sum(torch.matmul(group.t(), attn[:, i]) * v for i, v in enumerate(values))  # [B, C, hw]
         return x + self.proj_out(o.reshape(b, c, h, w))
 
 
