@@ -31,6 +31,7 @@ from torch import nn
 
 from simharmony.errors import ConfigError
 from simharmony.models.layers import (
+    ColourAnchor,
     MACA,
     CausalTemporalAttention,
     ResBlock,
@@ -65,6 +66,7 @@ class EnhancerConfig(Config):
     null_timestep: int = 999  # the fixed timestep whose embedding is the "null" time buffer
     emb_dim: int = 128
     cond_dim: int = 64  # size of the constant null condition vector
+    colour_anchor: bool = False  # global exposure / white-balance correction against the previous output
 
     def __post_init__(self) -> None:
         self.ae_widths = tuple(self.ae_widths)
@@ -146,6 +148,7 @@ class TemporalUNet(nn.Module):
             self.up_temporal.append(temporal(ch[lv]) if lv in cfg.temporal_levels else nn.Identity())
         self.norm_out = group_norm(ch[0])
         self.conv_out = zero_module(nn.Conv2d(ch[0], cz, 3, padding=1))
+        self.colour_anchor = ColourAnchor(cz) if cfg.colour_anchor and cfg.context_frames > 0 else None
 
     def embedding(self, batch: int, timestep: torch.Tensor | None = None) -> torch.Tensor:
         """[B, E]: the null time + null condition embedding, or (denoising pretraining only) the embedding of
@@ -179,7 +182,8 @@ class TemporalUNet(nn.Module):
         cache, and passes them back as ``past_kv`` instead of re-deriving them from K latents every frame;
         the output is the same."""
         pyramid = self._latent_pyramid(z)
-        return [layer.past_keys_values(pyramid[lv], tuple(pyramid[lv].shape[-2:])) for layer, lv in self._temporal_slots()]
+        feats = [layer.past_keys_values(pyramid[lv], tuple(pyramid[lv].shape[-2:])) for layer, lv in self._temporal_slots()]
+        return feats + ([ColourAnchor.stats(z)] if self.colour_anchor is not None else [])
 
     def forward(
         self,
@@ -201,13 +205,19 @@ class TemporalUNet(nn.Module):
             past = None
         emb = self.embedding(z.shape[0], timestep).to(z.dtype)
         slots = self._temporal_slots()
+        anchor_past = None  # ColourAnchor.stats of the previous output
         if past_kv is not None:
-            if len(past_kv) != len(slots):
-                raise ValueError(f"past_kv has {len(past_kv)} entries, the backbone has {len(slots)} temporal layers")
+            n = len(slots) + (self.colour_anchor is not None)
+            if len(past_kv) != n:
+                raise ValueError(f"past_kv has {len(past_kv)} entries, the backbone reads {n} (see context_features)")
             kv = {id(layer): list(frames)[: cfg.context_frames] for (layer, _), frames in zip(slots, past_kv)}
+            if self.colour_anchor is not None and len(past_kv[-1]):
+                anchor_past = past_kv[-1][0]
             pyramid = [None] * len(cfg.channels)
         else:
             kv = {}
+            if self.colour_anchor is not None and past is not None:
+                anchor_past = ColourAnchor.stats(past[:, 0])
             # Pool the past latents once per level (shared by all temporal layers of that level).
             pyramid = [None] * len(cfg.channels) if past is None else [
                 p.reshape(*past.shape[:2], *p.shape[1:]) for p in self._latent_pyramid(past.flatten(0, 1))]
@@ -233,7 +243,8 @@ class TemporalUNet(nn.Module):
             h = self.up[j](h + skips[lv], emb)  # additive skips: half the cost of concatenation
             if isinstance(self.up_temporal[j], CausalTemporalAttention):
                 h = self.up_temporal[j](h, pyramid[lv], kv.get(id(self.up_temporal[j])))
-        return z + self.conv_out(F.silu(self.norm_out(h)))
+        z_out = z + self.conv_out(F.silu(self.norm_out(h)))
+        return z_out if self.colour_anchor is None else self.colour_anchor(z, z_out, anchor_past)
 
     def temporal_layers(self) -> list[CausalTemporalAttention]:
         return [m for m in self.modules() if isinstance(m, CausalTemporalAttention)]

@@ -155,6 +155,38 @@ class CausalTemporalAttention(nn.Module):
         return x + self.proj_out(o.reshape(b, c, h, w))
 
 
+class ColourAnchor(nn.Module):
+    """Global per-channel affine correction of the output latent from the most recent past output.
+
+    Exposure / white-balance drift between frames (auto-exposure, per-image appearance of a
+    reconstruction) cannot be seen in one frame, but it shows as a shift of the per-channel mean and
+    spread of the current input latent against the previous *output* latent. An MLP maps those
+    statistics ([mean_in, std_in, mean_past, std_past, mean_past - mean_in]) to a per-channel log-gain and
+    offset: ``z_out * exp(gain) + offset``. The last layer is zero-initialised (the identity until trained)
+    and with no past frame the anchor is skipped. It only corrects global drift, not local flicker.
+    z_in, z_out [B, Cz, h, w], past_stats [B, 2 Cz] (:meth:`stats` of the previous output) -> [B, Cz, h, w].
+    """
+
+    def __init__(self, latent_channels: int, hidden: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(5 * latent_channels, hidden), nn.SiLU(), zero_module(nn.Linear(hidden, 2 * latent_channels)))
+
+    @staticmethod
+    def stats(z: torch.Tensor) -> torch.Tensor:
+        """[B, Cz, h, w] -> [B, 2 Cz]: per-channel spatial mean and standard deviation."""
+        flat = z.flatten(2).float()
+        return torch.cat([flat.mean(-1), flat.std(-1, unbiased=False)], dim=1).to(z.dtype)
+
+    def forward(self, z_in: torch.Tensor, z_out: torch.Tensor, past_stats: torch.Tensor | None) -> torch.Tensor:
+        if past_stats is None:
+            return z_out
+        cz = z_in.shape[1]
+        cur = self.stats(z_in)
+        x = torch.cat([cur, past_stats, past_stats[:, :cz] - cur[:, :cz]], dim=1)
+        gain, offset = self.mlp(x).chunk(2, dim=1)
+        return z_out * gain.exp()[:, :, None, None] + offset[:, :, None, None]
+
+
 def masked_stats(x: torch.Tensor, m: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std of x [B, C, h, w] weighted by m [B, 1, h, w] -> ([B, C], [B, C])."""
     wsum = m.sum(dim=(2, 3)).clamp_min(eps)

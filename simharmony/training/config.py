@@ -44,7 +44,8 @@ class TrainConfig(Config):
     of the dataset, weight 1), ``batch_size`` (image batches), ``temporal_batch_size`` (sequences per
     temporal batch; each runs ``seq_len`` frames, 0 = the dataset's most common length), ``num_workers``.
     Model: ``model`` (an EnhancerConfig) or ``init_model`` (a folder saved by Enhancer.save_pretrained,
-    whose weights and config are used instead). Loss: weights ``l2_weight``, ``perceptual_weight``,
+    whose weights and config are used instead; ``init_model_overrides`` changes fields of that config that
+    only add zero-initialised modules, e.g. ``{colour_anchor: true}``, whose weights start fresh). Loss: weights ``l2_weight``, ``perceptual_weight``,
     ``temporal_weight``; ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
     10 log10(frame MSE + ``log_eps``), i.e. minus each frame's PSNR: every frame counts alike, so frames
     whose input is already close to the target are not drowned by far-off ones); ``patch_range`` in fractions of the image height; ``features``: "substitute" or
@@ -105,6 +106,7 @@ class TrainConfig(Config):
     threads: int = 0  # torch CPU threads per process; 0 = leave torch's default
     model: EnhancerConfig = field(default_factory=EnhancerConfig)
     init_model: str = ""
+    init_model_overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         o = "TrainConfig"

@@ -301,9 +301,32 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
 # -- the loop -----------------------------------------------------------------------------------------------
 def _build_model(cfg: TrainConfig) -> Enhancer:
     if cfg.init_model:
-        return Enhancer.from_pretrained(cfg.init_model)
+        init = Enhancer.from_pretrained(cfg.init_model)
+        if not cfg.init_model_overrides:
+            return init
+        return with_added_modules(init, cfg.init_model_overrides, cfg.seed)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every run
     return Enhancer(cfg.model)
+
+
+def with_added_modules(init: Enhancer, overrides: dict[str, Any], seed: int = 0) -> Enhancer:
+    """``init`` rebuilt with config fields ``overrides`` that only add modules: every weight of ``init``
+    is kept, the added modules start from their (zero-initialised) defaults. ConfigError otherwise."""
+    import dataclasses
+
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(init.config)})
+    if unknown:
+        raise ConfigError(f"init_model_overrides: {type(init.config).__name__} has no fields {unknown}")
+    torch.manual_seed(seed)
+    model = type(init)(dataclasses.replace(init.config, **overrides))
+    try:
+        missing, unexpected = model.load_state_dict(init.state_dict(), strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise ConfigError(f"init_model_overrides {overrides} change existing weights, not only add modules: {e}") from e
+    if unexpected:
+        raise ConfigError(f"init_model_overrides {overrides} remove weights of the initial model: {unexpected[:5]}")
+    log.info("init_model_overrides %s: %d new tensors start fresh (%s ...)", overrides, len(missing), missing[:3])
+    return model
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
