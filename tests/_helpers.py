@@ -11,17 +11,20 @@ from simharmony.models import Enhancer, EnhancerConfig
 SMALL = {"channels": (16, 32, 32), "heads": 4, "emb_dim": 32, "cond_dim": 8}
 
 
-def small_enhancer(trained_like: bool = True) -> Enhancer:
+def small_enhancer(trained_like: bool = True, colour_anchor: bool = False) -> Enhancer:
     """A small Enhancer. Fresh it is the identity; ``trained_like`` sets non-zero temporal and output
-    projections, so the output differs from the input and the past matters."""
+    projections (and colour-anchor output layer), so the output differs from the input and the past matters."""
     torch.manual_seed(0)
-    model = Enhancer(EnhancerConfig(**SMALL)).eval()
+    model = Enhancer(EnhancerConfig(**SMALL, colour_anchor=colour_anchor)).eval()
     if trained_like:
         g = torch.Generator().manual_seed(1)
         with torch.no_grad():
             for layer in model.temporal_layers():
                 layer.proj_out.weight.copy_(torch.randn(layer.proj_out.weight.shape, generator=g) * 0.2)
             model.backbone.conv_out.weight.copy_(torch.randn(model.backbone.conv_out.weight.shape, generator=g) * 0.04)
+            if colour_anchor:
+                last = model.backbone.colour_anchor.mlp[-1]
+                last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 0.05)
     return model
 
 

@@ -397,3 +397,54 @@ def test_spatial_attention_pooled_keys_match_full_on_block_constant_input():
         assert torch.allclose(full(x), pooled(x), atol=1e-5)
         y = torch.randn(1, 8, 8, 12)
         assert not torch.allclose(full(y), pooled(y), atol=1e-3)
+
+
+def test_colour_anchor_identity_at_init_and_learns_to_undo_a_gain():
+    """Fresh: the identity with and without past. A few hundred steps on the anchor alone learn to undo a
+    per-channel gain of the current frame against the previous output (what one frame cannot reveal)."""
+    from simharmony.models.layers import ColourAnchor
+
+    torch.manual_seed(0)
+    anchor = ColourAnchor(6, hidden=32)
+    z = torch.rand(4, 6, 8, 8)
+    assert torch.equal(anchor(z, z, None), z) and torch.equal(anchor(z, z, ColourAnchor.stats(z)), z)
+    opt = torch.optim.Adam(anchor.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(0)
+
+    def batch():
+        clean = 0.2 + 0.6 * torch.rand(16, 6, 8, 8, generator=g)
+        prev = (clean + 0.02 * torch.randn(clean.shape, generator=g)).clamp(0, 1)  # previous output: same scene
+        gain = torch.exp2(0.15 * torch.randn(16, 6, 1, 1, generator=g))
+        return clean * gain, clean, ColourAnchor.stats(prev)
+
+    z_in, clean, past = batch()
+    before = (anchor(z_in, z_in, past) - clean).pow(2).mean().item()
+    for _ in range(300):
+        zi, c, p = batch()
+        loss = (anchor(zi, zi, p) - c).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = (anchor(z_in, z_in, past) - clean).pow(2).mean().item()
+    assert after < 0.2 * before, (before, after)
+
+
+def test_init_model_overrides_add_modules_only(tmp_path):
+    from simharmony.errors import ConfigError
+    from simharmony.training.trainer import with_added_modules
+
+    torch.manual_seed(0)
+    base = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
+    with torch.no_grad():
+        base.backbone.conv_out.weight.normal_(0, 0.05)
+    grown = with_added_modules(base, {"colour_anchor": True})
+    assert grown.config.colour_anchor and grown.backbone.colour_anchor is not None
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        a, z = base(x)
+        b, _ = grown(x)
+        assert torch.equal(a, b) and torch.equal(base(x, [z])[0], grown(x, [z])[0])  # zero-initialised anchor
+    with pytest.raises(ConfigError, match="no fields"):
+        with_added_modules(base, {"colour_ancor": True})
+    with pytest.raises(ConfigError, match="change existing weights"):
+        with_added_modules(base, {"channels": (8, 24)})
