@@ -7,8 +7,8 @@
     results = run_bench(get_bench_preset("smoke"), "outputs/bench/smoke")
 
 Modules: :mod:`~simharmony.bench.config` (BenchConfig, presets), :mod:`~simharmony.bench.scenarios` (holdout
-streams, flicker holdout, novel trajectory with PBR ground truth, object insertion), :mod:`~simharmony.bench.methods` (the
-compared methods behind one interface), :mod:`~simharmony.bench.runner` (metrics, speed, :func:`run_bench`),
+streams, flicker holdout, novel trajectory with PBR ground truth, object insertion),
+:mod:`~simharmony.bench.methods` (the compared methods behind one interface), :mod:`~simharmony.bench.runner` (metrics, speed, :func:`run_bench`),
 :mod:`~simharmony.bench.report` (report.md, results.json, plots, videos).
 """
 

@@ -31,9 +31,9 @@ from torch import nn
 
 from simharmony.errors import ConfigError
 from simharmony.models.layers import (
-    ColourAnchor,
     MACA,
     CausalTemporalAttention,
+    ColourAnchor,
     ResBlock,
     SpatialSelfAttention,
     group_norm,
