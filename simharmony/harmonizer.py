@@ -12,9 +12,8 @@ temporal layer reads from them (`Enhancer.context_features`: keys/values compute
 of K times). We cache the backbone's output latent ``z_out`` (before decoding) rather than
 ``E(D(z_out))``: the paper conditions on E(I_hat), and for the lossless codec the two agree except where
 the decoded image is clamped to [0, 1]; for a lossy autoencoder caching ``z_out`` saves one encode per
-frame. Training on temporal batches must
-feed the same kind of context. ``reencode_context=True`` switches to E(clamp(D(z_out))), the paper's
-literal definition, at the cost of one encode per frame.
+frame. Training on temporal batches must feed the same kind of context. ``reencode_context=True``
+switches to E(clamp(D(z_out))), the paper's literal definition, at the cost of one encode per frame.
 
 A stream's context is reset when its resolution changes, on ``cut=True`` and on :meth:`Harmonizer.reset`.
 """

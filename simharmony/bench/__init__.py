@@ -8,8 +8,8 @@
 
 Modules: :mod:`~simharmony.bench.config` (BenchConfig, presets), :mod:`~simharmony.bench.scenarios` (holdout
 streams, flicker holdout, novel trajectory with PBR ground truth, object insertion),
-:mod:`~simharmony.bench.methods` (the compared methods behind one interface), :mod:`~simharmony.bench.runner` (metrics, speed, :func:`run_bench`),
-:mod:`~simharmony.bench.report` (report.md, results.json, plots, videos).
+:mod:`~simharmony.bench.methods` (the compared methods behind one interface), :mod:`~simharmony.bench.runner`
+(metrics, speed, :func:`run_bench`), :mod:`~simharmony.bench.report` (report.md, results.json, plots, videos).
 """
 
 from __future__ import annotations

@@ -192,7 +192,7 @@ class TemporalUNet(nn.Module):
         past: torch.Tensor | None = None,
         mask_lat: torch.Tensor | None = None,
         timestep: torch.Tensor | None = None,
-        past_kv: list[torch.Tensor] | None = None,
+        past_kv: list[list[torch.Tensor]] | None = None,
     ) -> torch.Tensor:
         """``timestep`` [B] (or [1]): overrides the fixed null time embedding; used only by the optional
         denoising pretraining (:mod:`simharmony.training`). None (always at inference) = single step.

@@ -99,9 +99,9 @@ class CausalTemporalAttention(nn.Module):
     a learned key/value bias per frame age (1..max_past). The current frame also attends to itself (a
     "stay" token), so with no useful past the layer can ignore it.
 
-    Reading the past from cached latents instead of running every past frame through the backbone keeps the
-    cost of K=4 context to ~14% of the frame's FLOPs in the
-    default config (the cache holds latents only). It is causal by
+    Reading the past from cached latents instead of running every past frame through the backbone keeps
+    K=4 context cheap; a stream goes further and caches each past frame's keys/values
+    (:meth:`past_keys_values`), so a frame is projected once, when it enters the cache. It is causal by
     construction: nothing but the current frame and the frames passed as ``past`` is ever seen.
 
     Computed channel-first with 1x1 convs (no token permutes). ``proj_out`` is zero-initialised: an
