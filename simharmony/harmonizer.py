@@ -7,9 +7,10 @@
     outs = h.enhance_batch({"front": f0, "left": f1})      # equal-size streams share one forward
     h.reset("front"); h.reset()                            # scene cut / all streams
 
-Context cache: per stream, the latents of the last K *output* frames, most recent first, and what each
-temporal layer reads from them (`Enhancer.context_features`: keys/values computed once per frame instead
-of K times). We cache the backbone's output latent ``z_out`` (before decoding) rather than
+Context cache: per stream, for each of the last K *output* frames (most recent first), what the temporal
+layers read from it: `Enhancer.context_features` of its latent (keys/values, computed once per frame
+instead of K times), or the latent itself for backbones that read raw latents. We cache from the
+backbone's output latent ``z_out`` (before decoding) rather than
 ``E(D(z_out))``: the paper conditions on E(I_hat), and for the lossless codec the two agree except where
 the decoded image is clamped to [0, 1]; for a lossy autoencoder caching ``z_out`` saves one encode per
 frame. Training on temporal batches must feed the same kind of context. ``reencode_context=True``
@@ -44,8 +45,9 @@ from simharmony.paths import ENHANCER_DIR
 @dataclass
 class _StreamState:
     size: tuple[int, int]
-    latents: deque = field(default_factory=deque)  # most recent first, [1, Cz, h, w] each
-    features: deque = field(default_factory=deque)  # Enhancer.context_features of the same frames (or empty)
+    # most recent first: Enhancer.context_features of each past output latent (a list of [1, ...] tensors),
+    # or the latent [1, Cz, h, w] itself when the backbone reads raw latents
+    context: deque = field(default_factory=deque)
 
 
 @dataclass
@@ -100,7 +102,7 @@ class Harmonizer:
     def context_length(self, stream: Hashable = "default") -> int:
         """How many past latents the stream holds now (0..K)."""
         state = self._streams.get(stream)
-        return 0 if state is None else len(state.latents)
+        return 0 if state is None else len(state.context)
 
     def reset(self, stream: Hashable | None = None) -> None:
         """Forget the context of one stream (scene cut) or of all streams (None)."""
@@ -112,8 +114,7 @@ class Harmonizer:
     def _state(self, stream: Hashable, size: tuple[int, int], cut: bool) -> _StreamState:
         state = self._streams.get(stream)
         if state is None or cut or state.size != size:  # resolution change = new context
-            k = max(self.context_frames, 1)
-            state = _StreamState(size=size, latents=deque(maxlen=k), features=deque(maxlen=k))
+            state = _StreamState(size=size, context=deque(maxlen=max(self.context_frames, 1)))
             self._streams[stream] = state
         return state
 
@@ -155,7 +156,7 @@ class Harmonizer:
         groups: dict[tuple, list] = {}
         for s, (p, m, d) in prepared.items():
             state = self._state(s, tuple(p.x.shape[-2:]), s in cuts)
-            key = (tuple(p.x.shape[-2:]), len(state.latents), m is not None, d is not None)
+            key = (tuple(p.x.shape[-2:]), len(state.context), m is not None, d is not None)
             groups.setdefault(key, []).append(s)
         outputs = {}
         with torch.inference_mode():
@@ -164,25 +165,28 @@ class Harmonizer:
                 mask = torch.stack([prepared[s][1] for s in names]).to(self.dtype) if has_m else None
                 depth = torch.stack([prepared[s][2] for s in names]).to(self.dtype) if has_d else None
                 states = [self._streams[s] for s in names]
-                past = past_kv = None
-                if n_past and all(len(st.features) == n_past for st in states):
-                    # per temporal layer, per past frame: keys/values computed once, batched over streams
-                    past_kv = [[st0[j] if len(states) == 1 else torch.cat([st.features[i][j] for st in states])
-                                for i, st0 in enumerate(states[0].features)] for j in range(len(states[0].features[0]))]
-                elif n_past:
-                    past = torch.stack([torch.cat(list(st.latents), dim=0) for st in states])  # [B, T, Cz, h, w]
+                past, past_kv = _batched_context(states) if n_past else (None, None)
                 out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv)
                 if self.reencode_context:
                     z = self.model.encode(out)
                 if self.context_frames > 0:
                     feats = self.model.context_features(z)
                     for i, st in enumerate(states):
-                        st.latents.appendleft(z[i : i + 1].clone())
-                        if feats is not None:
-                            st.features.appendleft([f[i : i + 1].clone() for f in feats])
+                        st.context.appendleft(z[i : i + 1].clone() if feats is None else [f[i : i + 1].clone() for f in feats])
                 for i, s in enumerate(names):
                     outputs[s] = prepared[s][0].restore(out[i].float())
         return {s: outputs[s] for s in frames}
+
+
+def _batched_context(states: list[_StreamState]) -> tuple[torch.Tensor | None, list[list[torch.Tensor]] | None]:
+    """(past latents [B, T, Cz, h, w], None) or (None, past_kv) from streams holding equally many entries:
+    past_kv is, per temporal layer, a list over past frames of that layer's entries batched over streams."""
+    if not isinstance(states[0].context[0], list):
+        return torch.stack([torch.cat(list(st.context), dim=0) for st in states]), None
+    if len(states) == 1:  # one stream: the cached tensors as they are, nothing copied
+        return None, [list(layer) for layer in zip(*states[0].context)]
+    frames = [[torch.cat(parts) for parts in zip(*entries)] for entries in zip(*(st.context for st in states))]
+    return None, [list(layer) for layer in zip(*frames)]
 
 
 # -- input conversion -------------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ def test_many_frames_keep_state_bounded():
         cam = f"cam{t % 3}"
         plug(xs[t % 4], camera_id=cam)
         assert plug.context_length(cam) <= k
-        assert all(len(s.latents) <= k for s in plug.harmonizer._streams.values())
+        assert all(len(s.context) <= k for s in plug.harmonizer._streams.values())
     st = plug.stats()
     assert st["frames"] == 60 and st["enhanced"] == 60
     assert all(c["render_ms"]["count"] == 16 and c["context_length"] == k for c in st["cameras"].values())

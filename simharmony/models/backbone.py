@@ -149,6 +149,7 @@ class TemporalUNet(nn.Module):
         self.norm_out = group_norm(ch[0])
         self.conv_out = zero_module(nn.Conv2d(ch[0], cz, 3, padding=1))
         self.colour_anchor = ColourAnchor(cz) if cfg.colour_anchor and cfg.context_frames > 0 else None
+        self._slots = self._temporal_slots()  # fixed by the config: computed once, not every frame
 
     def embedding(self, batch: int, timestep: torch.Tensor | None = None) -> torch.Tensor:
         """[B, E]: the null time + null condition embedding, or (denoising pretraining only) the embedding of
@@ -182,7 +183,7 @@ class TemporalUNet(nn.Module):
         cache, and passes them back as ``past_kv`` instead of re-deriving them from K latents every frame;
         the output is the same."""
         pyramid = self._latent_pyramid(z)
-        feats = [layer.past_keys_values(pyramid[lv], tuple(pyramid[lv].shape[-2:])) for layer, lv in self._temporal_slots()]
+        feats = [layer.past_keys_values(pyramid[lv], tuple(pyramid[lv].shape[-2:])) for layer, lv in self._slots]
         return feats + ([ColourAnchor.stats(z)] if self.colour_anchor is not None else [])
 
     def forward(
@@ -204,7 +205,7 @@ class TemporalUNet(nn.Module):
         if past is not None and past.shape[1] == 0:
             past = None
         emb = self.embedding(z.shape[0], timestep).to(z.dtype)
-        slots = self._temporal_slots()
+        slots = self._slots
         anchor_past = None  # ColourAnchor.stats of the previous output
         if past_kv is not None:
             n = len(slots) + (self.colour_anchor is not None)
