@@ -401,32 +401,52 @@ def test_spatial_attention_pooled_keys_match_full_on_block_constant_input():
 
 def test_colour_anchor_identity_at_init_and_learns_to_undo_a_gain():
     """Fresh: the identity with and without past. A few hundred steps on the anchor alone learn to undo a
-    per-channel gain of the current frame against the previous output (what one frame cannot reveal)."""
+    per-channel gain of the current frame against the previous output of a moving scene (what one frame
+    cannot reveal)."""
     from simharmony.models.layers import ColourAnchor
 
     torch.manual_seed(0)
     anchor = ColourAnchor(6, hidden=32)
-    z = torch.rand(4, 6, 8, 8)
-    assert torch.equal(anchor(z, z, None), z) and torch.equal(anchor(z, z, ColourAnchor.stats(z)), z)
+    z = torch.rand(4, 6, 32, 32)
+    assert torch.equal(anchor(z, None), z) and torch.equal(anchor(z, ColourAnchor.summary(z)), z)
     opt = torch.optim.Adam(anchor.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(0)
 
     def batch():
-        clean = 0.2 + 0.6 * torch.rand(16, 6, 8, 8, generator=g)
-        prev = (clean + 0.02 * torch.randn(clean.shape, generator=g)).clamp(0, 1)  # previous output: same scene
+        scene = 0.2 + 0.6 * torch.rand(16, 6, 8, 9, generator=g)
+        scene = F.interpolate(scene, size=(32, 36), mode="bilinear", align_corners=False)
+        clean, prev = scene[..., 2:34], scene[..., :32]  # previous output: same scene, camera moved 2 px
         gain = torch.exp2(0.15 * torch.randn(16, 6, 1, 1, generator=g))
-        return clean * gain, clean, ColourAnchor.stats(prev)
+        return clean * gain, clean, ColourAnchor.summary(prev)
 
     z_in, clean, past = batch()
-    before = (anchor(z_in, z_in, past) - clean).pow(2).mean().item()
+    before = (anchor(z_in, past) - clean).pow(2).mean().item()
     for _ in range(300):
         zi, c, p = batch()
-        loss = (anchor(zi, zi, p) - c).pow(2).mean()
+        loss = (anchor(zi, p) - c).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    after = (anchor(z_in, z_in, past) - clean).pow(2).mean().item()
+    after = (anchor(z_in, past) - clean).pow(2).mean().item()
     assert after < 0.2 * before, (before, after)
+
+
+def test_colour_anchor_drift_feature_ignores_local_change():
+    """The drift feature (median cell difference) reads a global offset exactly and ignores an object that
+    changes under half of the frame, which a mean difference would take for drift."""
+    from simharmony.models.layers import ColourAnchor
+
+    anchor = ColourAnchor(3)
+    prev = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
+    shifted = prev + torch.tensor([0.05, -0.02, 0.1])[None, :, None, None]
+    shift = anchor.features(ColourAnchor.summary(shifted), ColourAnchor.summary(prev))[:, :3]
+    torch.testing.assert_close(shift, torch.tensor([[0.05, -0.02, 0.1]] * 2), atol=1e-5, rtol=0)
+    entered = prev.clone()
+    entered[..., 10:30, 5:35] = 0.95  # an asset enters: ~20% of the frame
+    feats = anchor.features(ColourAnchor.summary(entered), ColourAnchor.summary(prev))
+    assert feats[:, :3].abs().max() < 1e-6
+    mean_shift = (ColourAnchor.summary(entered) - ColourAnchor.summary(prev)).mean(-1)
+    assert mean_shift.abs().min() > 0.02
 
 
 def test_init_model_overrides_add_modules_only(tmp_path):

@@ -361,3 +361,25 @@ def test_apply_override_nested_yaml_values_and_unknown_keys():
         apply_override(d, "model.context=0")
     with pytest.raises(ConfigError, match="key=value"):
         apply_override(d, "perceptual_weight")
+
+
+def test_trainable_prefixes_freeze_the_rest(tmp_path, tiny_data):
+    """An anchor added to a saved model and trained alone: every other weight is bit-identical afterwards,
+    the anchor's moved; a prefix that names nothing is a ConfigError."""
+    torch.manual_seed(0)
+    base = Enhancer(tiny_config(tiny_data).model)
+    with torch.no_grad():
+        base.backbone.conv_out.weight.normal_(0, 0.05)
+    base.save_pretrained(tmp_path / "base")
+    cfg = tiny_config(tiny_data, init_model=str(tmp_path / "base"), init_model_overrides={"colour_anchor": True},
+                      trainable=["backbone.colour_anchor"], denoise_pretrain_steps=0, image_steps=0, mixed_steps=3,
+                      temporal_every=1, flicker_prob=1.0, lr=0.01, perceptual_weight=0.0)
+    result = train(cfg, tmp_path / "run", progress=False)
+    before, after = base.state_dict(), result.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    moved = [k for k in after if k.startswith("backbone.colour_anchor") and k not in before]
+    assert moved and any(after[k].abs().max() > 0 for k in moved if k.endswith("mlp.2.weight"))
+    with pytest.raises(ConfigError, match="trainable"):
+        train(tiny_config(tiny_data, trainable=["backbone.colour_ancor"]), tmp_path / "bad", progress=False)
+    with pytest.raises(ConfigError, match="trainable"):
+        TrainConfig(trainable=[""])

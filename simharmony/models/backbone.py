@@ -184,7 +184,7 @@ class TemporalUNet(nn.Module):
         the output is the same."""
         pyramid = self._latent_pyramid(z)
         feats = [layer.past_keys_values(pyramid[lv], tuple(pyramid[lv].shape[-2:])) for layer, lv in self._slots]
-        return feats + ([ColourAnchor.stats(z)] if self.colour_anchor is not None else [])
+        return feats + ([ColourAnchor.summary(z)] if self.colour_anchor is not None else [])
 
     def forward(
         self,
@@ -206,7 +206,7 @@ class TemporalUNet(nn.Module):
             past = None
         emb = self.embedding(z.shape[0], timestep).to(z.dtype)
         slots = self._slots
-        anchor_past = None  # ColourAnchor.stats of the previous output
+        anchor_past = None  # ColourAnchor.summary of the previous output
         if past_kv is not None:
             n = len(slots) + (self.colour_anchor is not None)
             if len(past_kv) != n:
@@ -218,7 +218,7 @@ class TemporalUNet(nn.Module):
         else:
             kv = {}
             if self.colour_anchor is not None and past is not None:
-                anchor_past = ColourAnchor.stats(past[:, 0])
+                anchor_past = ColourAnchor.summary(past[:, 0])
             # Pool the past latents once per level (shared by all temporal layers of that level).
             pyramid = [None] * len(cfg.channels) if past is None else [
                 p.reshape(*past.shape[:2], *p.shape[1:]) for p in self._latent_pyramid(past.flatten(0, 1))]
@@ -245,7 +245,7 @@ class TemporalUNet(nn.Module):
             if isinstance(self.up_temporal[j], CausalTemporalAttention):
                 h = self.up_temporal[j](h, pyramid[lv], kv.get(id(self.up_temporal[j])))
         z_out = z + self.conv_out(F.silu(self.norm_out(h)))
-        return z_out if self.colour_anchor is None else self.colour_anchor(z, z_out, anchor_past)
+        return z_out if self.colour_anchor is None else self.colour_anchor(z_out, anchor_past)
 
     def temporal_layers(self) -> list[CausalTemporalAttention]:
         return [m for m in self.modules() if isinstance(m, CausalTemporalAttention)]

@@ -156,34 +156,45 @@ class CausalTemporalAttention(nn.Module):
 
 
 class ColourAnchor(nn.Module):
-    """Global per-channel affine correction of the output latent from the most recent past output.
+    """Global per-channel affine correction of the output latent against the most recent past output.
 
     Exposure / white-balance drift between frames (auto-exposure, per-image appearance of a
-    reconstruction) cannot be seen in one frame, but it shows as a shift of the per-channel mean and
-    spread of the current input latent against the previous *output* latent. An MLP maps those
-    statistics ([mean_in, std_in, mean_past, std_past, mean_past - mean_in]) to a per-channel log-gain and
-    offset: ``z_out * exp(gain) + offset``. The last layer is zero-initialised (the identity until trained)
-    and with no past frame the anchor is skipped. It only corrects global drift, not local flicker.
-    z_in, z_out [B, Cz, h, w], past_stats [B, 2 Cz] (:meth:`stats` of the previous output) -> [B, Cz, h, w].
+    reconstruction) cannot be seen in one frame, only against the previous output. Both latents are
+    summarised as cell means on a fixed ``grid`` x ``grid`` raster (:meth:`summary`, what a stream caches).
+    Drift moves every cell alike, content change (motion, an asset entering) only some, so the features are
+    robust: per channel the median cell difference (current - previous), the median absolute deviation
+    around it (how much content changed), and the 10/50/90 % quantiles of both summaries. An MLP maps
+    them to a per-channel log-gain and offset, ``z_out * exp(gain) + offset``. The last layer is
+    zero-initialised (the identity until trained) and with no past frame the anchor is skipped. It only
+    corrects global drift, not local flicker.
+    z_out [B, Cz, h, w], past [B, Cz, grid**2] (:meth:`summary` of the previous output) -> [B, Cz, h, w].
     """
+
+    grid = 16
+    _quantiles = (0.1, 0.5, 0.9)
 
     def __init__(self, latent_channels: int, hidden: int = 64):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(5 * latent_channels, hidden), nn.SiLU(), zero_module(nn.Linear(hidden, 2 * latent_channels)))
+        self.mlp = nn.Sequential(nn.Linear(8 * latent_channels, hidden), nn.SiLU(), zero_module(nn.Linear(hidden, 2 * latent_channels)))
 
-    @staticmethod
-    def stats(z: torch.Tensor) -> torch.Tensor:
-        """[B, Cz, h, w] -> [B, 2 Cz]: per-channel spatial mean and standard deviation."""
-        flat = z.flatten(2).float()
-        return torch.cat([flat.mean(-1), flat.std(-1, unbiased=False)], dim=1).to(z.dtype)
+    @classmethod
+    def summary(cls, z: torch.Tensor) -> torch.Tensor:
+        """[B, Cz, h, w] -> [B, Cz, grid**2]: cell means on a fixed grid (any resolution, float32)."""
+        return F.adaptive_avg_pool2d(z.float(), cls.grid).flatten(2)
 
-    def forward(self, z_in: torch.Tensor, z_out: torch.Tensor, past_stats: torch.Tensor | None) -> torch.Tensor:
-        if past_stats is None:
+    def features(self, cur: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
+        """Summaries [B, Cz, G] of the current and previous output -> [B, 8 Cz]."""
+        diff = cur - past
+        shift = diff.median(dim=-1).values
+        spread = (diff - shift[..., None]).abs().median(dim=-1).values
+        q = torch.tensor(self._quantiles, dtype=cur.dtype, device=cur.device)
+        qs = torch.quantile(torch.stack([cur, past]), q, dim=-1)  # [3, 2, B, Cz]
+        return torch.cat([shift, spread, *qs.permute(1, 0, 2, 3).flatten(0, 1)], dim=1)
+
+    def forward(self, z_out: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
+        if past is None:
             return z_out
-        cz = z_in.shape[1]
-        cur = self.stats(z_in)
-        x = torch.cat([cur, past_stats, past_stats[:, :cz] - cur[:, :cz]], dim=1)
-        gain, offset = self.mlp(x).chunk(2, dim=1)
+        gain, offset = self.mlp(self.features(self.summary(z_out), past.float())).to(z_out.dtype).chunk(2, dim=1)
         return z_out * gain.exp()[:, :, None, None] + offset[:, :, None, None]
 
 

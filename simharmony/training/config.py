@@ -45,7 +45,9 @@ class TrainConfig(Config):
     temporal batch; each runs ``seq_len`` frames, 0 = the dataset's most common length), ``num_workers``.
     Model: ``model`` (an EnhancerConfig) or ``init_model`` (a folder saved by Enhancer.save_pretrained,
     whose weights and config are used instead; ``init_model_overrides`` changes fields of that config that
-    only add zero-initialised modules, e.g. ``{colour_anchor: true}``, whose weights start fresh). Loss: weights ``l2_weight``, ``perceptual_weight``,
+    only add zero-initialised modules, e.g. ``{colour_anchor: true}``, whose weights start fresh);
+    ``trainable``: parameter-name prefixes to train, the rest frozen ([] = all; e.g.
+    ``[backbone.colour_anchor]`` trains an added anchor alone, so the model without a past is unchanged). Loss: weights ``l2_weight``, ``perceptual_weight``,
     ``temporal_weight``; ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
     10 log10(frame MSE + ``log_eps``), i.e. minus each frame's PSNR: every frame counts alike, so frames
     whose input is already close to the target are not drowned by far-off ones); ``patch_range`` in fractions of the image height; ``features``: "substitute" or
@@ -107,11 +109,14 @@ class TrainConfig(Config):
     model: EnhancerConfig = field(default_factory=EnhancerConfig)
     init_model: str = ""
     init_model_overrides: dict = field(default_factory=dict)
+    trainable: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         o = "TrainConfig"
         self.betas = tuple(self.betas)
         self.patch_range = tuple(self.patch_range)
+        self.trainable = [self.trainable] if isinstance(self.trainable, str) else list(self.trainable)
+        require(all(isinstance(t, str) and t for t in self.trainable), o, f"trainable must be parameter-name prefixes, got {self.trainable!r}")
         require(bool(self.data), o, "data must name a dataset folder")
         for name in ("batch_size", "temporal_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                      "eval_every", "temporal_every"):

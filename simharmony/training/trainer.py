@@ -329,6 +329,20 @@ def with_added_modules(init: Enhancer, overrides: dict[str, Any], seed: int = 0)
     return model
 
 
+def freeze_except(model: nn.Module, prefixes: list[str]) -> None:
+    """Train only the parameters whose names start with one of ``prefixes`` ([] = leave all as they are).
+    ConfigError when a prefix names no trainable parameter (a typo would otherwise train nothing)."""
+    if not prefixes:
+        return
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    unmatched = [pre for pre in prefixes if not any(n.startswith(pre) for n in names)]
+    if unmatched:
+        raise ConfigError(f"trainable: no trainable parameter starts with {unmatched} (e.g. {names[:3]})")
+    for name, p in model.named_parameters():
+        if not any(name.startswith(pre) for pre in prefixes):
+            p.requires_grad_(False)
+
+
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -393,6 +407,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
                                          seq_len=cfg.seq_len or None, seed=cfg.seed + 1)
 
     model = _build_model(cfg).to(device)
+    freeze_except(model, cfg.trainable)
     model.train()
     perceptual = None
     if cfg.perceptual_weight > 0:
