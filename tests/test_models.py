@@ -431,20 +431,22 @@ def test_colour_anchor_identity_at_init_and_learns_to_undo_a_gain():
     assert after < 0.2 * before, (before, after)
 
 
-def test_colour_anchor_drift_feature_ignores_local_change():
-    """The drift feature (median cell difference) reads a global offset exactly and ignores an object that
-    changes under half of the frame, which a mean difference would take for drift."""
+def test_colour_anchor_drift_fit_ignores_local_change():
+    """The robust fit reads a global gain and offset exactly and ignores an object that changes part of
+    the frame, which a mean difference would take for drift."""
     from simharmony.models.layers import ColourAnchor
 
-    anchor = ColourAnchor(3)
-    prev = torch.rand(2, 3, 48, 64, generator=torch.Generator().manual_seed(0))
-    shifted = prev + torch.tensor([0.05, -0.02, 0.1])[None, :, None, None]
-    shift = anchor.features(ColourAnchor.summary(shifted), ColourAnchor.summary(prev))[:, :3]
-    torch.testing.assert_close(shift, torch.tensor([[0.05, -0.02, 0.1]] * 2), atol=1e-5, rtol=0)
+    coarse = torch.rand(2, 3, 6, 8, generator=torch.Generator().manual_seed(0))
+    prev = F.interpolate(coarse, size=(48, 64), mode="bilinear", align_corners=False)  # a smooth scene
+    gain, offset = torch.tensor([1.1, 0.95, 1.0]), torch.tensor([0.05, -0.02, 0.1])
+    drifted = prev * gain[None, :, None, None] + offset[None, :, None, None]
+    a, b, scale, inliers = ColourAnchor.fit_drift(ColourAnchor.summary(drifted), ColourAnchor.summary(prev))
+    torch.testing.assert_close(a, gain.expand(2, 3), atol=1e-3, rtol=0)
+    torch.testing.assert_close(b, offset.expand(2, 3), atol=1e-3, rtol=0)
     entered = prev.clone()
     entered[..., 10:30, 5:35] = 0.95  # an asset enters: ~20% of the frame
-    feats = anchor.features(ColourAnchor.summary(entered), ColourAnchor.summary(prev))
-    assert feats[:, :3].abs().max() < 1e-6
+    a, b, _, inliers = ColourAnchor.fit_drift(ColourAnchor.summary(entered), ColourAnchor.summary(prev))
+    assert (a - 1).abs().max() < 1e-3 and b.abs().max() < 1e-3 and inliers.max() < 0.9
     mean_shift = (ColourAnchor.summary(entered) - ColourAnchor.summary(prev)).mean(-1)
     assert mean_shift.abs().min() > 0.02
 

@@ -156,46 +156,65 @@ class CausalTemporalAttention(nn.Module):
 
 
 class ColourAnchor(nn.Module):
-    """Global per-channel affine correction of the output latent against the most recent past output.
+    """Undoes global per-channel drift of the output latent against the most recent past output.
 
     Exposure / white-balance drift between frames (auto-exposure, per-image appearance of a
     reconstruction) cannot be seen in one frame, only against the previous output. Both latents are
-    summarised as cell means on a fixed ``grid`` x ``grid`` raster (:meth:`summary`, what a stream caches).
-    Drift moves every cell alike, content change (motion, an asset entering) only some, so the features are
-    robust: per channel the median cell difference (current - previous), the median absolute deviation
-    around it (how much content changed), and the 10/50/90 % quantiles of both summaries. An MLP maps
-    them to a per-channel log-gain and offset, ``z_out * exp(gain) + offset``. The last layer is
-    zero-initialised (the identity until trained) and with no past frame the anchor is skipped. It only
-    corrects global drift, not local flicker.
+    summarised as cell means on a fixed ``grid`` x ``grid`` raster (:meth:`summary`, what a stream caches)
+    and a robust per-channel line ``cur = a * past + b`` is fitted over the cells (:meth:`fit_drift`,
+    Tukey-weighted spread ratio and means): drift moves every cell alike, content change (motion, an asset
+    entering) only some, which the weights drop. An MLP decides per channel how much of the fitted drift
+    to undo, ``alpha`` (1 = all; clamped to [-0.25, 1.25]), from the fit (a - 1, b and their size against the residual scale, the
+    inlier fraction); ``z_out + alpha * ((z_out - b) / a - z_out)``. The last layer is zero-initialised
+    (alpha = 0: the identity until trained) and with no past frame the anchor is skipped. It only corrects
+    global drift, not local flicker.
     z_out [B, Cz, h, w], past [B, Cz, grid**2] (:meth:`summary` of the previous output) -> [B, Cz, h, w].
     """
 
     grid = 16
-    _quantiles = (0.1, 0.5, 0.9)
+    _tukey_c = 4.685
+    _iterations = 3
 
     def __init__(self, latent_channels: int, hidden: int = 64):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(8 * latent_channels, hidden), nn.SiLU(), zero_module(nn.Linear(hidden, 2 * latent_channels)))
+        self.mlp = nn.Sequential(nn.Linear(6 * latent_channels, hidden), nn.SiLU(), zero_module(nn.Linear(hidden, latent_channels)))
 
     @classmethod
     def summary(cls, z: torch.Tensor) -> torch.Tensor:
         """[B, Cz, h, w] -> [B, Cz, grid**2]: cell means on a fixed grid (any resolution, float32)."""
         return F.adaptive_avg_pool2d(z.float(), cls.grid).flatten(2)
 
-    def features(self, cur: torch.Tensor, past: torch.Tensor) -> torch.Tensor:
-        """Summaries [B, Cz, G] of the current and previous output -> [B, 8 Cz]."""
+    @classmethod
+    @torch.no_grad()
+    def fit_drift(cls, cur: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Robust per-channel fit ``cur = a * past + b`` (a: ratio of weighted spreads) over cells [B, Cz, G] -> (a, b, scale, inliers),
+        each [B, Cz]: gain, offset, residual scale (1.4826 x median absolute residual), weight mean."""
+        def tukey(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            scale = 1.4826 * r.abs().median(dim=-1, keepdim=True).values + 1e-4
+            return (1 - (r / (cls._tukey_c * scale)) ** 2).clamp_min(0) ** 2, scale
+
         diff = cur - past
-        shift = diff.median(dim=-1).values
-        spread = (diff - shift[..., None]).abs().median(dim=-1).values
-        q = torch.tensor(self._quantiles, dtype=cur.dtype, device=cur.device)
-        qs = torch.quantile(torch.stack([cur, past]), q, dim=-1)  # [3, 2, B, Cz]
-        return torch.cat([shift, spread, *qs.permute(1, 0, 2, 3).flatten(0, 1)], dim=1)
+        w, scale = tukey(diff - diff.median(dim=-1, keepdim=True).values)  # start: offset only (a = 1)
+        for _ in range(cls._iterations):
+            ws = w.sum(-1, keepdim=True).clamp_min(1e-6)
+            mp, mc = (w * past).sum(-1, keepdim=True) / ws, (w * cur).sum(-1, keepdim=True) / ws
+            var_p = (w * (past - mp) ** 2).sum(-1, keepdim=True) / ws
+            var_c = (w * (cur - mc) ** 2).sum(-1, keepdim=True) / ws
+            # spread ratio (reduced major axis), not cov / var: motion is noise on both sides, and least
+            # squares would shrink the gain towards 0 (regression dilution); shrunk towards 1 on flat channels
+            a = ((var_c + 1e-4) / (var_p + 1e-4)).sqrt().clamp(0.5, 2.0)
+            b = mc - a * mp
+            w, scale = tukey(cur - a * past - b)
+        return a[..., 0], b[..., 0], scale[..., 0], w.mean(-1)
 
     def forward(self, z_out: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
         if past is None:
             return z_out
-        gain, offset = self.mlp(self.features(self.summary(z_out), past.float())).to(z_out.dtype).chunk(2, dim=1)
-        return z_out * gain.exp()[:, :, None, None] + offset[:, :, None, None]
+        a, b, scale, inliers = self.fit_drift(self.summary(z_out), past.float())
+        feats = torch.cat([a - 1, b, (a - 1) / scale, b / scale, scale, inliers], dim=1)
+        alpha = self.mlp(feats).clamp(-0.25, 1.25)  # bounded; not at 0, where clamp would stop the gradient
+        undo = (z_out.float() - b[:, :, None, None]) / a[:, :, None, None]
+        return z_out + alpha[:, :, None, None].to(z_out.dtype) * (undo.to(z_out.dtype) - z_out)
 
 
 def masked_stats(x: torch.Tensor, m: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
