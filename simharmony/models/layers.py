@@ -195,15 +195,15 @@ class ColourAnchor(nn.Module):
 
         diff = cur - past
         w, scale = tukey(diff - diff.median(dim=-1, keepdim=True).values)  # start: offset only (a = 1)
+        both = torch.stack([past, cur])  # [2, B, Cz, G]: one weighted reduction for both sides
         for _ in range(cls._iterations):
             ws = w.sum(-1, keepdim=True).clamp_min(1e-6)
-            mp, mc = (w * past).sum(-1, keepdim=True) / ws, (w * cur).sum(-1, keepdim=True) / ws
-            var_p = (w * (past - mp) ** 2).sum(-1, keepdim=True) / ws
-            var_c = (w * (cur - mc) ** 2).sum(-1, keepdim=True) / ws
+            mean = (w * both).sum(-1, keepdim=True) / ws
+            var = (w * (both - mean).square()).sum(-1, keepdim=True) / ws
             # spread ratio (reduced major axis), not cov / var: motion is noise on both sides, and least
             # squares would shrink the gain towards 0 (regression dilution); shrunk towards 1 on flat channels
-            a = ((var_c + 1e-4) / (var_p + 1e-4)).sqrt().clamp(0.5, 2.0)
-            b = mc - a * mp
+            a = ((var[1] + 1e-4) / (var[0] + 1e-4)).sqrt().clamp(0.5, 2.0)
+            b = mean[1] - a * mean[0]
             w, scale = tukey(cur - a * past - b)
         return a[..., 0], b[..., 0], scale[..., 0], w.mean(-1)
 
@@ -213,8 +213,9 @@ class ColourAnchor(nn.Module):
         a, b, scale, inliers = self.fit_drift(self.summary(z_out), past.float())
         feats = torch.cat([a - 1, b, (a - 1) / scale, b / scale, scale, inliers], dim=1)
         alpha = self.mlp(feats).clamp(-0.25, 1.25)  # bounded; not at 0, where clamp would stop the gradient
-        undo = (z_out.float() - b[:, :, None, None]) / a[:, :, None, None]
-        return z_out + alpha[:, :, None, None].to(z_out.dtype) * (undo.to(z_out.dtype) - z_out)
+        # z_out + alpha * ((z_out - b) / a - z_out) as one per-channel affine map of the latent
+        gain, offset = 1 + alpha * (1 / a - 1), -alpha * b / a
+        return torch.addcmul(offset[:, :, None, None].to(z_out.dtype), z_out, gain[:, :, None, None].to(z_out.dtype))
 
 
 def masked_stats(x: torch.Tensor, m: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
