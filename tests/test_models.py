@@ -440,7 +440,7 @@ def test_colour_anchor_drift_fit_ignores_local_change():
     prev = F.interpolate(coarse, size=(48, 64), mode="bilinear", align_corners=False)  # a smooth scene
     gain, offset = torch.tensor([1.1, 0.95, 1.0]), torch.tensor([0.05, -0.02, 0.1])
     drifted = prev * gain[None, :, None, None] + offset[None, :, None, None]
-    a, b, scale, inliers = ColourAnchor.fit_drift(ColourAnchor.summary(drifted), ColourAnchor.summary(prev))
+    a, b, _, _ = ColourAnchor.fit_drift(ColourAnchor.summary(drifted), ColourAnchor.summary(prev))
     torch.testing.assert_close(a, gain.expand(2, 3), atol=1e-3, rtol=0)
     torch.testing.assert_close(b, offset.expand(2, 3), atol=1e-3, rtol=0)
     entered = prev.clone()

@@ -164,10 +164,10 @@ class ColourAnchor(nn.Module):
     and a robust per-channel line ``cur = a * past + b`` is fitted over the cells (:meth:`fit_drift`,
     Tukey-weighted spread ratio and means): drift moves every cell alike, content change (motion, an asset
     entering) only some, which the weights drop. An MLP decides per channel how much of the fitted drift
-    to undo, ``alpha`` (1 = all; clamped to [-0.25, 1.25]), from the fit (a - 1, b and their size against the residual scale, the
-    inlier fraction); ``z_out + alpha * ((z_out - b) / a - z_out)``. The last layer is zero-initialised
-    (alpha = 0: the identity until trained) and with no past frame the anchor is skipped. It only corrects
-    global drift, not local flicker.
+    to undo, ``alpha`` (1 = all; clamped to [-0.25, 1.25]), from the fit (a - 1, b and their size against
+    the residual scale, the inlier fraction): ``z_out + alpha * ((z_out - b) / a - z_out)``. The last
+    layer is zero-initialised (alpha = 0: the identity until trained) and with no past frame the anchor is
+    skipped. It only corrects global drift, not local flicker.
     z_out [B, Cz, h, w], past [B, Cz, grid**2] (:meth:`summary` of the previous output) -> [B, Cz, h, w].
     """
 
@@ -187,8 +187,9 @@ class ColourAnchor(nn.Module):
     @classmethod
     @torch.no_grad()
     def fit_drift(cls, cur: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Robust per-channel fit ``cur = a * past + b`` (a: ratio of weighted spreads) over cells [B, Cz, G] -> (a, b, scale, inliers),
-        each [B, Cz]: gain, offset, residual scale (1.4826 x median absolute residual), weight mean."""
+        """Robust per-channel fit ``cur = a * past + b`` (a: ratio of weighted spreads) over cells [B, Cz, G]
+        -> (a, b, scale, inliers), each [B, Cz]: gain, offset, residual scale (1.4826 x median absolute
+        residual), mean Tukey weight."""
         def tukey(r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             scale = 1.4826 * r.abs().median(dim=-1, keepdim=True).values + 1e-4
             return (1 - (r / (cls._tukey_c * scale)) ** 2).clamp_min(0) ** 2, scale

@@ -47,7 +47,8 @@ class TrainConfig(Config):
     whose weights and config are used instead; ``init_model_overrides`` changes fields of that config that
     only add zero-initialised modules, e.g. ``{colour_anchor: true}``, whose weights start fresh);
     ``trainable``: parameter-name prefixes to train, the rest frozen ([] = all; e.g.
-    ``[backbone.colour_anchor]`` trains an added anchor alone, so the model without a past is unchanged). Loss: weights ``l2_weight``, ``perceptual_weight``,
+    ``[backbone.colour_anchor]`` trains an added anchor alone, so the model without a past is unchanged).
+    Loss: weights ``l2_weight``, ``perceptual_weight``,
     ``temporal_weight``; ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
     10 log10(frame MSE + ``log_eps``), i.e. minus each frame's PSNR: every frame counts alike, so frames
     whose input is already close to the target are not drowned by far-off ones); ``patch_range`` in fractions of the image height; ``features``: "substitute" or
