@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Literal
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,9 @@ from simharmony.utils.config import Config
 from simharmony.utils.io import atomic_path, load_tensors, load_yaml, save_tensors, save_yaml
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 @dataclass
 class _Inner(Config):
     a: float = 1.0
@@ -41,6 +46,24 @@ def test_config_roundtrip(tmp_path):
     cfg = _Outer(name="z", size=(8, 6), inner=_Inner(a=2.5, mode="y"), maybe=0.5)
     cfg.save(tmp_path / "c.yaml")
     assert _Outer.load(tmp_path / "c.yaml") == cfg
+
+
+def test_config_base_chain_merges_mappings_key_by_key(tmp_path):
+    """A file states only what it changes: ``base`` (relative path) is loaded first, nested mappings merge key
+    by key; a loop is a ConfigError; the shipped stage-2/3 recipes load as full configs."""
+    from simharmony.training.config import TrainConfig
+
+    _Outer(name="base", size=(8, 6), inner=_Inner(a=2.5, mode="y")).save(tmp_path / "a.yaml")
+    (tmp_path / "sub").mkdir()
+    save_yaml(tmp_path / "sub" / "b.yaml", {"base": "../a.yaml", "inner": {"mode": "x"}, "maybe": 1.0})
+    assert _Outer.load(tmp_path / "sub" / "b.yaml") == _Outer(name="base", size=(8, 6), inner=_Inner(a=2.5, mode="x"), maybe=1.0)
+    save_yaml(tmp_path / "c.yaml", {"base": "d.yaml"})
+    save_yaml(tmp_path / "d.yaml", {"base": "c.yaml"})
+    with pytest.raises(ConfigError, match="loops"):
+        _Outer.load(tmp_path / "c.yaml")
+    anchor = TrainConfig.load(ROOT / "configs" / "train_anchor.yaml")
+    default = TrainConfig.load(ROOT / "configs" / "train_default.yaml")
+    assert anchor.trainable == ["backbone.colour_anchor"] and anchor.model == default.model and anchor.holdout == default.holdout
 
 
 @pytest.mark.parametrize(

@@ -204,9 +204,15 @@ def test_reencode_context_matches_for_lossless_codec():
     xs = np_frames(3)
     a, b = Harmonizer(make_model()), Harmonizer(make_model(), reencode_context=True)
     cached = {}  # the latent each stream derives its cached context from
+
+    def recording(name, real):
+        def context_features(z):
+            cached.setdefault(name, z.clone())
+            return real(z)
+        return context_features
+
     for name, h in (("a", a), ("b", b)):
-        real = h.model.context_features
-        h.model.context_features = lambda z, name=name, real=real: cached.setdefault(name, z.clone()) is not None and real(z)
+        h.model.context_features = recording(name, h.model.context_features)
     a.enhance(xs[0]), b.enhance(xs[0])
     za, zb = cached["a"], cached["b"]
     # lossless codec in [-1, 1]: E(clamp(D(z))) is z clamped to [-1, 1]

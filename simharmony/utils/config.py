@@ -48,7 +48,28 @@ class Config:
 
     @classmethod
     def load(cls: type[T], path: PathLike) -> T:
-        return cls.from_dict(load_yaml(Path(path)))
+        """From a YAML file; a top-level ``base: other.yaml`` key (relative to the file) is loaded first and
+        the file's keys merged over it, mappings key by key, so a recipe states only what it changes."""
+        return cls.from_dict(load_yaml_with_base(Path(path)))
+
+
+def load_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> Any:
+    """``load_yaml`` resolving a top-level ``base:`` chain (see :meth:`Config.load`); ConfigError on a cycle."""
+    data = load_yaml(path)
+    if not isinstance(data, dict) or "base" not in data:
+        return data
+    here = path.resolve()
+    base = (path.parent / str(data.pop("base"))).resolve()
+    if base in _seen + (here,):
+        raise ConfigError(f"{path}: 'base' chain loops back to {base}")
+    return _merged(load_yaml_with_base(base, _seen + (here,)), data)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def require(cond: bool, owner: str, msg: str) -> None:
