@@ -1,9 +1,8 @@
 """Foundation: config round trips, atomic I/O, cameras, trajectories, Gaussian scenes."""
 
 from dataclasses import dataclass, field
-from typing import Literal
-
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -23,7 +22,6 @@ from simharmony.errors import (
 )
 from simharmony.utils.config import Config
 from simharmony.utils.io import atomic_path, load_tensors, load_yaml, save_tensors, save_yaml
-
 
 ROOT = Path(__file__).resolve().parents[1]
 
