@@ -1,0 +1,82 @@
+"""Quality of several saved enhancers on the benchmark's own scenarios, without the rest of ``simharmony
+bench`` (baselines, variants of the report, speed, videos): quicker when comparing training runs.
+
+Uses the bench's loaders (:func:`~simharmony.bench.scenarios.holdout_clips`, ``flicker_clips``,
+``scene_clips``) and metric (:func:`~simharmony.bench.runner.clip_metrics`), masks and depth given as in
+the bench, every clip a fresh stream; so its figures are the report's figures for the same model.
+
+    python benchmarks/eval_models.py weights/enhancer runs/finetune/final            # clean holdout
+    python benchmarks/eval_models.py --flicker 60 --scenes weights/enhancer          # + flicker, demo street
+    python benchmarks/eval_models.py identity weights/enhancer                        # "identity" = the input
+
+Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--flicker N`` PSNR and warping
+error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping error, flicker score and PSNR on the
+novel trajectory and the insertion drive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from simharmony.bench.config import get_bench_preset
+from simharmony.bench.runner import clip_metrics
+from simharmony.bench.scenarios import flicker_clips, holdout_clips, scene_clips
+from simharmony.harmonizer import Harmonizer
+
+
+def run_clip(h: Harmonizer | None, clip) -> np.ndarray:
+    """The clip's frames through a fresh stream of ``h`` (None = the input itself) -> [T, H, W, 3]."""
+    if h is None:
+        return clip.input
+    h.reset()
+    masks = clip.model_mask if clip.model_mask is not None else [None] * clip.num_frames
+    return np.stack([h.enhance(clip.input[t], mask=masks[t], depth=clip.depth[t]) for t in range(clip.num_frames)])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", help="model folders (Enhancer.save_pretrained), or 'identity'")
+    p.add_argument("--holdout", default="data/holdout")
+    p.add_argument("--flicker", type=int, default=0, help="flicker-holdout sequences (0 = skip)")
+    p.add_argument("--scenes", action="store_true", help="also the novel trajectory and insertion drive")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    cfg = get_bench_preset("full", holdout_dir=args.holdout, flicker_sequences=args.flicker, progress=False)
+    models = {m: None if m == "identity" else Harmonizer.from_pretrained(m) for m in args.models}
+
+    per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
+    _, clips = holdout_clips(args.holdout)
+    for clip in clips:
+        for name, h in models.items():
+            m = clip_metrics(run_clip(h, clip), clip, cfg.psnr_cap_db)
+            per_stream[name][clip.group].append((m["psnr"], m["ssim"]))
+    flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
+    novel, insertion, _ = scene_clips(cfg) if args.scenes else ([], [], {})
+
+    for name, h in models.items():
+        streams = per_stream[name]
+        psnr = {s: np.mean([v[0] for v in streams[s]]) for s in sorted(streams)}
+        line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.4f}" for s in psnr)
+        print(f"{name}: holdout {line} mean {np.mean(list(psnr.values())):.3f}")
+        if flicker:
+            ms = [clip_metrics(run_clip(h, c), c, cfg.psnr_cap_db) for c in flicker]
+            print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "
+                  f"warp {1e3 * np.mean([m['warping_error'] for m in ms]):.4f}e-3")
+        for label, group in (("novel trajectory", novel), ("insertion", insertion)):
+            for c in group:
+                m = clip_metrics(run_clip(h, c), c, cfg.psnr_cap_db)
+                psnr_s = f" psnr {m['psnr']:.2f}" if m.get("psnr") is not None and np.isfinite(m["psnr"]) else ""
+                print(f"  {label}: warp {1e3 * m['warping_error']:.3f}e-3 flicker {m['flicker']:.4f}{psnr_s}")
+
+
+if __name__ == "__main__":
+    main()
