@@ -45,6 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", help="model folders (Enhancer.save_pretrained), or 'identity'")
     p.add_argument("--holdout", default="data/holdout")
+    p.add_argument("--no-clean", action="store_true", help="skip the clean holdout (e.g. only --flicker / --scenes)")
     p.add_argument("--flicker", type=int, default=0, help="flicker-holdout sequences (0 = skip)")
     p.add_argument("--scenes", action="store_true", help="also the novel trajectory and insertion drive")
     p.add_argument("--threads", type=int, default=1)
@@ -54,7 +55,7 @@ def main() -> None:
     models = {m: None if m == "identity" else Harmonizer.from_pretrained(m) for m in args.models}
 
     per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
-    _, clips = holdout_clips(args.holdout)
+    _, clips = holdout_clips(args.holdout) if not args.no_clean else (None, [])
     for clip in clips:
         for name, h in models.items():
             m = clip_metrics(run_clip(h, clip), clip, cfg.psnr_cap_db)
@@ -64,9 +65,11 @@ def main() -> None:
 
     for name, h in models.items():
         streams = per_stream[name]
-        psnr = {s: np.mean([v[0] for v in streams[s]]) for s in sorted(streams)}
-        line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.4f}" for s in psnr)
-        print(f"{name}: holdout {line} mean {np.mean(list(psnr.values())):.3f}")
+        print(f"{name}:")
+        if streams:
+            psnr = {s: np.mean([v[0] for v in streams[s]]) for s in sorted(streams)}
+            line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.4f}" for s in psnr)
+            print(f"  holdout {line} mean {np.mean(list(psnr.values())):.3f}")
         if flicker:
             ms = [clip_metrics(run_clip(h, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "

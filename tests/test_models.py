@@ -451,6 +451,41 @@ def test_colour_anchor_drift_fit_ignores_local_change():
     assert mean_shift.abs().min() > 0.02
 
 
+@pytest.mark.parametrize("regions", [2, 4])
+def test_colour_anchor_regional_consensus(regions):
+    """With regions, a drift every region shares is still read exactly, but a change that fills the lower
+    half (which fools the global fit into a large gain) and a drift of opposite sign in two halves are
+    not taken for drift at all."""
+    from simharmony.errors import ConfigError
+    from simharmony.models.layers import ColourAnchor
+
+    coarse = torch.rand(2, 3, 6, 8, generator=torch.Generator().manual_seed(1))
+    prev = F.interpolate(coarse, size=(48, 64), mode="bilinear", align_corners=False)
+    gain, offset = torch.tensor([1.1, 0.9, 1.0]), torch.tensor([0.03, -0.02, 0.05])
+    drifted = prev * gain[None, :, None, None] + offset[None, :, None, None]
+    past = ColourAnchor.summary(prev)
+    a, b = ColourAnchor.consensus_drift(ColourAnchor.summary(drifted), past, regions)
+    # small regions of a smooth scene pin the gain down less well; the drift they predict is what counts
+    torch.testing.assert_close(a, gain.expand(2, 3), atol=2e-3 * regions, rtol=0)
+    torch.testing.assert_close(a[..., None] * past + b[..., None], ColourAnchor.summary(drifted), atol=1e-3 * regions, rtol=0)
+
+    darkened = prev.clone()
+    darkened[..., 24:, :] *= 0.4  # a dark floater fills the lower half
+    global_a, _, _, _ = ColourAnchor.fit_drift(ColourAnchor.summary(darkened), past)
+    assert (global_a - 1).abs().max() > 0.1  # the single fit is fooled
+    a, b = ColourAnchor.consensus_drift(ColourAnchor.summary(darkened), past, regions)
+    assert torch.equal(a, torch.ones_like(a)) and torch.equal(b, torch.zeros_like(b))
+
+    split = prev.clone()
+    split[..., :24, :] *= 1.1
+    split[..., 24:, :] *= 0.9
+    a, b = ColourAnchor.consensus_drift(ColourAnchor.summary(split), past, regions)
+    assert torch.equal(a, torch.ones_like(a)) and b.abs().max() < 1e-6
+
+    with pytest.raises(ConfigError, match="anchor_regions"):
+        EnhancerConfig(anchor_regions=3)
+
+
 def test_init_model_overrides_add_modules_only(tmp_path):
     from simharmony.errors import ConfigError
     from simharmony.training.trainer import with_added_modules

@@ -67,6 +67,7 @@ class EnhancerConfig(Config):
     emb_dim: int = 128
     cond_dim: int = 64  # size of the constant null condition vector
     colour_anchor: bool = False  # global exposure / white-balance correction against the previous output
+    anchor_regions: int = 1  # the anchor undoes only the drift all r x r image regions agree on (1 = global fit)
 
     def __post_init__(self) -> None:
         self.ae_widths = tuple(self.ae_widths)
@@ -88,6 +89,8 @@ class EnhancerConfig(Config):
             raise ConfigError(f"depth_scale must be > 0, got {self.depth_scale}")
         if self.maca and not self.use_mask:
             raise ConfigError("maca=True needs use_mask=True")
+        if self.anchor_regions not in (1, 2, 4):
+            raise ConfigError(f"anchor_regions must be 1, 2 or 4 (it splits the anchor's 16 x 16 grid), got {self.anchor_regions}")
 
     @property
     def latent_channels(self) -> int:
@@ -148,7 +151,7 @@ class TemporalUNet(nn.Module):
             self.up_temporal.append(temporal(ch[lv]) if lv in cfg.temporal_levels else nn.Identity())
         self.norm_out = group_norm(ch[0])
         self.conv_out = zero_module(nn.Conv2d(ch[0], cz, 3, padding=1))
-        self.colour_anchor = ColourAnchor(cz) if cfg.colour_anchor and cfg.context_frames > 0 else None
+        self.colour_anchor = ColourAnchor(cz, regions=cfg.anchor_regions) if cfg.colour_anchor and cfg.context_frames > 0 else None
         self._slots = self._temporal_slots()  # fixed by the config: computed once, not every frame
 
     def embedding(self, batch: int, timestep: torch.Tensor | None = None) -> torch.Tensor:

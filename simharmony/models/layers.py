@@ -168,6 +168,11 @@ class ColourAnchor(nn.Module):
     the residual scale, the inlier fraction): ``z_out + alpha * ((z_out - b) / a - z_out)``. The last
     layer is zero-initialised (alpha = 0: the identity until trained) and with no past frame the anchor is
     skipped. It only corrects global drift, not local flicker.
+    ``regions`` r > 1: the line is also fitted in each of r x r image regions and only the drift they all
+    agree on is undone (per channel, the log-gain and the offset at the mean level each take the
+    smallest-magnitude regional value when all regions share its sign, else 0: a minmod limiter). A large
+    content change (a dark floater filling the lower half, a tunnel's mouth) leaves some region unchanged
+    and so is left alone, while exposure / white balance moves every region.
     z_out [B, Cz, h, w], past [B, Cz, grid**2] (:meth:`summary` of the previous output) -> [B, Cz, h, w].
     """
 
@@ -175,8 +180,11 @@ class ColourAnchor(nn.Module):
     _tukey_c = 4.685
     _iterations = 3
 
-    def __init__(self, latent_channels: int, hidden: int = 64):
+    def __init__(self, latent_channels: int, hidden: int = 64, regions: int = 1):
         super().__init__()
+        if regions < 1 or self.grid % regions:
+            raise ValueError(f"regions must divide the grid ({self.grid}), got {regions}")
+        self.regions = regions
         self.mlp = nn.Sequential(nn.Linear(6 * latent_channels, hidden), nn.SiLU(), zero_module(nn.Linear(hidden, latent_channels)))
 
     @classmethod
@@ -208,15 +216,41 @@ class ColourAnchor(nn.Module):
             w, scale = tukey(cur - a * past - b)
         return a[..., 0], b[..., 0], scale[..., 0], w.mean(-1)
 
+    @classmethod
+    @torch.no_grad()
+    def consensus_drift(cls, cur: torch.Tensor, past: torch.Tensor, regions: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The drift every one of ``regions`` x ``regions`` image regions agrees on: cells [B, Cz, G*G] ->
+        (a, b), each [B, Cz], for ``cur = a * past + b``; minmod over the regional fits of log a and of the
+        offset at the mean level of ``past`` (so gain and offset are limited independently)."""
+        g, r = cls.grid, regions
+        def split(x: torch.Tensor) -> torch.Tensor:  # [B, Cz, G*G] -> [B, Cz, r*r, (G/r)**2]
+            x = x.unflatten(-1, (r, g // r, r, g // r)).transpose(-3, -2)
+            return x.flatten(-4, -3).flatten(-2)
+        a_r, b_r, _, _ = cls.fit_drift(split(cur), split(past))  # [B, Cz, r*r]
+        level = past.mean(-1, keepdim=True)
+        log_a = _minmod(a_r.log())
+        shift = _minmod(b_r + (a_r - 1) * level)
+        a = log_a.exp()
+        return a, shift - (a - 1) * level[..., 0]
+
     def forward(self, z_out: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
         if past is None:
             return z_out
-        a, b, scale, inliers = self.fit_drift(self.summary(z_out), past.float())
+        cur, past = self.summary(z_out), past.float()
+        a, b, scale, inliers = self.fit_drift(cur, past)
+        if self.regions > 1:
+            a, b = self.consensus_drift(cur, past, self.regions)
         feats = torch.cat([a - 1, b, (a - 1) / scale, b / scale, scale, inliers], dim=1)
         alpha = self.mlp(feats).clamp(-0.25, 1.25)  # bounded; not at 0, where clamp would stop the gradient
         # z_out + alpha * ((z_out - b) / a - z_out) as one per-channel affine map of the latent
         gain, offset = 1 + alpha * (1 / a - 1), -alpha * b / a
         return torch.addcmul(offset[:, :, None, None].to(z_out.dtype), z_out, gain[:, :, None, None].to(z_out.dtype))
+
+
+def _minmod(x: torch.Tensor) -> torch.Tensor:
+    """[..., R] -> [...]: the smallest-magnitude entry when all R share a sign, else 0."""
+    lo, hi = x.min(-1).values, x.max(-1).values
+    return torch.where(lo > 0, lo, torch.where(hi < 0, hi, torch.zeros_like(lo)))
 
 
 def masked_stats(x: torch.Tensor, m: torch.Tensor, eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
