@@ -80,3 +80,41 @@ def test_training_flicker_only_on_temporal_inputs(one_torch_thread):
     one = {k: v[:, :1] for k, v in batch.items()}
     step(one, "image", torch.Generator().manual_seed(0))
     assert torch.equal(seen[0].permute(0, 2, 3, 1), x[:, 0])
+
+
+def test_occluder_grows_and_is_deterministic():
+    from simharmony.data.flicker import apply_occluder, occluder_alphas
+
+    a = occluder_alphas(np.random.default_rng(5), 6, 36, 64)
+    assert a.shape == (6, 36, 64) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    cover = a.mean((1, 2))
+    assert np.all(np.diff(cover) > 0) and cover[-1] > 2 * cover[0]
+    assert np.array_equal(a, occluder_alphas(np.random.default_rng(5), 6, 36, 64))
+    frames = np.full((6, 36, 64, 3), 0.8, np.float32)
+    out = apply_occluder(frames, a, np.array([0.1, 0.2, 0.3]))
+    assert np.allclose(out[..., 0], 0.8 - 0.7 * a) and np.allclose(out[..., 2], 0.8 - 0.5 * a)
+    assert torch.allclose(apply_occluder(torch.from_numpy(frames), a, [0.1, 0.2, 0.3]), torch.from_numpy(out))
+    with pytest.raises(ShapeMismatchError, match="alphas"):
+        apply_occluder(frames, a[:5], [0, 0, 0])
+
+
+def test_training_occluder_in_input_and_target_and_out_of_warp_loss(one_torch_thread):
+    """StepModule's occluder goes into input and target alike, leaves single frames alone and removes its
+    pixels from the warping loss's valid flow."""
+    from simharmony.models import Enhancer, EnhancerConfig
+    from simharmony.training import TrainConfig
+    from simharmony.training.trainer import StepModule
+
+    model = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
+    step = StepModule(model, None, TrainConfig(occluder_prob=1.0, perceptual_weight=0.0))
+    b, t, h, w = 2, 3, 16, 24
+    x = torch.rand(b, t, h, w, 3)
+    batch = {"input": x, "target": x.clone(), "mask": torch.zeros(b, t, h, w), "depth": torch.zeros(b, t, h, w),
+             "flow": torch.zeros(b, t, h, w, 2), "flow_valid": torch.ones(b, t, h, w, dtype=torch.bool)}
+    out = step._occlude(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(out["input"], out["target"]) and not torch.equal(out["input"], x)
+    changed = (out["input"] - x).abs().amax(-1) > 0.01  # [B, T, H, W]: coverage > 0.01 there
+    assert not out["flow_valid"][:, 1:][changed[:, 1:]].any() and out["flow_valid"].any()
+    assert torch.equal(batch["input"], x)  # the loader's batch is not modified in place
+    losses = step(batch, "temporal", torch.Generator().manual_seed(0))
+    assert torch.isfinite(losses["total"])

@@ -505,3 +505,32 @@ def test_init_model_overrides_add_modules_only(tmp_path):
         with_added_modules(base, {"colour_ancor": True})
     with pytest.raises(ConfigError, match="change existing weights"):
         with_added_modules(base, {"channels": (8, 24)})
+
+
+def test_output_deadzone_drops_sub_threshold_changes_at_inference_only():
+    """output_deadzone soft-thresholds the change to the input: changes below it vanish, larger ones shrink
+    by it, and in training mode the output is the plain one (gradients for small corrections still flow)."""
+    import dataclasses
+
+    from _helpers import small_enhancer
+
+    plain = small_enhancer()
+    dz = 0.01
+    model = Enhancer(dataclasses.replace(plain.config, output_deadzone=dz)).eval()
+    model.load_state_dict(plain.state_dict())
+    frame = 0.2 + 0.6 * torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref, z_ref = plain(frame)
+        out, z = model(frame)
+    change = ref - frame
+    unclamped = (ref > 0) & (ref < 1)
+    small, large = change.abs() <= dz, (change.abs() > dz + 1e-6) & unclamped
+    assert small.any() and large.any()
+    torch.testing.assert_close(out[small], frame[small], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[large], (ref - dz * change.sign())[large], atol=1e-6, rtol=0)
+    assert torch.equal(z, z_ref)  # the stream's context is the model's latent, untouched
+    model.train()
+    with torch.no_grad():
+        assert torch.equal(model(frame)[0], plain.train()(frame)[0])
+    with pytest.raises(ConfigError, match="output_deadzone"):
+        EnhancerConfig(output_deadzone=-0.1)

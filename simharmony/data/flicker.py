@@ -12,6 +12,11 @@ a model that sees its own past outputs can undo the drift while a per-frame mode
 frame from a clean one. The target is left unchanged. Used as a training augmentation of temporal batches
 (``TrainConfig.flicker_prob``) and by the benchmark's flicker holdout (holdout sequences with seeded
 flicker).
+
+The counter-example is an *occluder*: a soft blob of one colour that grows over the sequence in input and
+target alike (a floater drifting towards the camera, a tunnel's mouth, a truck filling the view). It
+changes the frame's statistics as much as a drift does but is content, which the model must keep
+(``TrainConfig.occluder_prob``; :func:`occluder_alphas`, :func:`apply_occluder`).
 """
 
 from __future__ import annotations
@@ -66,4 +71,38 @@ def apply_flicker(frames, gains):
     return (frames * g[:, None, None, :]).clamp(0.0, 1.0)
 
 
-__all__ = ["FlickerConfig", "apply_flicker", "flicker_gains"]
+def occluder_alphas(rng: np.random.Generator, num_frames: int, height: int, width: int) -> np.ndarray:
+    """Coverage [T, H, W] float32 in [0, 1] of one occluder, deterministic in ``rng``: a soft ellipse whose
+    centre drifts and whose radii grow from 5-25 % to 30-80 % of the frame height over the sequence."""
+    if num_frames < 1 or height < 1 or width < 1:
+        raise ShapeMismatchError(f"occluder_alphas: need T, H, W >= 1, got {(num_frames, height, width)}")
+    cy, cx = rng.uniform(0.2, 1.0) * height, rng.uniform(0.0, 1.0) * width  # mostly low: near the camera
+    vy, vx = rng.uniform(-0.1, 0.1, size=2) * np.array([height, width])
+    r0, r1 = rng.uniform(0.05, 0.25) * height, rng.uniform(0.3, 0.8) * height
+    aspect, soft = rng.uniform(0.6, 1.8), rng.uniform(0.03, 0.15) * height
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    out = np.empty((num_frames, height, width), np.float32)
+    for t in range(num_frames):
+        f = t / max(num_frames - 1, 1)
+        r = r0 + (r1 - r0) * f
+        d = np.sqrt(((yy - cy - vy * f) / r) ** 2 + ((xx - cx - vx * f) / (r * aspect)) ** 2)
+        out[t] = 1.0 / (1.0 + np.exp((d - 1.0) * r / soft))
+    return out
+
+
+def apply_occluder(frames, alphas, colour):
+    """``frames`` [T, H, W, 3] (numpy or torch) blended towards ``colour`` [3] with coverage ``alphas`` [T, H, W]."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or tuple(alphas.shape) != tuple(frames.shape[:3]):
+        raise ShapeMismatchError(f"apply_occluder: frames [T, H, W, 3] and alphas [T, H, W] expected, got "
+                                 f"{tuple(frames.shape)} and {tuple(alphas.shape)}")
+    if isinstance(frames, np.ndarray):
+        a = np.asarray(alphas, frames.dtype)[..., None]
+        return frames * (1 - a) + np.asarray(colour, frames.dtype) * a
+    import torch
+
+    a = torch.as_tensor(np.asarray(alphas), dtype=frames.dtype, device=frames.device)[..., None]
+    c = torch.as_tensor(np.asarray(colour), dtype=frames.dtype, device=frames.device)
+    return frames * (1 - a) + c * a
+
+
+__all__ = ["FlickerConfig", "apply_flicker", "apply_occluder", "flicker_gains", "occluder_alphas"]

@@ -68,6 +68,7 @@ class EnhancerConfig(Config):
     cond_dim: int = 64  # size of the constant null condition vector
     colour_anchor: bool = False  # global exposure / white-balance correction against the previous output
     anchor_regions: int = 1  # the anchor undoes only the drift all r x r image regions agree on (1 = global fit)
+    output_deadzone: float = 0.0  # at inference, changes to the input smaller than this ([0, 1] units) are dropped
 
     def __post_init__(self) -> None:
         self.ae_widths = tuple(self.ae_widths)
@@ -89,6 +90,8 @@ class EnhancerConfig(Config):
             raise ConfigError(f"depth_scale must be > 0, got {self.depth_scale}")
         if self.maca and not self.use_mask:
             raise ConfigError("maca=True needs use_mask=True")
+        if not 0.0 <= self.output_deadzone < 0.1:
+            raise ConfigError(f"output_deadzone must be in [0, 0.1) ([0, 1] pixel units), got {self.output_deadzone}")
         if self.anchor_regions not in (1, 2, 4):
             raise ConfigError(f"anchor_regions must be 1, 2 or 4 (it splits the anchor's 16 x 16 grid), got {self.anchor_regions}")
 

@@ -131,6 +131,10 @@ class Enhancer(nn.Module):
         else:
             z_out = self.backbone(z, cond, past, mask_lat)
         out = self.codec.decode(z_out, skips=feats)[..., :height, :width]
+        if cfg.output_deadzone > 0 and not self.training:
+            # Soft-threshold the change: sub-level residual noise on pixels that need no fix (most pixels
+            # of a harmonisation frame) is dropped; not while training, where it would zero small gradients.
+            out = frame + F.softshrink(out - frame, cfg.output_deadzone)
         return out.clamp(0.0, 1.0), z_out
 
     def context_features(self, latent: torch.Tensor) -> list[torch.Tensor] | None:

@@ -55,7 +55,9 @@ class TrainConfig(Config):
     the path of a VGG16 .safetensors file. ``context_grad``: let gradients flow into the past latents of
     temporal batches (default False: detached, see trainer docstring). ``flicker_prob``: probability that a
     sequence of a temporal batch gets per-frame exposure / white-balance flicker (``flicker``, see
-    :mod:`simharmony.data.flicker`) on its input; its target stays clean.
+    :mod:`simharmony.data.flicker`) on its input; its target stays clean. ``occluder_prob``: probability that
+    a sequence of a temporal batch gets a growing occluder in input and target alike (content that changes
+    the frame's statistics like a drift; drawn before the flicker; the warping loss ignores its pixels).
     """
 
     data: str = "data/default"
@@ -97,6 +99,7 @@ class TrainConfig(Config):
     context_grad: bool = False
     flicker_prob: float = 0.0
     flicker: FlickerConfig = field(default_factory=FlickerConfig)
+    occluder_prob: float = 0.0
     # bookkeeping
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -140,6 +143,7 @@ class TrainConfig(Config):
         require(self.num_patches >= 1, o, "num_patches must be >= 1")
         require(0 <= self.mask_dropout <= 1 and 0 <= self.depth_dropout <= 1, o, "mask_dropout and depth_dropout must be in [0, 1]")
         require(all_finite(self.flicker_prob) and 0 <= self.flicker_prob <= 1, o, f"flicker_prob {self.flicker_prob!r} must be in [0, 1]")
+        require(all_finite(self.occluder_prob) and 0 <= self.occluder_prob <= 1, o, f"occluder_prob {self.occluder_prob!r} must be in [0, 1]")
         require(0 <= self.temporal_prob <= 1, o, f"temporal_prob {self.temporal_prob} must be in [0, 1]")
         require(bool(self.features), o, "features must be 'substitute' or a path to a VGG16 .safetensors file")
         bad = {k: v for k, v in self.stream_weights.items() if not all_finite(v) or v < 0}

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from simharmony.data.flicker import apply_flicker, flicker_gains
+from simharmony.data.flicker import apply_flicker, apply_occluder, flicker_gains, occluder_alphas
 from simharmony.data.shards import MixingBatchSampler, ShardDataset
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
@@ -194,6 +194,8 @@ class StepModule(nn.Module):
         if phase == "denoise":
             return self._denoise(batch, generator)
         cfg, mcfg = self.cfg, self.model.config
+        if batch["input"].shape[1] > 1 and cfg.occluder_prob > 0:
+            batch = self._occlude(batch, generator)
         inp = batch["input"]
         if inp.shape[1] > 1 and cfg.flicker_prob > 0:
             inp = self._flicker(inp, generator)
@@ -234,6 +236,22 @@ class StepModule(nn.Module):
         seqs = [apply_flicker(seq, flicker_gains(rng, seq.shape[0], self.cfg.flicker))
                 if rng.uniform() < self.cfg.flicker_prob else seq for seq in inp]
         return torch.stack(seqs)
+
+    def _occlude(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """Each sequence with probability ``occluder_prob`` gets one occluder in input and target alike; its
+        pixels (in frame t or t - 1) leave the warping loss (flow_valid), whose flow does not know it."""
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        inp, tgt, valid = batch["input"].clone(), batch["target"].clone(), batch["flow_valid"].clone()
+        b, t_len, height, width, _ = inp.shape
+        for i in range(b):
+            if rng.uniform() >= self.cfg.occluder_prob:
+                continue
+            alphas = occluder_alphas(rng, t_len, height, width)
+            colour = rng.uniform(0.0, 1.0, size=3) * rng.uniform(0.1, 1.0)  # dark floaters more often
+            inp[i], tgt[i] = apply_occluder(inp[i], alphas, colour), apply_occluder(tgt[i], alphas, colour)
+            covered = torch.as_tensor(alphas > 0.01)
+            valid[i, 1:] &= ~(covered[1:] | covered[:-1]).to(valid.device)
+        return {**batch, "input": inp, "target": tgt, "flow_valid": valid}
 
     def _denoise(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         model = self.model
