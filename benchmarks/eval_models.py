@@ -8,6 +8,7 @@ the bench, every clip a fresh stream; so its figures are the report's figures fo
     python benchmarks/eval_models.py weights/enhancer runs/finetune/final            # clean holdout
     python benchmarks/eval_models.py --flicker 60 --scenes weights/enhancer          # + flicker, demo street
     python benchmarks/eval_models.py identity weights/enhancer                        # "identity" = the input
+    python benchmarks/eval_models.py weights/enhancer --holdout data/default --max-items 40 --deadzone 0 0.5 1
 
 Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--flicker N`` PSNR and warping
 error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping error, flicker score and PSNR on the
@@ -48,14 +49,26 @@ def main() -> None:
     p.add_argument("--no-clean", action="store_true", help="skip the clean holdout (e.g. only --flicker / --scenes)")
     p.add_argument("--flicker", type=int, default=0, help="flicker-holdout sequences (0 = skip)")
     p.add_argument("--scenes", action="store_true", help="also the novel trajectory and insertion drive")
+    p.add_argument("--max-items", type=int, default=0, help="at most this many clean items per stream (0 = all)")
+    p.add_argument("--deadzone", type=float, nargs="+", default=None,
+                   help="evaluate each model with each of these output_deadzone values (in 8-bit levels)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = get_bench_preset("full", holdout_dir=args.holdout, flicker_sequences=args.flicker, progress=False)
-    models = {m: None if m == "identity" else Harmonizer.from_pretrained(m) for m in args.models}
+    models: dict[str, Harmonizer | None] = {}
+    for m in args.models:
+        if m == "identity":
+            models[m] = None
+            continue
+        for level in args.deadzone or [None]:
+            h = Harmonizer.from_pretrained(m)
+            if level is not None:  # an inference-time field: read at every call
+                h.model.config.output_deadzone = level / 255
+            models[m if level is None else f"{m} (deadzone {level:g}/255)"] = h
 
     per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
-    _, clips = holdout_clips(args.holdout) if not args.no_clean else (None, [])
+    _, clips = holdout_clips(args.holdout, args.max_items) if not args.no_clean else (None, [])
     for clip in clips:
         for name, h in models.items():
             m = clip_metrics(run_clip(h, clip), clip, cfg.psnr_cap_db)

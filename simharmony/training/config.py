@@ -45,7 +45,8 @@ class TrainConfig(Config):
     temporal batch; each runs ``seq_len`` frames, 0 = the dataset's most common length), ``num_workers``.
     Model: ``model`` (an EnhancerConfig) or ``init_model`` (a folder saved by Enhancer.save_pretrained,
     whose weights and config are used instead; ``init_model_overrides`` changes fields of that config that
-    only add zero-initialised modules, e.g. ``{colour_anchor: true}``, whose weights start fresh);
+    keep every existing weight: ones that add zero-initialised modules, e.g. ``{colour_anchor: true}``,
+    whose weights start fresh, or change none, e.g. ``output_deadzone``);
     ``trainable``: parameter-name prefixes to train, the rest frozen ([] = all; e.g.
     ``[backbone.colour_anchor]`` trains an added anchor alone, so the model without a past is unchanged).
     Loss: weights ``l2_weight``, ``perceptual_weight``,

@@ -328,8 +328,9 @@ def _build_model(cfg: TrainConfig) -> Enhancer:
 
 
 def with_added_modules(init: Enhancer, overrides: dict[str, Any], seed: int = 0) -> Enhancer:
-    """``init`` rebuilt with config fields ``overrides`` that only add modules: every weight of ``init``
-    is kept, the added modules start from their (zero-initialised) defaults. ConfigError otherwise."""
+    """``init`` rebuilt with config fields ``overrides`` that keep its weights (they add modules or change
+    none): every weight of ``init`` is kept, added modules start from their (zero-initialised) defaults.
+    ConfigError otherwise."""
     import dataclasses
 
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(init.config)})
