@@ -43,6 +43,12 @@ from simharmony.models.layers import (
 from simharmony.utils.config import Config
 
 
+def check_output_deadzone(value: float) -> None:
+    """The enhancer's inference-time dead zone (any backbone) is in [0, 0.1) of the [0, 1] pixel range."""
+    if not 0.0 <= value < 0.1:
+        raise ConfigError(f"output_deadzone must be in [0, 0.1) ([0, 1] pixel units), got {value}")
+
+
 @dataclass
 class EnhancerConfig(Config):
     """Everything needed to rebuild an :class:`~simharmony.models.Enhancer` (saved as config.yaml)."""
@@ -90,8 +96,7 @@ class EnhancerConfig(Config):
             raise ConfigError(f"depth_scale must be > 0, got {self.depth_scale}")
         if self.maca and not self.use_mask:
             raise ConfigError("maca=True needs use_mask=True")
-        if not 0.0 <= self.output_deadzone < 0.1:
-            raise ConfigError(f"output_deadzone must be in [0, 0.1) ([0, 1] pixel units), got {self.output_deadzone}")
+        check_output_deadzone(self.output_deadzone)
         if self.anchor_regions not in (1, 2, 4):
             raise ConfigError(f"anchor_regions must be 1, 2 or 4 (it splits the anchor's 16 x 16 grid), got {self.anchor_regions}")
 

@@ -64,6 +64,7 @@ from simharmony.errors import (
     MissingFileError,
     ShapeMismatchError,
 )
+from simharmony.models.backbone import check_output_deadzone
 from simharmony.models.codec import Codec, PixelUnshuffleCodec
 from simharmony.models.enhancer import (
     CONFIG_NAME,
@@ -133,8 +134,10 @@ class DiffusersEnhancerConfig(Config):
     use_mask: bool = False
     use_depth: bool = False
     depth_scale: float = 10.0
+    output_deadzone: float = 0.0  # at inference, changes to the input smaller than this are dropped (Enhancer)
 
     def __post_init__(self) -> None:
+        check_output_deadzone(self.output_deadzone)
         u = self.unet_config
         for key in ("in_channels", "out_channels", "block_out_channels"):
             if key not in u:
