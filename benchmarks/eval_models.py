@@ -18,6 +18,7 @@ novel trajectory and the insertion drive.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -63,8 +64,8 @@ def main() -> None:
             continue
         for level in args.deadzone or [None]:
             h = Harmonizer.from_pretrained(m)
-            if level is not None:  # an inference-time field: read at every call
-                h.model.config.output_deadzone = level / 255
+            if level is not None:  # an inference-time field (validated by the config), read at every call
+                h.model.config = dataclasses.replace(h.model.config, output_deadzone=level / 255)
             models[m if level is None else f"{m} (deadzone {level:g}/255)"] = h
 
     per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}

@@ -63,12 +63,16 @@ def apply_flicker(frames, gains):
         raise ShapeMismatchError(f"apply_flicker: frames must be [T, H, W, 3], got {tuple(frames.shape)}")
     if tuple(gains.shape) != (frames.shape[0], 3):
         raise ShapeMismatchError(f"apply_flicker: gains must be [{frames.shape[0]}, 3], got {tuple(gains.shape)}")
+    return (frames * _like(frames, gains)[:, None, None, :]).clip(0.0, 1.0)
+
+
+def _like(frames, values):
+    """``values`` (array-like) as the array kind of ``frames``: numpy of its dtype, or torch on its device."""
     if isinstance(frames, np.ndarray):
-        return np.clip(frames * np.asarray(gains, frames.dtype)[:, None, None, :], 0.0, 1.0)
+        return np.asarray(values, frames.dtype)
     import torch
 
-    g = torch.as_tensor(np.asarray(gains), dtype=frames.dtype, device=frames.device)
-    return (frames * g[:, None, None, :]).clamp(0.0, 1.0)
+    return torch.as_tensor(np.asarray(values), dtype=frames.dtype, device=frames.device)
 
 
 def occluder_alphas(rng: np.random.Generator, num_frames: int, height: int, width: int) -> np.ndarray:
@@ -95,14 +99,8 @@ def apply_occluder(frames, alphas, colour):
     if frames.ndim != 4 or frames.shape[-1] != 3 or tuple(alphas.shape) != tuple(frames.shape[:3]):
         raise ShapeMismatchError(f"apply_occluder: frames [T, H, W, 3] and alphas [T, H, W] expected, got "
                                  f"{tuple(frames.shape)} and {tuple(alphas.shape)}")
-    if isinstance(frames, np.ndarray):
-        a = np.asarray(alphas, frames.dtype)[..., None]
-        return frames * (1 - a) + np.asarray(colour, frames.dtype) * a
-    import torch
-
-    a = torch.as_tensor(np.asarray(alphas), dtype=frames.dtype, device=frames.device)[..., None]
-    c = torch.as_tensor(np.asarray(colour), dtype=frames.dtype, device=frames.device)
-    return frames * (1 - a) + c * a
+    a = _like(frames, alphas)[..., None]
+    return frames * (1 - a) + _like(frames, colour) * a
 
 
 __all__ = ["FlickerConfig", "apply_flicker", "apply_occluder", "flicker_gains", "occluder_alphas"]

@@ -181,6 +181,11 @@ def _alpha_bar(t: torch.Tensor) -> torch.Tensor:
     return (f / f0).clamp(1e-5, 1.0).float()
 
 
+def _numpy_rng(generator: torch.Generator) -> np.random.Generator:
+    """A numpy generator seeded from ``generator`` (the batch's augmentations stay reproducible on resume)."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+
 class StepModule(nn.Module):
     """Computes the losses of one batch: ``forward(batch, phase, generator) -> {name: scalar}`` with "total"."""
 
@@ -232,7 +237,7 @@ class StepModule(nn.Module):
 
     def _flicker(self, inp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Inputs [B, T, H, W, 3] with flicker on each sequence drawn with probability ``flicker_prob``."""
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        rng = _numpy_rng(generator)
         seqs = [apply_flicker(seq, flicker_gains(rng, seq.shape[0], self.cfg.flicker))
                 if rng.uniform() < self.cfg.flicker_prob else seq for seq in inp]
         return torch.stack(seqs)
@@ -240,7 +245,7 @@ class StepModule(nn.Module):
     def _occlude(self, batch: dict[str, torch.Tensor], generator: torch.Generator) -> dict[str, torch.Tensor]:
         """Each sequence with probability ``occluder_prob`` gets one occluder in input and target alike; its
         pixels (in frame t or t - 1) leave the warping loss (flow_valid), whose flow does not know it."""
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        rng = _numpy_rng(generator)
         inp, tgt, valid = batch["input"].clone(), batch["target"].clone(), batch["flow_valid"].clone()
         b, t_len, height, width, _ = inp.shape
         for i in range(b):
