@@ -14,7 +14,7 @@ from simharmony.errors import ConfigError
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ConfigError, match="default, holdout, tiny"):
+    with pytest.raises(ConfigError, match="default, holdout, recon_extra, tiny"):
         get_preset("huge")
 
 
@@ -27,7 +27,11 @@ def test_default_and_holdout_recipes():
     # street and lighting seeds of the holdout come from a range disjoint from training's
     assert d.scene.seed_range == TRAIN_SEED_RANGE and h.scene.seed_range == HOLDOUT_SEED_RANGE
     assert TRAIN_SEED_RANGE[1] <= HOLDOUT_SEED_RANGE[0] and h.seed != d.seed
-    for preset in (d, h):
+    # the extra reconstruction data: training streets (range and settings of default), another dataset seed
+    x = get_preset("recon_extra")
+    assert set(x.streams) < set(STREAMS) and x.seed not in (d.seed, h.seed)
+    assert x.scene == d.scene and x.recon == d.recon and x.overrides == d.overrides
+    for preset in (d, h, x):
         for name, cfg in preset.stream_configs().items():
             assert isinstance(cfg, STREAMS[name][0]) and cfg.scene == preset.scene
     for name in PRESETS:

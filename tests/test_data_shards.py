@@ -241,3 +241,40 @@ def test_mixing_sampler(full):
     assert [b for b in sampler] == [b for b in sampler]  # deterministic
     with pytest.raises(ConfigError):
         S.MixingBatchSampler(ds, {"shadow": 1.0}, 2, 2)
+
+
+def test_concat_datasets_read_as_one(full, tmp_path):
+    folder, _ = full
+    other = tmp_path / "other"
+    _gen(other, streams={"rpb": 2}, seed=SEED + 1)
+    a, b = S.ShardDataset(folder), S.ShardDataset(other)
+    both = S.open_datasets([folder, other])
+    assert isinstance(S.open_datasets(folder), S.ShardDataset)
+    assert len(both) == len(a) + len(b) == 10 and both.records == a.records + b.records
+    # index len(a) + j is the second folder's item j, whole or as a frame range
+    for j in range(len(b)):
+        np.testing.assert_array_equal(both[len(a) + j]["input"].numpy(), b[j]["input"].numpy())
+        assert both[(len(a) + j, 0, 1)]["input"].shape[0] == 1
+    assert both.load_item(0).metadata == a.load_item(0).metadata
+    assert S.ConcatShardDataset([folder, other], streams=["rpb"]).records == [
+        r for r in a.records + b.records if r["stream"] == "rpb"]
+    with pytest.raises(IndexError):
+        both[10]
+    # a sampler over the pair draws from both folders
+    sampler = S.MixingBatchSampler(both, {"rpb": 1.0}, batch_size=4, num_batches=20, sequence_prob=0.0, seed=0)
+    drawn = {i for batch in sampler for i, _, _ in batch}
+    assert drawn & set(range(len(a))) and drawn & set(range(len(a), len(both)))
+
+
+def test_concat_rejects_mixed_sizes_and_empty(full, tmp_path):
+    import dataclasses
+
+    folder, _ = full
+    cfg = tiny_configs()["rpb"]
+    wider = dataclasses.replace(cfg, scene=dataclasses.replace(cfg.scene, width=cfg.scene.width + 16))
+    other = tmp_path / "wider"
+    _gen(other, streams={"rpb": 1}, configs={"rpb": wider})
+    with pytest.raises(ConfigError, match="image size"):
+        S.open_datasets([folder, other])
+    with pytest.raises(ConfigError, match="at least one"):
+        S.ConcatShardDataset([])

@@ -48,9 +48,10 @@ def tiny_data(tmp_path_factory):
     return d
 
 
-def tiny_config(data: Path, **changes) -> TrainConfig:
+def tiny_config(data: Path | list[Path], **changes) -> TrainConfig:
     cfg = TrainConfig.load(TINY_CFG)
-    return TrainConfig.from_dict({**cfg.to_dict(), "data": str(data), **changes})
+    folders = [str(d) for d in data] if isinstance(data, list) else str(data)
+    return TrainConfig.from_dict({**cfg.to_dict(), "data": folders, **changes})
 
 
 # -- losses ---------------------------------------------------------------------------------------------------
@@ -263,6 +264,10 @@ def test_bad_configs(tmp_path, tiny_data):
         train(tiny_config(tiny_data, stream_weights={"nope": 1.0}), tmp_path / "a", progress=False)
     with pytest.raises(MissingFileError):
         train(tiny_config(tmp_path / "no_such_data"), tmp_path / "b", progress=False)
+    with pytest.raises(MissingFileError):
+        train(tiny_config([tiny_data, tmp_path / "no_such_data"]), tmp_path / "b2", progress=False)
+    with pytest.raises(ConfigError, match="non-empty list"):
+        TrainConfig(data=[])
     (tmp_path / "feat.safetensors").write_bytes(b"garbage")
     with pytest.raises(CorruptFileError):
         train(tiny_config(tiny_data, features=str(tmp_path / "feat.safetensors")), tmp_path / "c", progress=False)
@@ -281,6 +286,13 @@ def _fixed_batch_l2(model: Enhancer, data: Path) -> float:
             out, _ = model(it["input"].permute(0, 3, 1, 2), mask=it["mask"][:, None], depth=it["depth"][:, None])
             errs.append(l2_loss(out, it["target"].permute(0, 3, 1, 2)).item())
     return sum(errs) / len(errs)
+
+
+def test_train_on_several_dataset_folders(tmp_path, tiny_data):
+    cfg = tiny_config([tiny_data, tiny_data], denoise_pretrain_steps=0, image_steps=2, mixed_steps=2, perceptual_weight=0.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.steps == 4 and result.final_dir is not None
 
 
 def test_tiny_train_end_to_end(tmp_path, tiny_data):

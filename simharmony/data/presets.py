@@ -3,6 +3,9 @@
 - ``tiny``: two items per stream on 48x32 tiny streets (60-step reconstructions); for tests, under a minute.
 - ``default``: the training set at 256x144: >= 2,000 items, >= 300 of them sequences (5 frames), street
   and lighting seeds drawn from :data:`TRAIN_SEED_RANGE`.
+- ``recon_extra``: more training items of the streams the enhancer finds hardest (3DGS re-insertion, novel
+  views, Poisson blending) from other streets of the training range (another dataset seed); trained on
+  together with ``default`` (``TrainConfig.data`` takes several folders). ~50 minutes on 2 cores.
 - ``holdout``: >= 100 items per stream at 256x144 from :data:`HOLDOUT_SEED_RANGE`, disjoint from the
   training range, so no holdout street (layout, its objects = the re-insertion assets) and no lighting
   (street lighting and the relighting stream's object lighting seeds) is ever used in training. Another
@@ -118,6 +121,14 @@ def default_preset() -> DatasetPreset:
     return DatasetPreset(name="default")
 
 
+# extra training items for the streams v3 still loses on (docs/BENCHMARKS.md, "Shipped default enhancer v3")
+RECON_EXTRA_COUNTS = {"rpb": 240, "reinsert": 300, "novel_view": 200}
+
+
+def recon_extra_preset() -> DatasetPreset:
+    return DatasetPreset(name="recon_extra", streams=dict(RECON_EXTRA_COUNTS), seed=7)
+
+
 def holdout_preset() -> DatasetPreset:
     return DatasetPreset(name="holdout", streams={k: 100 for k in STREAMS}, seed=1_000_003, shard_size=25,
                          scene=SceneSource(spp=DEFAULT_SPP, seed_range=HOLDOUT_SEED_RANGE))
@@ -127,6 +138,7 @@ PRESETS: dict[str, Callable[[], DatasetPreset]] = {
     "tiny": tiny_preset,
     "default": default_preset,
     "holdout": holdout_preset,
+    "recon_extra": recon_extra_preset,
 }
 
 
@@ -153,6 +165,6 @@ def generate_preset(
 
 
 __all__ = [
-    "DEFAULT_COUNTS", "HOLDOUT_SEED_RANGE", "PRESETS", "TRAIN_SEED_RANGE", "DatasetPreset", "generate_preset",
-    "get_preset",
+    "DEFAULT_COUNTS", "HOLDOUT_SEED_RANGE", "PRESETS", "RECON_EXTRA_COUNTS", "TRAIN_SEED_RANGE", "DatasetPreset",
+    "generate_preset", "get_preset",
 ]

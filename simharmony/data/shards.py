@@ -29,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -493,6 +494,55 @@ class ShardDataset:
         return out
 
 
+class ConcatShardDataset:
+    """Several dataset folders read as one (e.g. ``default`` plus ``recon_extra``): ``records`` in folder
+    order, ``ds[i]`` / ``ds[(i, start, length)]`` as :class:`ShardDataset`. Every folder's items must share
+    one image size, or batches could not stack (ConfigError otherwise)."""
+
+    def __init__(self, roots: Sequence[PathLike], streams: list[str] | None = None, verify: str = "header"):
+        if not roots:
+            raise ConfigError("ConcatShardDataset needs at least one dataset folder")
+        self.parts = [ShardDataset(r, verify=verify) for r in roots]
+        if streams is not None:
+            present = set().union(*(ShardDataset.streams_of(p.records) for p in self.parts))
+            unknown = sorted(set(streams) - present)
+            if unknown:
+                raise InvalidInputError(f"streams {unknown} are in none of {[str(r) for r in roots]} ({sorted(present)})")
+            for p in self.parts:
+                p.records = [r for r in p.records if r["stream"] in streams]
+        sizes = {str(p.root): sorted({tuple(r["shapes"]["input"][1:3]) for r in p.records}) for p in self.parts}
+        if len({hw for v in sizes.values() for hw in v}) > 1:
+            raise ConfigError(f"dataset folders differ in image size (H, W): {sizes}; use folders of one size")
+        self.records = [r for p in self.parts for r in p.records]
+        self._where = [(k, j) for k, p in enumerate(self.parts) for j in range(len(p.records))]
+        self.version = "+".join(p.version for p in self.parts)
+
+    streams_of = staticmethod(ShardDataset.streams_of)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def load_item(self, i: int) -> PairItem:
+        if not 0 <= i < len(self.records):
+            raise IndexError(f"item {i} out of range for {len(self.records)} items")
+        k, j = self._where[i]
+        return self.parts[k].load_item(j)
+
+    def __getitem__(self, key) -> dict[str, Any]:
+        i = int(key[0] if isinstance(key, tuple) else key)
+        if not 0 <= i < len(self.records):
+            raise IndexError(f"item {i} out of range for {len(self.records)} items")
+        k, j = self._where[i]
+        return self.parts[k][(j, *key[1:]) if isinstance(key, tuple) else j]
+
+
+def open_datasets(roots: PathLike | Sequence[PathLike], verify: str = "header") -> ShardDataset | ConcatShardDataset:
+    """One dataset folder (a path) as a :class:`ShardDataset`, several (a list) as a :class:`ConcatShardDataset`."""
+    if isinstance(roots, (str, os.PathLike)):
+        return ShardDataset(roots, verify=verify)
+    return ConcatShardDataset(list(roots), verify=verify)
+
+
 class MixingBatchSampler:
     """Batches of keys for :class:`ShardDataset` (use as ``DataLoader(ds, batch_sampler=...)``).
 
@@ -562,6 +612,7 @@ def iter_items(root: PathLike) -> Iterator[PairItem]:
 
 
 __all__ = [
+    "ConcatShardDataset",
     "MixingBatchSampler",
     "ShardDataset",
     "ShardPlan",
@@ -572,6 +623,7 @@ __all__ = [
     "generate_dataset",
     "iter_items",
     "manifest_hash",
+    "open_datasets",
     "plan_shards",
     "read_shard_record",
     "stream_seconds",

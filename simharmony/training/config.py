@@ -40,7 +40,7 @@ def warmup_cosine_lr(step: int, lr: float, warmup: int, total: int, min_ratio: f
 class TrainConfig(Config):
     """Everything :func:`simharmony.training.train` needs; round-trips to YAML.
 
-    Data: ``data`` (dataset folder), ``holdout`` ("" = no validation), ``stream_weights`` ({} = every stream
+    Data: ``data`` (a dataset folder, or a list of folders read as one), ``holdout`` ("" = no validation), ``stream_weights`` ({} = every stream
     of the dataset, weight 1), ``batch_size`` (image batches), ``temporal_batch_size`` (sequences per
     temporal batch; each runs ``seq_len`` frames, 0 = the dataset's most common length), ``num_workers``.
     Model: ``model`` (an EnhancerConfig) or ``init_model`` (a folder saved by Enhancer.save_pretrained,
@@ -61,7 +61,7 @@ class TrainConfig(Config):
     the frame's statistics like a drift; drawn before the flicker; the warping loss ignores its pixels).
     """
 
-    data: str = "data/default"
+    data: str | list[str] = "data/default"
     holdout: str = ""
     stream_weights: dict[str, float] = field(default_factory=dict)
     batch_size: int = 8
@@ -122,7 +122,11 @@ class TrainConfig(Config):
         self.patch_range = tuple(self.patch_range)
         self.trainable = [self.trainable] if isinstance(self.trainable, str) else list(self.trainable)
         require(all(isinstance(t, str) and t for t in self.trainable), o, f"trainable must be parameter-name prefixes, got {self.trainable!r}")
-        require(bool(self.data), o, "data must name a dataset folder")
+        if isinstance(self.data, (list, tuple)):
+            self.data = list(self.data)
+        folders = self.data if isinstance(self.data, list) else [self.data]
+        require(bool(folders) and all(isinstance(f, str) and f for f in folders), o,
+                f"data must name a dataset folder or a non-empty list of folders, got {self.data!r}")
         for name in ("batch_size", "temporal_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                      "eval_every", "temporal_every"):
             require(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, o, f"{name} must be an integer >= 1, got {getattr(self, name)!r}")

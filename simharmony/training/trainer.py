@@ -52,7 +52,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from simharmony.data.flicker import apply_flicker, apply_occluder, flicker_gains, occluder_alphas
-from simharmony.data.shards import MixingBatchSampler, ShardDataset
+from simharmony.data.shards import ConcatShardDataset, MixingBatchSampler, ShardDataset, open_datasets
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
 from simharmony.training.checkpoint import (
@@ -376,8 +376,8 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _open_datasets(cfg: TrainConfig) -> tuple[ShardDataset, dict[str, float], ShardDataset | None]:
-    ds = ShardDataset(cfg.data)
+def _open_datasets(cfg: TrainConfig) -> tuple[ShardDataset | ConcatShardDataset, dict[str, float], ShardDataset | None]:
+    ds = open_datasets(cfg.data)
     present = sorted(ds.streams_of(ds.records))
     weights = dict(cfg.stream_weights) if cfg.stream_weights else {s: 1.0 for s in present}
     unknown = sorted(set(weights) - set(present))
@@ -637,7 +637,7 @@ def _cmd_train(args) -> int:
     cfg = TrainConfig.load(args.config)
     d = cfg.to_dict()
     if args.data:
-        d["data"] = args.data
+        d["data"] = args.data[0] if len(args.data) == 1 else args.data
     if args.holdout is not None:
         d["holdout"] = args.holdout
     for item in args.set or []:
@@ -682,7 +682,7 @@ def add_cli(subparsers) -> None:
     p = subparsers.add_parser("train", help="train the enhancer from a YAML config (resumable; torchrun for data-parallel)")
     p.add_argument("--config", required=True, help="TrainConfig YAML, e.g. configs/train_default.yaml")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, final/, loss_curve.png")
-    p.add_argument("--data", default=None, help="dataset folder (overrides the config's data)")
+    p.add_argument("--data", nargs="+", default=None, help="dataset folder(s) (overrides the config's data)")
     p.add_argument("--holdout", default=None, help="holdout dataset folder for validation ('' = none)")
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="override a config entry, dotted for nested ones (repeatable): --set model.context_frames=0")
