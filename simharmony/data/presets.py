@@ -5,7 +5,7 @@
   and lighting seeds drawn from :data:`TRAIN_SEED_RANGE`.
 - ``recon_extra``: more training items of the streams the enhancer finds hardest (3DGS re-insertion, novel
   views, Poisson blending) from other streets of the training range (another dataset seed); trained on
-  together with ``default`` (``TrainConfig.data`` takes several folders). ~50 minutes on 2 cores.
+  together with ``default`` (``TrainConfig.data`` takes several folders). 44 minutes on 2 cores.
 - ``holdout``: >= 100 items per stream at 256x144 from :data:`HOLDOUT_SEED_RANGE`, disjoint from the
   training range, so no holdout street (layout, its objects = the re-insertion assets) and no lighting
   (street lighting and the relighting stream's object lighting seeds) is ever used in training. Another
