@@ -10,7 +10,8 @@ the bench, every clip a fresh stream; so its figures are the report's figures fo
     python benchmarks/eval_models.py identity weights/enhancer                        # "identity" = the input
     python benchmarks/eval_models.py weights/enhancer --holdout data/default --max-items 40 --deadzone 0 0.5 1
 
-Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--flicker N`` PSNR and warping
+Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--mask-split`` also the mean squared
+error per pixel inside and outside the items' masks (where a model helps or harms); with ``--flicker N`` PSNR and warping
 error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping error, flicker score and PSNR on the
 novel trajectory and the insertion drive.
 """
@@ -53,6 +54,7 @@ def main() -> None:
     p.add_argument("--max-items", type=int, default=0, help="at most this many clean items per stream (0 = all)")
     p.add_argument("--deadzone", type=float, nargs="+", default=None,
                    help="evaluate each model with each of these output_deadzone values (in 8-bit levels)")
+    p.add_argument("--mask-split", action="store_true", help="also MSE inside / outside the items' masks per stream")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,11 +71,18 @@ def main() -> None:
             models[m if level is None else f"{m} (deadzone {level:g}/255)"] = h
 
     per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
+    # {model: {stream: [squared error in mask, pixels in mask, squared error outside, pixels outside]}}
+    split: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(4)) for m in models}
     _, clips = holdout_clips(args.holdout, args.max_items) if not args.no_clean else (None, [])
     for clip in clips:
         for name, h in models.items():
-            m = clip_metrics(run_clip(h, clip), clip, cfg.psnr_cap_db)
+            out = run_clip(h, clip)
+            m = clip_metrics(out, clip, cfg.psnr_cap_db)
             per_stream[name][clip.group].append((m["psnr"], m["ssim"]))
+            if args.mask_split and clip.mask is not None:
+                inside = clip.mask > 0.5  # [T, H, W]
+                se = ((out.astype(np.float64) - clip.target) ** 2).mean(-1)
+                split[name][clip.group] += (se[inside].sum(), inside.sum(), se[~inside].sum(), (~inside).sum())
     flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
     novel, insertion, _ = scene_clips(cfg) if args.scenes else ([], [], {})
 
@@ -84,6 +93,8 @@ def main() -> None:
             psnr = {s: np.mean([v[0] for v in streams[s]]) for s in sorted(streams)}
             line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.4f}" for s in psnr)
             print(f"  holdout {line} mean {np.mean(list(psnr.values())):.3f}")
+        for s, (se_in, n_in, se_out, n_out) in sorted(split[name].items()):
+            print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}")
         if flicker:
             ms = [clip_metrics(run_clip(h, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "
