@@ -10,10 +10,10 @@ the bench, every clip a fresh stream; so its figures are the report's figures fo
     python benchmarks/eval_models.py identity weights/enhancer                        # "identity" = the input
     python benchmarks/eval_models.py weights/enhancer --holdout data/default --max-items 40 --deadzone 0 0.5 1
 
-Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--mask-split`` also the mean squared
-error per pixel inside and outside the items' masks (where a model helps or harms); with ``--flicker N`` PSNR and warping
-error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping error, flicker score and PSNR on the
-novel trajectory and the insertion drive.
+Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--mask-split`` also the mean
+squared error per pixel inside and outside the items' masks (where a model helps or harms); with
+``--flicker N`` PSNR and warping error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping
+error, flicker score and PSNR on the novel trajectory and the insertion drive.
 """
 
 from __future__ import annotations

@@ -40,9 +40,10 @@ def warmup_cosine_lr(step: int, lr: float, warmup: int, total: int, min_ratio: f
 class TrainConfig(Config):
     """Everything :func:`simharmony.training.train` needs; round-trips to YAML.
 
-    Data: ``data`` (a dataset folder, or a list of folders read as one), ``holdout`` ("" = no validation), ``stream_weights`` ({} = every stream
-    of the dataset, weight 1), ``batch_size`` (image batches), ``temporal_batch_size`` (sequences per
-    temporal batch; each runs ``seq_len`` frames, 0 = the dataset's most common length), ``num_workers``.
+    Data: ``data`` (a dataset folder, or a list of folders read as one), ``holdout`` ("" = no validation),
+    ``stream_weights`` ({} = every stream of the dataset, weight 1), ``batch_size`` (image batches),
+    ``temporal_batch_size`` (sequences per temporal batch; each runs ``seq_len`` frames, 0 = the dataset's
+    most common length), ``num_workers``.
     Model: ``model`` (an EnhancerConfig) or ``init_model`` (a folder saved by Enhancer.save_pretrained,
     whose weights and config are used instead; ``init_model_overrides`` changes fields of that config that
     keep every existing weight: ones that add zero-initialised modules, e.g. ``{colour_anchor: true}``,
