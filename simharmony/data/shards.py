@@ -26,7 +26,9 @@ the global chunk list (streams sorted by name) belongs to machine ``k % n`` of `
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -514,26 +516,30 @@ class ConcatShardDataset:
         if len({hw for v in sizes.values() for hw in v}) > 1:
             raise ConfigError(f"dataset folders differ in image size (H, W): {sizes}; use folders of one size")
         self.records = [r for p in self.parts for r in p.records]
-        self._where = [(k, j) for k, p in enumerate(self.parts) for j in range(len(p.records))]
-        self.version = "+".join(p.version for p in self.parts)
+        self._starts = list(itertools.accumulate((len(p.records) for p in self.parts[:-1]), initial=0))
 
     streams_of = staticmethod(ShardDataset.streams_of)
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def load_item(self, i: int) -> PairItem:
+    def _locate(self, i: int) -> tuple[ShardDataset, int]:
+        """Global item index -> (its folder's dataset, index there)."""
         if not 0 <= i < len(self.records):
             raise IndexError(f"item {i} out of range for {len(self.records)} items")
-        k, j = self._where[i]
-        return self.parts[k].load_item(j)
+        k = bisect.bisect_right(self._starts, i) - 1
+        return self.parts[k], i - self._starts[k]
+
+    def load_item(self, i: int) -> PairItem:
+        part, j = self._locate(int(i))
+        return part.load_item(j)
 
     def __getitem__(self, key) -> dict[str, Any]:
-        i = int(key[0] if isinstance(key, tuple) else key)
-        if not 0 <= i < len(self.records):
-            raise IndexError(f"item {i} out of range for {len(self.records)} items")
-        k, j = self._where[i]
-        return self.parts[k][(j, *key[1:]) if isinstance(key, tuple) else j]
+        if isinstance(key, tuple):
+            part, j = self._locate(int(key[0]))
+            return part[(j, *key[1:])]
+        part, j = self._locate(int(key))
+        return part[j]
 
 
 def open_datasets(roots: PathLike | Sequence[PathLike], verify: str = "header") -> ShardDataset | ConcatShardDataset:
