@@ -312,14 +312,16 @@ def _sep_filter(x: torch.Tensor, k: torch.Tensor, padding: str, backend: str = "
     return F.conv2d(F.conv2d(x, kx, groups=c), ky, groups=c)
 
 
-def _ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """SSIM map of x, y [B, C, H, W] ('valid' window positions only)."""
-    k = _gaussian_kernel1d(sigma, window // 2, x.device)
+def ssim_map(x: torch.Tensor, y: torch.Tensor, data_range: float, window: int = 11, sigma: float = 1.5,
+             backend: str = "auto") -> torch.Tensor:
+    """SSIM map of x, y [B, C, H, W] ('valid' window positions only). backend as :func:`_sep_filter`;
+    "torch" keeps the autograd graph (training losses), "auto" is faster on CPU but detached."""
+    k = _gaussian_kernel1d(sigma, window // 2, x.device).to(x.dtype)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = _sep_filter(x, k, "valid"), _sep_filter(y, k, "valid")
-    sxx = _sep_filter(x * x, k, "valid") - mx * mx
-    syy = _sep_filter(y * y, k, "valid") - my * my
-    sxy = _sep_filter(x * y, k, "valid") - mx * my
+    mx, my = _sep_filter(x, k, "valid", backend), _sep_filter(y, k, "valid", backend)
+    sxx = _sep_filter(x * x, k, "valid", backend) - mx * mx
+    syy = _sep_filter(y * y, k, "valid", backend) - my * my
+    sxy = _sep_filter(x * y, k, "valid", backend) - mx * my
     return ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
 
 
@@ -335,7 +337,7 @@ def ssim(a: Any, b: Any, reduction: Reduction = "mean") -> float | np.ndarray:
     ta, tb = _pair(a, b, 255.0)
     if ta.shape[1] < 11 or ta.shape[2] < 11:
         raise InvalidInputError(f"ssim needs images of at least 11 x 11 pixels, got {ta.shape[1]} x {ta.shape[2]}")
-    m = _ssim_map(ta.permute(0, 3, 1, 2), tb.permute(0, 3, 1, 2), 255.0)
+    m = ssim_map(ta.permute(0, 3, 1, 2), tb.permute(0, 3, 1, 2), 255.0)
     return _reduce(m.mean(dim=(1, 2, 3)), reduction)
 
 

@@ -30,6 +30,7 @@ from simharmony.training.losses import (
     feature_distance,
     patch_side_range,
     sample_patches,
+    ssim_loss,
 )
 from simharmony.utils.io import save_tensors
 
@@ -79,6 +80,31 @@ def test_log_mse_loss_hand_value_weighs_frames_alike():
         log_mse_loss(out, tgt[:1])
     with pytest.raises(ConfigError, match="l2_mode"):
         TrainConfig(l2_mode="psnr")
+
+
+def test_ssim_loss_is_one_minus_the_benchmark_ssim_and_differentiable():
+    import numpy as np
+
+    from simharmony.metrics import ssim
+
+    g = torch.Generator().manual_seed(0)
+    tgt = torch.rand(2, 2, 3, 24, 30, generator=g)  # [B, T, 3, H, W]
+    out = (tgt + 0.05 * torch.randn(tgt.shape, generator=g)).clamp(0, 1)
+    want = np.mean([1.0 - ssim(out[b, t].permute(1, 2, 0).double().numpy(), tgt[b, t].permute(1, 2, 0).double().numpy())
+                    for b in range(2) for t in range(2)])
+    assert ssim_loss(out, tgt).item() == pytest.approx(want, rel=1e-4)
+    assert ssim_loss(tgt, tgt).item() == pytest.approx(0.0, abs=1e-6)
+    # a gradient step on the loss alone brings the output closer to the target
+    o = out.clone().requires_grad_(True)
+    ssim_loss(o, tgt).backward()
+    assert o.grad.abs().sum() > 0
+    assert ssim_loss(out - 0.5 * o.grad, tgt) < ssim_loss(out, tgt)
+    with pytest.raises(ShapeMismatchError):
+        ssim_loss(out, tgt[:1])
+    with pytest.raises(ShapeMismatchError, match="11 x 11"):
+        ssim_loss(out[..., :8, :], tgt[..., :8, :])
+    with pytest.raises(ConfigError, match="loss weights"):
+        TrainConfig(ssim_weight=-1.0)
 
 
 def test_feature_distance_hand_value():
@@ -289,10 +315,14 @@ def _fixed_batch_l2(model: Enhancer, data: Path) -> float:
 
 
 def test_train_on_several_dataset_folders(tmp_path, tiny_data):
-    cfg = tiny_config([tiny_data, tiny_data], denoise_pretrain_steps=0, image_steps=2, mixed_steps=2, perceptual_weight=0.0)
+    cfg = tiny_config([tiny_data, tiny_data], denoise_pretrain_steps=0, image_steps=2, mixed_steps=2, perceptual_weight=0.0,
+                      ssim_weight=2.0)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.steps == 4 and result.final_dir is not None
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in recs if "loss" in r]
+    assert steps and all(0 < r["loss"]["ssim"] < 1 and "perceptual" not in r["loss"] for r in steps)
 
 
 def test_tiny_train_end_to_end(tmp_path, tiny_data):

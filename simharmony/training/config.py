@@ -51,7 +51,7 @@ class TrainConfig(Config):
     ``trainable``: parameter-name prefixes to train, the rest frozen ([] = all; e.g.
     ``[backbone.colour_anchor]`` trains an added anchor alone, so the model without a past is unchanged).
     Loss: weights ``l2_weight``, ``perceptual_weight``,
-    ``temporal_weight``; ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
+    ``temporal_weight``, ``ssim_weight`` (1 - SSIM over all frames, default 0 = off); ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
     10 log10(frame MSE + ``log_eps``), i.e. minus each frame's PSNR: every frame counts alike, so frames
     whose input is already close to the target are not drowned by far-off ones); ``patch_range`` in fractions of the image height; ``features``: "substitute" or
     the path of a VGG16 .safetensors file. ``context_grad``: let gradients flow into the past latents of
@@ -90,6 +90,7 @@ class TrainConfig(Config):
     log_eps: float = 1e-5
     perceptual_weight: float = 1.0
     temporal_weight: float = 1.0
+    ssim_weight: float = 0.0
     patch_range: tuple[float, float] = PAPER_PATCH_RANGE
     num_patches: int = 1
     perceptual_distance: Literal["l1", "l2"] = "l2"
@@ -140,8 +141,8 @@ class TrainConfig(Config):
                 o, "need lr > 0, weight_decay >= 0, grad_clip >= 0 (0 = off), 0 <= min_lr_ratio <= 1")
         require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), o, f"betas {self.betas} must be two numbers in [0, 1)")
         require(0 <= self.ema_decay < 1, o, f"ema_decay {self.ema_decay} must be in [0, 1)")
-        require(all_finite(self.l2_weight, self.perceptual_weight, self.temporal_weight)
-                and min(self.l2_weight, self.perceptual_weight, self.temporal_weight) >= 0, o, "loss weights must be finite and >= 0")
+        weights = (self.l2_weight, self.perceptual_weight, self.temporal_weight, self.ssim_weight)
+        require(all_finite(*weights) and min(weights) >= 0, o, f"loss weights must be finite and >= 0, got {weights}")
         require(self.l2_mode in ("mse", "log"), o, f"l2_mode must be 'mse' or 'log', got {self.l2_mode!r}")
         require(all_finite(self.log_eps) and self.log_eps > 0, o, f"log_eps must be > 0, got {self.log_eps!r}")
         lo, hi = self.patch_range

@@ -2,6 +2,8 @@
 
 - :func:`l2_loss`: per-pixel mean squared error (weight 1); :func:`log_mse_loss`: mean over frames of
   10 log10(MSE + eps), minus the mean per-frame PSNR on a [0, 1] scale (eps caps it at -10 log10(eps) dB).
+- :func:`ssim_loss`: 1 - SSIM, the benchmark's definition (:func:`simharmony.metrics.ssim`) kept
+  differentiable; it charges small changes to local contrast and structure that the pixel loss hardly sees.
 - :class:`PatchPerceptualLoss`: multi-scale patch perceptual loss. Square patches whose side k is drawn
   uniformly from ``patch_range`` (fractions of the image height; the paper's 128-512 px at 1024x576 is
   (0.222, 0.889): 32-128 px at 256x144) are cut at random places, *the same place in output and target*,
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from simharmony.errors import ConfigError, ShapeMismatchError
+from simharmony.metrics import ssim_map
 from simharmony.training.features import FeatureExtractor
 
 # the paper's patch sides at 1024x576, as fractions of the height
@@ -46,6 +49,16 @@ def log_mse_loss(out: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> 
         raise ShapeMismatchError(f"log_mse_loss: need [..., C, H, W] images, got {tuple(out.shape)}")
     mse = (out - target).pow(2).flatten(-3).mean(-1)
     return (10.0 / math.log(10.0)) * torch.log(mse + eps).mean()
+
+
+def ssim_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean SSIM of out, target [..., 3, H, W] in [0, 1] (11-tap Gaussian window, 'valid' positions)."""
+    if out.shape != target.shape:
+        raise ShapeMismatchError(f"ssim_loss: output {tuple(out.shape)} and target {tuple(target.shape)} differ")
+    if out.ndim < 3 or min(out.shape[-2:]) < 11:
+        raise ShapeMismatchError(f"ssim_loss: need [..., C, H, W] images of at least 11 x 11, got {tuple(out.shape)}")
+    flat = out.shape[-3:]
+    return 1.0 - ssim_map(out.reshape(-1, *flat), target.reshape(-1, *flat), 1.0, backend="torch").mean()
 
 
 @dataclass(frozen=True)

@@ -66,7 +66,7 @@ from simharmony.training.checkpoint import (
 from simharmony.training.config import TrainConfig
 from simharmony.training.ema import EMA
 from simharmony.training.features import build_feature_extractor
-from simharmony.training.losses import PatchPerceptualLoss, l2_loss, log_mse_loss, temporal_warp_loss
+from simharmony.training.losses import PatchPerceptualLoss, l2_loss, log_mse_loss, ssim_loss, temporal_warp_loss
 from simharmony.utils.io import ensure_writable_dir, save_yaml
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,9 @@ class StepModule(nn.Module):
         if self.perceptual is not None and cfg.perceptual_weight > 0:
             losses["perceptual"] = self.perceptual(out_all.flatten(0, 1), tgt_all.flatten(0, 1), generator)
             total = total + cfg.perceptual_weight * losses["perceptual"]
+        if cfg.ssim_weight > 0:
+            losses["ssim"] = ssim_loss(out_all, tgt_all)
+            total = total + cfg.ssim_weight * losses["ssim"]
         if t_len > 1 and cfg.temporal_weight > 0:
             temp = sum(temporal_warp_loss(out_all[:, t], out_all[:, t - 1], batch["flow"][:, t].float(), batch["flow_valid"][:, t])
                        for t in range(1, t_len)) / (t_len - 1)
