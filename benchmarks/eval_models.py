@@ -91,7 +91,7 @@ def main() -> None:
         print(f"{name}:")
         if streams:
             psnr = {s: np.mean([v[0] for v in streams[s]]) for s in sorted(streams)}
-            line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.4f}" for s in psnr)
+            line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.5f}" for s in psnr)
             print(f"  holdout {line} mean {np.mean(list(psnr.values())):.3f}")
         for s, (se_in, n_in, se_out, n_out) in sorted(split[name].items()):
             print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}")

@@ -376,6 +376,36 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_data):
     assert max((fresh[k] - full.model.state_dict()[k]).abs().max().item() for k in fresh) > 1e-4
 
 
+def test_identity_items_show_the_target_as_input():
+    """identity_prob: the chosen items' inputs become their targets (whole sequences), the rest are untouched."""
+    from simharmony.training.trainer import StepModule
+
+    model = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
+    seen = []
+    real_forward = model.forward
+
+    def spy(x, past=None, **kw):
+        seen.append(x.detach().clone())
+        return real_forward(x, past, **kw)
+
+    model.forward = spy
+    b, t, h, w = 16, 2, 16, 16
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(b, t, h, w, 3, generator=g), torch.rand(b, t, h, w, 3, generator=g)
+    batch = {"input": x, "target": y, "mask": torch.zeros(b, t, h, w), "depth": torch.zeros(b, t, h, w),
+             "flow": torch.zeros(b, t, h, w, 2), "flow_valid": torch.ones(b, t, h, w, dtype=torch.bool)}
+    for p, lo, hi in ((0.0, 0, 0), (0.5, 1, b - 1), (1.0, b, b)):
+        seen.clear()
+        StepModule(model, None, TrainConfig(identity_prob=p, perceptual_weight=0.0))(batch, "temporal", torch.Generator().manual_seed(3))
+        frames = torch.stack(seen, 1).permute(0, 1, 3, 4, 2)  # [B, T, H, W, 3] as the model saw them
+        is_target = [torch.equal(frames[i], y[i]) for i in range(b)]
+        assert all(is_target[i] or torch.equal(frames[i], x[i]) for i in range(b))
+        assert lo <= sum(is_target) <= hi
+    assert torch.equal(batch["input"], x)  # the caller's batch is not changed
+    with pytest.raises(ConfigError, match="identity_prob"):
+        TrainConfig(identity_prob=1.5)
+
+
 def test_denoise_timestep_hook_is_backward_compatible():
     cfg = EnhancerConfig(channels=(8, 16), heads=2, temporal_levels=(1,), context_frames=2, emb_dim=16, cond_dim=8, codec_downscale=2)
     torch.manual_seed(0)

@@ -60,6 +60,9 @@ class TrainConfig(Config):
     :mod:`simharmony.data.flicker`) on its input; its target stays clean. ``occluder_prob``: probability that
     a sequence of a temporal batch gets a growing occluder in input and target alike (content that changes
     the frame's statistics like a drift; drawn before the flicker; the warping loss ignores its pixels).
+    ``identity_prob``: probability that an item (image or sequence, any batch) is shown already right: its
+    input replaced by its target, mask and depth kept, so the model learns to leave consistent frames and
+    inserted objects alone instead of applying the average correction of its streams (drawn first).
     """
 
     data: str | list[str] = "data/default"
@@ -103,6 +106,7 @@ class TrainConfig(Config):
     flicker_prob: float = 0.0
     flicker: FlickerConfig = field(default_factory=FlickerConfig)
     occluder_prob: float = 0.0
+    identity_prob: float = 0.0
     # bookkeeping
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -151,6 +155,7 @@ class TrainConfig(Config):
         require(0 <= self.mask_dropout <= 1 and 0 <= self.depth_dropout <= 1, o, "mask_dropout and depth_dropout must be in [0, 1]")
         require(all_finite(self.flicker_prob) and 0 <= self.flicker_prob <= 1, o, f"flicker_prob {self.flicker_prob!r} must be in [0, 1]")
         require(all_finite(self.occluder_prob) and 0 <= self.occluder_prob <= 1, o, f"occluder_prob {self.occluder_prob!r} must be in [0, 1]")
+        require(all_finite(self.identity_prob) and 0 <= self.identity_prob <= 1, o, f"identity_prob {self.identity_prob!r} must be in [0, 1]")
         require(0 <= self.temporal_prob <= 1, o, f"temporal_prob {self.temporal_prob} must be in [0, 1]")
         require(bool(self.features), o, "features must be 'substitute' or a path to a VGG16 .safetensors file")
         bad = {k: v for k, v in self.stream_weights.items() if not all_finite(v) or v < 0}

@@ -199,6 +199,10 @@ class StepModule(nn.Module):
         if phase == "denoise":
             return self._denoise(batch, generator)
         cfg, mcfg = self.cfg, self.model.config
+        if cfg.identity_prob > 0:
+            right = torch.rand(batch["input"].shape[0], generator=generator) < cfg.identity_prob
+            right = right.to(batch["input"].device)[:, None, None, None, None]
+            batch = {**batch, "input": torch.where(right, batch["target"], batch["input"])}
         if batch["input"].shape[1] > 1 and cfg.occluder_prob > 0:
             batch = self._occlude(batch, generator)
         inp = batch["input"]
