@@ -288,6 +288,8 @@ def test_bad_configs(tmp_path, tiny_data):
         TrainConfig(model=EnhancerConfig(codec="autoencoder", codec_downscale=4))
     with pytest.raises(ConfigError, match="nope"):
         train(tiny_config(tiny_data, stream_weights={"nope": 1.0}), tmp_path / "a", progress=False)
+    with pytest.raises(ConfigError, match="identity_streams"):
+        train(tiny_config(tiny_data, identity_prob=0.5, identity_streams=["nope"]), tmp_path / "a2", progress=False)
     with pytest.raises(MissingFileError):
         train(tiny_config(tmp_path / "no_such_data"), tmp_path / "b", progress=False)
     with pytest.raises(MissingFileError):
@@ -316,7 +318,7 @@ def _fixed_batch_l2(model: Enhancer, data: Path) -> float:
 
 def test_train_on_several_dataset_folders(tmp_path, tiny_data):
     cfg = tiny_config([tiny_data, tiny_data], denoise_pretrain_steps=0, image_steps=2, mixed_steps=2, perceptual_weight=0.0,
-                      ssim_weight=2.0)
+                      ssim_weight=2.0, identity_prob=0.5, identity_streams=["relight"])
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
     result = train(cfg, tmp_path / "run", progress=False)
     assert result.steps == 4 and result.final_dir is not None
@@ -402,6 +404,13 @@ def test_identity_items_show_the_target_as_input():
         assert all(is_target[i] or torch.equal(frames[i], x[i]) for i in range(b))
         assert lo <= sum(is_target) <= hi
     assert torch.equal(batch["input"], x)  # the caller's batch is not changed
+    # identity_streams: the trainer flags the items of those streams; only flagged items are replaced
+    ok = torch.arange(b) % 2 == 0
+    seen.clear()
+    StepModule(model, None, TrainConfig(identity_prob=1.0, perceptual_weight=0.0))({**batch, "identity_ok": ok}, "temporal",
+                                                                                  torch.Generator().manual_seed(3))
+    frames = torch.stack(seen, 1).permute(0, 1, 3, 4, 2)
+    assert all(torch.equal(frames[i], y[i] if ok[i] else x[i]) for i in range(b))
     with pytest.raises(ConfigError, match="identity_prob"):
         TrainConfig(identity_prob=1.5)
 

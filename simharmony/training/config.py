@@ -62,7 +62,8 @@ class TrainConfig(Config):
     the frame's statistics like a drift; drawn before the flicker; the warping loss ignores its pixels).
     ``identity_prob``: probability that an item (image or sequence, any batch) is shown already right: its
     input replaced by its target, mask and depth kept, so the model learns to leave consistent frames and
-    inserted objects alone instead of applying the average correction of its streams (drawn first).
+    inserted objects alone instead of applying the average correction of its streams (drawn first);
+    ``identity_streams`` limits that to items of these streams ([] = any stream).
     """
 
     data: str | list[str] = "data/default"
@@ -107,6 +108,7 @@ class TrainConfig(Config):
     flicker: FlickerConfig = field(default_factory=FlickerConfig)
     occluder_prob: float = 0.0
     identity_prob: float = 0.0
+    identity_streams: list[str] = field(default_factory=list)
     # bookkeeping
     checkpoint_every: int = 250
     keep_checkpoints: int = 3

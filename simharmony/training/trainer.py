@@ -201,7 +201,10 @@ class StepModule(nn.Module):
         cfg, mcfg = self.cfg, self.model.config
         if cfg.identity_prob > 0:
             right = torch.rand(batch["input"].shape[0], generator=generator) < cfg.identity_prob
-            right = right.to(batch["input"].device)[:, None, None, None, None]
+            right = right.to(batch["input"].device)
+            if "identity_ok" in batch:  # the items of identity_streams
+                right &= batch["identity_ok"]
+            right = right[:, None, None, None, None]
             batch = {**batch, "input": torch.where(right, batch["target"], batch["input"])}
         if batch["input"].shape[1] > 1 and cfg.occluder_prob > 0:
             batch = self._occlude(batch, generator)
@@ -390,6 +393,9 @@ def _open_datasets(cfg: TrainConfig) -> tuple[ShardDataset | ConcatShardDataset,
     unknown = sorted(set(weights) - set(present))
     if unknown:
         raise ConfigError(f"stream_weights name streams {unknown} that are not in {cfg.data} (it has {present})")
+    unknown = sorted(set(cfg.identity_streams) - set(present))
+    if unknown:
+        raise ConfigError(f"identity_streams name streams {unknown} that are not in {cfg.data} (it has {present})")
     if sum(weights.values()) <= 0:
         raise ConfigError(f"stream_weights {weights} are all 0")
     holdout = ShardDataset(cfg.holdout) if cfg.holdout else None
@@ -492,6 +498,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         for g in optimizer.param_groups:
             g["lr"] = lr
         tb = _to_device(batch, device)
+        if cfg.identity_prob > 0 and cfg.identity_streams:
+            tb["identity_ok"] = torch.tensor([st in cfg.identity_streams for st in batch["stream"]], device=device)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
             losses = step_module(tb, phase, gen)
         optimizer.zero_grad(set_to_none=True)
