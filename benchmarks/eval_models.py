@@ -11,7 +11,9 @@ the bench, every clip a fresh stream; so its figures are the report's figures fo
     python benchmarks/eval_models.py weights/enhancer --holdout data/default --max-items 40 --deadzone 0 0.5 1
 
 Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--mask-split`` also the mean
-squared error per pixel inside and outside the items' masks (where a model helps or harms); with
+squared error per pixel inside and outside the items' masks (where a model helps or harms) and the mean
+RGB change inside the masks, made by the model and needed (target - input), averaged over items (a
+systematic shift, e.g. darkening every inserted object, shows there); with
 ``--flicker N`` PSNR and warping error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping
 error, flicker score and PSNR on the novel trajectory and the insertion drive.
 """
@@ -73,6 +75,8 @@ def main() -> None:
     per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
     # {model: {stream: [squared error in mask, pixels in mask, squared error outside, pixels outside]}}
     split: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(4)) for m in models}
+    # {model: {stream: [(mean RGB change made in the mask, change needed) per item]}}
+    shifts: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
     _, clips = holdout_clips(args.holdout, args.max_items) if not args.no_clean else (None, [])
     for clip in clips:
         for name, h in models.items():
@@ -83,6 +87,8 @@ def main() -> None:
                 inside = clip.mask > 0.5  # [T, H, W]
                 se = ((out.astype(np.float64) - clip.target) ** 2).mean(-1)
                 split[name][clip.group] += (se[inside].sum(), inside.sum(), se[~inside].sum(), (~inside).sum())
+                inp = clip.input.astype(np.float64)
+                shifts[name][clip.group].append(((out - inp)[inside].mean(0), (clip.target - inp)[inside].mean(0)))
     flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
     novel, insertion, _ = scene_clips(cfg) if args.scenes else ([], [], {})
 
@@ -94,7 +100,9 @@ def main() -> None:
             line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.5f}" for s in psnr)
             print(f"  holdout {line} mean {np.mean(list(psnr.values())):.3f}")
         for s, (se_in, n_in, se_out, n_out) in sorted(split[name].items()):
-            print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}")
+            made, needed = np.mean(shifts[name][s], axis=0)
+            print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}; mean RGB change "
+                  f"in mask made {np.array2string(made, precision=4, sign='+')} needed {np.array2string(needed, precision=4, sign='+')}")
         if flicker:
             ms = [clip_metrics(run_clip(h, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "

@@ -63,7 +63,7 @@ def test_config_base_chain_merges_mappings_key_by_key(tmp_path):
     default = TrainConfig.load(ROOT / "configs" / "train_default.yaml")
     assert anchor.trainable == ["backbone.colour_anchor"] and anchor.model == default.model and anchor.holdout == default.holdout
     # the shipped recipe is one chain: each stage starts from the previous stage's output folder
-    stages = ["default", "finetune", "finetune_recon", "anchor"]
+    stages = ["default", "finetune", "finetune_recon", "finetune_ssim", "anchor"]
     for prev, stage in zip(stages, stages[1:]):
         assert TrainConfig.load(ROOT / "configs" / f"train_{stage}.yaml").init_model == f"runs/{prev}/final"
     shipped = load_yaml(ROOT / "weights" / "enhancer" / "config.yaml")["config"]
