@@ -1,4 +1,4 @@
-"""Builders shared by the harmonizer, plugin, simulator and viewer tests (imported as ``from _helpers import ...``)."""
+"""Builders shared by the harmonizer, plugin, simulator, viewer and training tests (imported as ``from _helpers import ...``)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,27 @@ def small_enhancer(trained_like: bool = True, colour_anchor: bool = False) -> En
                 last = model.backbone.colour_anchor.mlp[-1]
                 last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 0.05)
     return model
+
+
+def recording_enhancer() -> tuple[Enhancer, list[torch.Tensor]]:
+    """A tiny Enhancer whose forward records each input frame [B, 3, H, W] (detached copies) in the list."""
+    model = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
+    seen: list[torch.Tensor] = []
+    real_forward = model.forward
+
+    def record(x, past=None, **kw):
+        seen.append(x.detach().clone())
+        return real_forward(x, past, **kw)
+
+    model.forward = record
+    return model, seen
+
+
+def training_batch(inp: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A StepModule batch from input / target [B, T, H, W, 3]: empty mask and depth, zero flow, all valid."""
+    b, t, h, w, _ = inp.shape
+    return {"input": inp, "target": target, "mask": torch.zeros(b, t, h, w), "depth": torch.zeros(b, t, h, w),
+            "flow": torch.zeros(b, t, h, w, 2), "flow_valid": torch.ones(b, t, h, w, dtype=torch.bool)}
 
 
 def ground_and_post_scene(intrinsics, post_x: float, post_top: float, post_step: float, post_scale: float):

@@ -51,25 +51,16 @@ def test_bad_input():
 
 def test_training_flicker_only_on_temporal_inputs(one_torch_thread):
     """StepModule drifts the inputs of sequences (never frame 0, never single frames) and never the target."""
-    from simharmony.models import Enhancer, EnhancerConfig
+    from _helpers import recording_enhancer, training_batch
+
     from simharmony.training import TrainConfig
     from simharmony.training.trainer import StepModule
 
-    model = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
-    seen = []
-    real_forward = model.forward
-
-    def spy(x, past=None, **kw):
-        seen.append(x.detach().clone())
-        return real_forward(x, past, **kw)
-
-    model.forward = spy
+    model, seen = recording_enhancer()
     cfg = TrainConfig(flicker_prob=1.0, perceptual_weight=0.0, mask_dropout=1.0, depth_dropout=1.0)
     step = StepModule(model, None, cfg)
-    b, t, h, w = 2, 3, 16, 16
-    x = torch.rand(b, t, h, w, 3) * 0.5
-    batch = {"input": x, "target": x.clone(), "mask": torch.zeros(b, t, h, w), "depth": torch.zeros(b, t, h, w),
-             "flow": torch.zeros(b, t, h, w, 2), "flow_valid": torch.ones(b, t, h, w, dtype=torch.bool)}
+    x = torch.rand(2, 3, 16, 16, 3) * 0.5
+    batch = training_batch(x, x.clone())
     step(batch, "temporal", torch.Generator().manual_seed(0))
     frames = torch.stack(seen, 1).permute(0, 1, 3, 4, 2)  # [B, T, H, W, 3] as the model saw them
     assert torch.equal(frames[:, 0], x[:, 0])

@@ -380,22 +380,15 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, tiny_data):
 
 def test_identity_items_show_the_target_as_input():
     """identity_prob: the chosen items' inputs become their targets (whole sequences), the rest are untouched."""
+    from _helpers import recording_enhancer, training_batch
+
     from simharmony.training.trainer import StepModule
 
-    model = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
-    seen = []
-    real_forward = model.forward
-
-    def spy(x, past=None, **kw):
-        seen.append(x.detach().clone())
-        return real_forward(x, past, **kw)
-
-    model.forward = spy
-    b, t, h, w = 16, 2, 16, 16
+    model, seen = recording_enhancer()
+    b = 16
     g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(b, t, h, w, 3, generator=g), torch.rand(b, t, h, w, 3, generator=g)
-    batch = {"input": x, "target": y, "mask": torch.zeros(b, t, h, w), "depth": torch.zeros(b, t, h, w),
-             "flow": torch.zeros(b, t, h, w, 2), "flow_valid": torch.ones(b, t, h, w, dtype=torch.bool)}
+    x, y = torch.rand(b, 2, 16, 16, 3, generator=g), torch.rand(b, 2, 16, 16, 3, generator=g)
+    batch = training_batch(x, y)
     for p, lo, hi in ((0.0, 0, 0), (0.5, 1, b - 1), (1.0, b, b)):
         seen.clear()
         StepModule(model, None, TrainConfig(identity_prob=p, perceptual_weight=0.0))(batch, "temporal", torch.Generator().manual_seed(3))
