@@ -58,6 +58,7 @@ __all__ = [
     "mse",
     "psnr",
     "ssim",
+    "ssim_map",
     "structure_preservation",
     "to_float_images",
     "warping_error",

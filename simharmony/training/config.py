@@ -50,8 +50,8 @@ class TrainConfig(Config):
     whose weights start fresh, or change none, e.g. ``output_deadzone``);
     ``trainable``: parameter-name prefixes to train, the rest frozen ([] = all; e.g.
     ``[backbone.colour_anchor]`` trains an added anchor alone, so the model without a past is unchanged).
-    Loss: weights ``l2_weight``, ``perceptual_weight``,
-    ``temporal_weight``, ``ssim_weight`` (1 - SSIM over all frames, default 0 = off); ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
+    Loss: weights ``l2_weight``, ``perceptual_weight``, ``temporal_weight``, ``ssim_weight`` (1 - SSIM over
+    all frames, default 0 = off); ``l2_mode``: "mse" (mean over all pixels) or "log" (mean over frames of
     10 log10(frame MSE + ``log_eps``), i.e. minus each frame's PSNR: every frame counts alike, so frames
     whose input is already close to the target are not drowned by far-off ones); ``patch_range`` in fractions of the image height; ``features``: "substitute" or
     the path of a VGG16 .safetensors file. ``context_grad``: let gradients flow into the past latents of

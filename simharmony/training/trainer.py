@@ -7,7 +7,7 @@
 
 Batches (schedule in :class:`~simharmony.training.config.TrainConfig`):
 
-- image: one random frame per item, no context; loss = l2 + perceptual.
+- image: one random frame per item, no context; loss = l2 + perceptual (+ ssim when weighted).
 - temporal: ``temporal_batch_size`` sequences of T frames, run in order. Frame t gets as past context
   the model's own output latents ``latent_out`` of frames t-1, t-2, ... (most recent first, at most
   K = ``model.context_frames``), exactly what :class:`~simharmony.harmonizer.Harmonizer` caches at
