@@ -59,6 +59,24 @@ def test_relight_deterministic(items):
     assert again.metadata == items[0].metadata
 
 
+def test_relight_in_street_replaces_only_the_object_pixels():
+    """in_street: the object's own pixels come from the whole street rendered under the other lighting (so the
+    street may shadow it); everything else, the dilated ring of the mask included, is the target."""
+    from dataclasses import replace
+
+    from simharmony.data.streams import render_scene, tiny_scene
+
+    cfg = replace(tiny_configs()["relight"], in_street=True)
+    it = next(STREAMS["relight"][1](cfg, seed=5, count=1))
+    md = it.metadata
+    assert md["params"]["in_street"] is True
+    scene = render_scene(tiny_scene(), int(md["scene_id"].split("-")[1]), 3, md["lighting_seed"])
+    own = scene.frames.instance_ids[md["frames"]] == md["params"]["object_id"]
+    np.testing.assert_array_equal(it.input[~own], it.target[~own])
+    assert np.abs(it.input - it.target)[own].max() > 0.05
+    assert (it.mask[own] == 1).all() and (it.mask <= coverage_mask(own.astype(np.float32), 1, threshold=0.5)).all()
+
+
 def test_relight_config_checks():
     with pytest.raises(ConfigError):
         RelightStreamConfig(max_lighting_draws=0)

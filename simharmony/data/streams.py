@@ -26,6 +26,9 @@ image (one random frame, T = 1) or, with probability ``sequence_prob``, the whol
   colour, sky), composited in linear space over the street rendered under its own lighting without it
   (``exclude_ids``) and tone mapped -> input inside the mask; the consistent full render -> target.
   Mask = the object's coverage (alpha > 0.02) dilated by ``mask_dilate`` pixels; outside it input = target.
+  Rendered alone, the object gets the full sun without the street's shadowing, so its inputs are nearly
+  always too bright; ``in_street=True`` instead renders the whole street under the other lighting and takes
+  the object's own pixels (its instance ids), so it is shadowed as the street would shadow it under that sun.
 
 Every item's depth is the target's z-depth; flow/flow_valid are the target's geometric backward flow
 (:func:`scene_tools.flow.sequence_flow`, moving objects included). :func:`stream_report` summarises
@@ -567,6 +570,9 @@ class RelightStreamConfig(_StreamCommon, Config):
       = 3 times, one object-only render each) until the mean absolute change inside the mask is at least
       ``min_change`` (default 0.03)
     - ``mask_dilate`` (default 1 px): the mask is the object's coverage (alpha > 0.02) dilated by this
+    - ``in_street`` (default False): render the whole street under the other lighting and replace only the
+      object's pixels (instance id, no soft edge), so the object keeps the street's shadowing under the
+      other sun; one full render per draw instead of an object-only one plus the street without it
     """
 
     scene: SceneSource = field(default_factory=SceneSource)
@@ -578,6 +584,7 @@ class RelightStreamConfig(_StreamCommon, Config):
     min_change: float = 0.03
     max_lighting_draws: int = 3
     mask_dilate: int = 1
+    in_street: bool = False
     max_empty_scenes: int = 25
 
     def __post_init__(self) -> None:
@@ -608,18 +615,25 @@ def _make_relight(config: RelightStreamConfig, seed: int, scene: _Scene, rng: np
     traj = fr.trajectory[idx]
     rseed = int(fr.render_info.get("seed", 0)) + idx[0]
     target = fr.rgb[idx]
-    # the street under its own lighting without the object: what shows through the object's soft edges
-    bg = render_street(layout, traj, exclude_ids=(obj,), progress=False, seed=rseed)
+    if config.in_street:
+        own = (fr.instance_ids[idx] == obj).astype(np.float32)  # [T, H, W] the object's pixels
+        mask = coverage_mask(own, config.mask_dilate, threshold=0.5)
+    else:  # the street under its own lighting without the object: what shows through the object's soft edges
+        bg = render_street(layout, traj, exclude_ids=(obj,), progress=False, seed=rseed)
     best = None
     for _draw in range(config.max_lighting_draws):
         light_seed = int(rng.integers(*config.scene.seed_range))
         other = random_lighting(light_seed)
-        fg = render_street(layout, traj, lighting=other, only_ids=(obj,), progress=False, seed=rseed)
-        mask = coverage_mask(fg.alpha, config.mask_dilate)
-        hdr = fg.hdr + (1.0 - fg.alpha[..., None]) * bg.hdr  # fg.hdr is premultiplied by alpha
-        # outside the object the composite equals the consistent render up to Monte Carlo noise: keep the
-        # target there, so the pair teaches only the object's lighting
-        inp = np.where(mask[..., None] > 0, tonemap(hdr, exposure), target)
+        if config.in_street:
+            relit = tonemap(render_street(layout, traj, lighting=other, progress=False, seed=rseed).hdr, exposure)
+            inp = np.where(own[..., None] > 0, relit, target)
+        else:
+            fg = render_street(layout, traj, lighting=other, only_ids=(obj,), progress=False, seed=rseed)
+            mask = coverage_mask(fg.alpha, config.mask_dilate)
+            hdr = fg.hdr + (1.0 - fg.alpha[..., None]) * bg.hdr  # fg.hdr is premultiplied by alpha
+            # outside the object the composite equals the consistent render up to Monte Carlo noise: keep the
+            # target there, so the pair teaches only the object's lighting
+            inp = np.where(mask[..., None] > 0, tonemap(hdr, exposure), target)
         change = float((np.abs(inp - target).mean(-1) * mask).sum() / max(mask.sum(), 1e-6))
         if best is None or change > best[0]:
             best = (change, inp, mask, light_seed, other)
@@ -632,7 +646,7 @@ def _make_relight(config: RelightStreamConfig, seed: int, scene: _Scene, rng: np
     md = _metadata("relight", seed, index, scene, idx, {
         "object_id": obj, "category": layout.object(obj).category, "lighting": layout.lighting.to_dict(),
         "object_lighting_seed": light_seed, "object_lighting": other.to_dict(),
-        "mean_abs_change_in_mask": round(change, 6),
+        "mean_abs_change_in_mask": round(change, 6), "in_street": config.in_street,
     })
     return PairItem(np.clip(inp, 0.0, 1.0), target, mask, fr.depth[idx], flow, valid, md)
 
