@@ -5,7 +5,7 @@
     simharmony render-street            render a procedural Mitsuba street to a frames folder
     simharmony reconstruct              train 3DGS on a frames folder, transforms.json or COLMAP text model
     simharmony assets                   list / query an asset bank
-    simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/recon_extra/holdout)
+    simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/recon_extra/relight_street/holdout)
     simharmony simulate                 drive the demo street through the render hook: raw | harmonized video
     simharmony bench --preset smoke|full   metrics, baselines, scenarios, speed -> report folder
     simharmony train                    train the enhancer (YAML config; resumable; torchrun for data-parallel)
@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt = sub.add_parser("data", help="paired training data: generate presets, report PSNR in masks, contact sheet")
     dsub = dt.add_subparsers(dest="data_command", required=True)
     g = dsub.add_parser("generate", help="generate (or resume) a preset's shards")
-    g.add_argument("--preset", default="tiny", help="tiny, default, recon_extra or holdout")
+    g.add_argument("--preset", default="tiny", help="tiny, default, recon_extra, relight_street or holdout")
     g.add_argument("--out", required=True, help="dataset folder")
     g.add_argument("--shard", default="0/1", help="i/n: make only this machine's share of the shards")
     g.add_argument("--cache-dir", default=None, help="reconstruction cache (default $SIMHARMONY_RECON_CACHE or data/cache/recon)")

@@ -14,7 +14,7 @@ from simharmony.errors import ConfigError
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ConfigError, match="default, holdout, recon_extra, tiny"):
+    with pytest.raises(ConfigError, match="default, holdout, recon_extra, relight_street, tiny"):
         get_preset("huge")
 
 
@@ -31,7 +31,11 @@ def test_default_and_holdout_recipes():
     x = get_preset("recon_extra")
     assert set(x.streams) < set(STREAMS) and x.seed not in (d.seed, h.seed)
     assert x.scene == d.scene and x.recon == d.recon and x.overrides == d.overrides
-    for preset in (d, h, x):
+    # balanced relighting: the same training streets, another seed, only the relight stream, in the street
+    r = get_preset("relight_street")
+    assert set(r.streams) == {"relight"} and r.seed not in (d.seed, h.seed, x.seed) and r.scene == d.scene
+    assert r.stream_configs()["relight"].in_street and not d.stream_configs()["relight"].in_street
+    for preset in (d, h, x, r):
         for name, cfg in preset.stream_configs().items():
             assert isinstance(cfg, STREAMS[name][0]) and cfg.scene == preset.scene
     for name in PRESETS:
@@ -92,7 +96,7 @@ def test_cli_tiny_generate_report_contact_sheet(tmp_path, capsys):
 
 def test_cli_bad_input(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "huge", "--out", str(tmp_path / "x")]) == 2
-    assert "valid presets: default, holdout, recon_extra, tiny" in capsys.readouterr().err
+    assert "valid presets: default, holdout, recon_extra, relight_street, tiny" in capsys.readouterr().err
     assert main(["data", "generate", "--preset", "tiny", "--out", str(tmp_path / "x"), "--shard", "3/2"]) == 2
     assert "--shard" in capsys.readouterr().err
     assert main(["data", "report", str(tmp_path / "missing")]) == 2

@@ -6,6 +6,9 @@
 - ``recon_extra``: more training items of the streams the enhancer finds hardest (3DGS re-insertion, novel
   views, Poisson blending) from other streets of the training range (another dataset seed); trained on
   together with ``default`` (``TrainConfig.data`` takes several folders). 44 minutes on 2 cores.
+- ``relight_street``: 240 relighting items with ``in_street=True`` (the object shadowed by the street under the
+  other sun: inputs too dark as often as too bright, where the default relighting items are nearly always
+  too bright); another dataset seed of the training range. About 9 minutes on 2 cores.
 - ``holdout``: >= 100 items per stream at 256x144 from :data:`HOLDOUT_SEED_RANGE`, disjoint from the
   training range, so no holdout street (layout, its objects = the re-insertion assets) and no lighting
   (street lighting and the relighting stream's object lighting seeds) is ever used in training. Another
@@ -129,6 +132,12 @@ def recon_extra_preset() -> DatasetPreset:
     return DatasetPreset(name="recon_extra", streams=dict(RECON_EXTRA_COUNTS), seed=7)
 
 
+def relight_street_preset() -> DatasetPreset:
+    overrides = {k: dict(v) for k, v in DEFAULT_OVERRIDES.items()}
+    overrides["relight"] = {**overrides["relight"], "in_street": True}
+    return DatasetPreset(name="relight_street", streams={"relight": 240}, seed=11, shard_size=30, overrides=overrides)
+
+
 def holdout_preset() -> DatasetPreset:
     return DatasetPreset(name="holdout", streams={k: 100 for k in STREAMS}, seed=1_000_003, shard_size=25,
                          scene=SceneSource(spp=DEFAULT_SPP, seed_range=HOLDOUT_SEED_RANGE))
@@ -139,6 +148,7 @@ PRESETS: dict[str, Callable[[], DatasetPreset]] = {
     "default": default_preset,
     "holdout": holdout_preset,
     "recon_extra": recon_extra_preset,
+    "relight_street": relight_street_preset,
 }
 
 
