@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--max-items", type=int, default=0, help="at most this many clean items per stream (0 = all)")
     p.add_argument("--deadzone", type=float, nargs="+", default=None,
                    help="evaluate each model with each of these output_deadzone values (in 8-bit levels)")
-    p.add_argument("--mask-split", action="store_true", help="also MSE inside / outside the items' masks per stream")
+    p.add_argument("--mask-split", action="store_true", help="also MSE inside / outside the items' masks and the mean colour change in them, per stream")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)

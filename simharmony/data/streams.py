@@ -617,23 +617,28 @@ def _make_relight(config: RelightStreamConfig, seed: int, scene: _Scene, rng: np
     target = fr.rgb[idx]
     if config.in_street:
         own = (fr.instance_ids[idx] == obj).astype(np.float32)  # [T, H, W] the object's pixels
-        mask = coverage_mask(own, config.mask_dilate, threshold=0.5)
-    else:  # the street under its own lighting without the object: what shows through the object's soft edges
+        own_mask = coverage_mask(own, config.mask_dilate, threshold=0.5)
+
+        def relit(other):
+            full = tonemap(render_street(layout, traj, lighting=other, progress=False, seed=rseed).hdr, exposure)
+            return np.where(own[..., None] > 0, full, target), own_mask
+    else:
+        # the street under its own lighting without the object: what shows through the object's soft edges
         bg = render_street(layout, traj, exclude_ids=(obj,), progress=False, seed=rseed)
-    best = None
-    for _draw in range(config.max_lighting_draws):
-        light_seed = int(rng.integers(*config.scene.seed_range))
-        other = random_lighting(light_seed)
-        if config.in_street:
-            relit = tonemap(render_street(layout, traj, lighting=other, progress=False, seed=rseed).hdr, exposure)
-            inp = np.where(own[..., None] > 0, relit, target)
-        else:
+
+        def relit(other):
             fg = render_street(layout, traj, lighting=other, only_ids=(obj,), progress=False, seed=rseed)
             mask = coverage_mask(fg.alpha, config.mask_dilate)
             hdr = fg.hdr + (1.0 - fg.alpha[..., None]) * bg.hdr  # fg.hdr is premultiplied by alpha
             # outside the object the composite equals the consistent render up to Monte Carlo noise: keep the
             # target there, so the pair teaches only the object's lighting
-            inp = np.where(mask[..., None] > 0, tonemap(hdr, exposure), target)
+            return np.where(mask[..., None] > 0, tonemap(hdr, exposure), target), mask
+
+    best = None
+    for _draw in range(config.max_lighting_draws):
+        light_seed = int(rng.integers(*config.scene.seed_range))
+        other = random_lighting(light_seed)
+        inp, mask = relit(other)
         change = float((np.abs(inp - target).mean(-1) * mask).sum() / max(mask.sum(), 1e-6))
         if best is None or change > best[0]:
             best = (change, inp, mask, light_seed, other)

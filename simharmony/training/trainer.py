@@ -390,12 +390,10 @@ def _open_datasets(cfg: TrainConfig) -> tuple[ShardDataset | ConcatShardDataset,
     ds = open_datasets(cfg.data)
     present = sorted(ds.streams_of(ds.records))
     weights = dict(cfg.stream_weights) if cfg.stream_weights else {s: 1.0 for s in present}
-    unknown = sorted(set(weights) - set(present))
-    if unknown:
-        raise ConfigError(f"stream_weights name streams {unknown} that are not in {cfg.data} (it has {present})")
-    unknown = sorted(set(cfg.identity_streams) - set(present))
-    if unknown:
-        raise ConfigError(f"identity_streams name streams {unknown} that are not in {cfg.data} (it has {present})")
+    for field_name, names in (("stream_weights", weights), ("identity_streams", cfg.identity_streams)):
+        unknown = sorted(set(names) - set(present))
+        if unknown:
+            raise ConfigError(f"{field_name} name streams {unknown} that are not in {cfg.data} (it has {present})")
     if sum(weights.values()) <= 0:
         raise ConfigError(f"stream_weights {weights} are all 0")
     holdout = ShardDataset(cfg.holdout) if cfg.holdout else None
