@@ -9,7 +9,7 @@ import pytest
 from simharmony.data import shards as S
 from simharmony.data.item import PairItem
 from simharmony.data.streams import STREAMS, tiny_configs
-from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, MissingFileError
+from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, InvalidInputError, MissingFileError
 
 COUNTS = {"isp": 5, "rpb": 3}
 SEED = 4
@@ -258,6 +258,16 @@ def test_concat_datasets_read_as_one(full, tmp_path):
     assert both.load_item(0).metadata == a.load_item(0).metadata
     assert S.ConcatShardDataset([folder, other], streams=["rpb"]).records == [
         r for r in a.records + b.records if r["stream"] == "rpb"]
+    # one folder's rpb items replace the other's: only that folder is filtered
+    replaced = S.open_datasets([folder, other], folder_streams={str(folder): ["isp"]})
+    assert replaced.records == [r for r in a.records if r["stream"] == "isp"] + b.records
+    np.testing.assert_array_equal(replaced[len(replaced) - 1]["input"].numpy(), b[len(b) - 1]["input"].numpy())
+    assert S.open_datasets(folder, folder_streams={str(folder): ["rpb"]}).records == [
+        r for r in a.records if r["stream"] == "rpb"]
+    with pytest.raises(ConfigError, match="not among"):
+        S.open_datasets([folder, other], folder_streams={str(tmp_path / "elsewhere"): ["isp"]})
+    with pytest.raises(InvalidInputError, match="shadow"):
+        S.open_datasets([folder, other], folder_streams={str(other): ["shadow"]})
     with pytest.raises(IndexError):
         both[10]
     # a sampler over the pair draws from both folders

@@ -296,6 +296,11 @@ def test_bad_configs(tmp_path, tiny_data):
         train(tiny_config([tiny_data, tmp_path / "no_such_data"]), tmp_path / "b2", progress=False)
     with pytest.raises(ConfigError, match="non-empty list"):
         TrainConfig(data=[])
+    with pytest.raises(ConfigError, match="data_streams names folders"):
+        TrainConfig(data=["data/a"], data_streams={"data/b": ["isp"]})
+    with pytest.raises(ConfigError, match="non-empty list of stream names"):
+        TrainConfig(data=["data/a"], data_streams={"data/a": []})
+    assert TrainConfig(data="data/a", data_streams={"data/a": "isp"}).data_streams == {"data/a": ["isp"]}
     (tmp_path / "feat.safetensors").write_bytes(b"garbage")
     with pytest.raises(CorruptFileError):
         train(tiny_config(tiny_data, features=str(tmp_path / "feat.safetensors")), tmp_path / "c", progress=False)

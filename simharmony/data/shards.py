@@ -499,12 +499,19 @@ class ShardDataset:
 class ConcatShardDataset:
     """Several dataset folders read as one (e.g. ``default`` plus ``recon_extra``): ``records`` in folder
     order, ``ds[i]`` / ``ds[(i, start, length)]`` as :class:`ShardDataset`. Every folder's items must share
-    one image size, or batches could not stack (ConfigError otherwise)."""
+    one image size, or batches could not stack (ConfigError otherwise). ``streams`` keeps these streams of
+    every folder; ``folder_streams`` {folder as given in roots: streams} keeps only these of one folder
+    (e.g. a folder whose relighting items another folder replaces)."""
 
-    def __init__(self, roots: Sequence[PathLike], streams: list[str] | None = None, verify: str = "header"):
+    def __init__(self, roots: Sequence[PathLike], streams: list[str] | None = None, verify: str = "header",
+                 folder_streams: Mapping[str, Sequence[str]] | None = None):
         if not roots:
             raise ConfigError("ConcatShardDataset needs at least one dataset folder")
-        self.parts = [ShardDataset(r, verify=verify) for r in roots]
+        folder_streams = dict(folder_streams or {})
+        stray = sorted(set(folder_streams) - {str(r) for r in roots})
+        if stray:
+            raise ConfigError(f"folder_streams name folders {stray} that are not among {[str(r) for r in roots]}")
+        self.parts = [ShardDataset(r, streams=_list_or_none(folder_streams.get(str(r))), verify=verify) for r in roots]
         if streams is not None:
             present = set().union(*(ShardDataset.streams_of(p.records) for p in self.parts))
             unknown = sorted(set(streams) - present)
@@ -542,11 +549,19 @@ class ConcatShardDataset:
         return part[j]
 
 
-def open_datasets(roots: PathLike | Sequence[PathLike], verify: str = "header") -> ShardDataset | ConcatShardDataset:
-    """One dataset folder (a path) as a :class:`ShardDataset`, several (a list) as a :class:`ConcatShardDataset`."""
+def _list_or_none(streams: Sequence[str] | None) -> list[str] | None:
+    return None if streams is None else list(streams)
+
+
+def open_datasets(roots: PathLike | Sequence[PathLike], verify: str = "header",
+                  folder_streams: Mapping[str, Sequence[str]] | None = None) -> ShardDataset | ConcatShardDataset:
+    """One dataset folder (a path) as a :class:`ShardDataset`, several (a list) as a :class:`ConcatShardDataset`;
+    ``folder_streams`` as there."""
     if isinstance(roots, (str, os.PathLike)):
-        return ShardDataset(roots, verify=verify)
-    return ConcatShardDataset(list(roots), verify=verify)
+        roots = [roots]
+        if not folder_streams:
+            return ShardDataset(roots[0], verify=verify)
+    return ConcatShardDataset(list(roots), verify=verify, folder_streams=folder_streams)
 
 
 class MixingBatchSampler:

@@ -40,7 +40,9 @@ def warmup_cosine_lr(step: int, lr: float, warmup: int, total: int, min_ratio: f
 class TrainConfig(Config):
     """Everything :func:`simharmony.training.train` needs; round-trips to YAML.
 
-    Data: ``data`` (a dataset folder, or a list of folders read as one), ``holdout`` ("" = no validation),
+    Data: ``data`` (a dataset folder, or a list of folders read as one), ``data_streams`` ({folder of
+    ``data``: the streams read from it}; a folder not named gives all its streams, so one folder's items of a
+    stream can replace another's), ``holdout`` ("" = no validation),
     ``stream_weights`` ({} = every stream of the dataset, weight 1), ``batch_size`` (image batches),
     ``temporal_batch_size`` (sequences per temporal batch; each runs ``seq_len`` frames, 0 = the dataset's
     most common length), ``num_workers``.
@@ -67,6 +69,7 @@ class TrainConfig(Config):
     """
 
     data: str | list[str] = "data/default"
+    data_streams: dict[str, list[str]] = field(default_factory=dict)
     holdout: str = ""
     stream_weights: dict[str, float] = field(default_factory=dict)
     batch_size: int = 8
@@ -135,6 +138,11 @@ class TrainConfig(Config):
         folders = self.data if isinstance(self.data, list) else [self.data]
         require(bool(folders) and all(isinstance(f, str) and f for f in folders), o,
                 f"data must name a dataset folder or a non-empty list of folders, got {self.data!r}")
+        self.data_streams = {k: [v] if isinstance(v, str) else list(v) for k, v in self.data_streams.items()}
+        stray = sorted(set(self.data_streams) - set(folders))
+        require(not stray, o, f"data_streams names folders {stray} that are not in data {folders}")
+        require(all(v and all(isinstance(n, str) and n for n in v) for v in self.data_streams.values()), o,
+                f"data_streams must map each folder to a non-empty list of stream names, got {self.data_streams!r}")
         for name in ("batch_size", "temporal_batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                      "eval_every", "temporal_every"):
             require(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, o, f"{name} must be an integer >= 1, got {getattr(self, name)!r}")

@@ -387,7 +387,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def _open_datasets(cfg: TrainConfig) -> tuple[ShardDataset | ConcatShardDataset, dict[str, float], ShardDataset | None]:
-    ds = open_datasets(cfg.data)
+    ds = open_datasets(cfg.data, folder_streams=cfg.data_streams)
     present = sorted(ds.streams_of(ds.records))
     weights = dict(cfg.stream_weights) if cfg.stream_weights else {s: 1.0 for s in present}
     for field_name, names in (("stream_weights", weights), ("identity_streams", cfg.identity_streams)):
