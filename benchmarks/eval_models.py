@@ -57,10 +57,14 @@ def main() -> None:
     p.add_argument("--deadzone", type=float, nargs="+", default=None,
                    help="evaluate each model with each of these output_deadzone values (in 8-bit levels)")
     p.add_argument("--mask-split", action="store_true", help="also MSE inside / outside the items' masks and the mean colour change in them, per stream")
+    p.add_argument("--all-masks", action="store_true",
+                   help="give the models every item's mask, also on streams whose masks are cut out with the target's help "
+                        "(the benchmark before maskless_streams; for comparison only)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = get_bench_preset("full", holdout_dir=args.holdout, flicker_sequences=args.flicker, progress=False)
+    cfg = get_bench_preset("full", holdout_dir=args.holdout, flicker_sequences=args.flicker, progress=False,
+                           **({"maskless_streams": ()} if args.all_masks else {}))
     models: dict[str, Harmonizer | None] = {}
     for m in args.models:
         if m == "identity":
@@ -77,7 +81,7 @@ def main() -> None:
     split: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(4)) for m in models}
     # {model: {stream: [(mean RGB change made in the mask, change needed) per item]}}
     shifts: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
-    _, clips = holdout_clips(args.holdout, args.max_items) if not args.no_clean else (None, [])
+    _, clips = holdout_clips(args.holdout, args.max_items, maskless_streams=cfg.maskless_streams) if not args.no_clean else (None, [])
     for clip in clips:
         for name, h in models.items():
             out = run_clip(h, clip)

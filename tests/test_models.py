@@ -246,6 +246,29 @@ def test_mask_and_depth_are_optional_and_used():
         model(x, depth=-depth.clamp(max=3))
 
 
+def test_mask_given_mixes_items_with_and_without_a_mask():
+    """mask_given=False items come out exactly as with mask=None, the others as with their mask."""
+    model = perturb(small_model())
+    x = frames(1)[0].repeat(3, 1, 1, 1)
+    x[1] = x[1].flip(-1)
+    mask = torch.zeros(3, 1, 32, 48)
+    mask[..., 8:20, 10:30] = 1
+    given = torch.tensor([True, False, True])
+    with torch.no_grad():
+        mixed, _ = model(x, mask=mask, mask_given=given)
+        with_mask, _ = model(x, mask=mask)
+        without, _ = model(x)
+    torch.testing.assert_close(mixed[given], with_mask[given])
+    torch.testing.assert_close(mixed[1], without[1])
+    assert not torch.allclose(with_mask[1], without[1])  # the mask matters, so the test can fail
+    with pytest.raises(InvalidInputError, match="needs a mask"):
+        model(x, mask_given=given)
+    with pytest.raises(ShapeMismatchError, match="mask_given"):
+        model(x, mask=mask, mask_given=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ShapeMismatchError, match="mask_given"):
+        model(x, mask=mask, mask_given=torch.ones(3))
+
+
 def test_model_without_condition_channels_rejects_them():
     model = small_model(use_mask=False, use_depth=False)
     x = frames(1)[0]

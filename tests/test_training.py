@@ -413,6 +413,33 @@ def test_identity_items_show_the_target_as_input():
         TrainConfig(identity_prob=1.5)
 
 
+def test_maskless_streams_never_show_the_model_their_mask():
+    """Items of maskless_streams get mask_given=False (the trainer's flags), and the step passes the flags on."""
+    from _helpers import recording_enhancer, training_batch
+
+    from simharmony.training.trainer import StepModule, stream_flags
+
+    streams = ["isp", "shadow", "novel_view", "reinsert"]
+    flags = stream_flags(streams, TrainConfig())  # default: shadow and novel_view
+    assert flags["mask_given"].tolist() == [True, False, False, True] and "identity_ok" not in flags
+    assert stream_flags(["isp", "rpb"], TrainConfig()) == {}  # nothing to hide: the model gets mask as given
+    assert stream_flags(streams, TrainConfig(maskless_streams=[])) == {}
+    assert stream_flags(streams, TrainConfig(identity_prob=0.5, identity_streams=["isp"]))["identity_ok"].tolist() == [
+        True, False, False, False]
+    model, _ = recording_enhancer()
+    calls = []
+    real_forward = model.forward
+    model.forward = lambda x, past=None, **kw: calls.append(kw) or real_forward(x, past, **kw)
+    x = torch.rand(4, 1, 16, 16, 3)
+    batch = {**training_batch(x, x.clone()), **flags}
+    StepModule(model, None, TrainConfig(mask_dropout=0.0, perceptual_weight=0.0))(batch, "image", torch.Generator().manual_seed(0))
+    assert calls[-1]["mask"] is not None and calls[-1]["mask_given"].tolist() == [True, False, False, True]
+    StepModule(model, None, TrainConfig(mask_dropout=1.0, perceptual_weight=0.0))(batch, "image", torch.Generator().manual_seed(0))
+    assert calls[-1]["mask"] is None and calls[-1]["mask_given"] is None
+    with pytest.raises(ConfigError, match="maskless_streams"):
+        TrainConfig(maskless_streams=["shadows"])
+
+
 def test_denoise_timestep_hook_is_backward_compatible():
     cfg = EnhancerConfig(channels=(8, 16), heads=2, temporal_levels=(1,), context_frames=2, emb_dim=16, cond_dim=8, codec_downscale=2)
     torch.manual_seed(0)

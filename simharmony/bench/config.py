@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from simharmony.data.flicker import FlickerConfig
+from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
 from simharmony.errors import ConfigError
 from simharmony.paths import DEMO_SCENE_DIR
 from simharmony.utils.config import Config, all_finite, require
@@ -45,7 +46,9 @@ class BenchConfig(Config):
     Flicker holdout: up to ``flicker_sequences`` holdout sequences (round-robin over streams; 0 = off)
     with per-frame exposure / white-balance flicker ``flicker`` on their inputs, seeded by ``flicker_seed``
     (:mod:`simharmony.data.flicker`); targets unchanged.
-    Inputs to the models: ``mask_to_model`` / ``depth_to_model``. ``psnr_cap_db``: per-frame PSNR and
+    Inputs to the models: ``mask_to_model`` / ``depth_to_model``; ``maskless_streams``: holdout streams whose
+    items give no method their mask (default: those whose mask is cut out with the target's help,
+    :data:`~simharmony.data.item.TARGET_DERIVED_MASK_STREAMS`). ``psnr_cap_db``: per-frame PSNR and
     fPSNR are capped there (identical frames would give inf).
     Speed: ``speed_sizes`` [(W, H)], ``speed_repeats`` timed calls after ``speed_warmup``.
     Output: ``video_max_frames`` per video, ``video_fps``. Threads: ``eval_threads`` torch threads while
@@ -79,6 +82,7 @@ class BenchConfig(Config):
     flicker_seed: int = 0
     flicker: FlickerConfig = field(default_factory=FlickerConfig)
     mask_to_model: bool = True
+    maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS
     depth_to_model: bool = True
     psnr_cap_db: float = 100.0
     speed_sizes: tuple[tuple[int, int], ...] = ((512, 288), (1024, 576))
@@ -95,6 +99,9 @@ class BenchConfig(Config):
     def __post_init__(self) -> None:
         o = "BenchConfig"
         self.smoke_streams = tuple(self.smoke_streams)
+        self.maskless_streams = (self.maskless_streams,) if isinstance(self.maskless_streams, str) else tuple(self.maskless_streams)
+        bad = sorted(set(self.maskless_streams) - set(ALL_STREAMS))
+        require(not bad, o, f"maskless_streams has unknown streams {bad}; valid: {list(ALL_STREAMS)}")
         self.speed_sizes = tuple(tuple(int(v) for v in s) for s in self.speed_sizes)
         bad = sorted(set(self.smoke_streams) - set(ALL_STREAMS))
         require(not bad, o, f"smoke_streams has unknown streams {bad}; valid: {list(ALL_STREAMS)}")

@@ -117,7 +117,10 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
                "consistency = VBench flicker score (1 = static); warping error = mean squared difference to the "
                "previous output frame warped by the ground-truth flow, [0, 1] scale, valid pixels only.")
     c = meta["config"]
-    out.append(f"Inputs: methods get each holdout item's mask ({'yes' if c['mask_to_model'] else 'no'}; classical "
+    maskless = c.get("maskless_streams") or []
+    out.append(f"Inputs: methods get each holdout item's mask ({'yes' if c['mask_to_model'] else 'no'}"
+               + (f", but not on {', '.join(maskless)}, whose masks are cut out with the target's help" if maskless and c['mask_to_model'] else "")
+               + "; classical "
                "baselines only recolour the masked foreground and are the identity without a mask) and the models get "
                f"depth ({'yes' if c['depth_to_model'] else 'no'}); every clip starts a new stream (context reset). "
                f"Evaluation ran with {meta.get('eval_threads')} torch thread(s).")

@@ -367,7 +367,7 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     timings["smoke_data_s" if cfg.smoke_data else "holdout_open_s"] = time.perf_counter() - t0
     media = Media()
     t0 = time.perf_counter()
-    total, clips = holdout_clips(holdout_dir, cfg.max_items_per_stream, cfg.mask_to_model)
+    total, clips = holdout_clips(holdout_dir, cfg.max_items_per_stream, cfg.mask_to_model, cfg.maskless_streams)
     holdout = evaluate(clips, total, methods, cfg, media, "holdout")
     timings["holdout_s"] = time.perf_counter() - t0
 

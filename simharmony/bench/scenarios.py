@@ -24,13 +24,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from simharmony.bench.config import BenchConfig
+from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
 from simharmony.errors import InvalidSceneError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -106,10 +107,18 @@ def make_smoke_holdout(cfg: BenchConfig) -> Path:
     return out
 
 
-def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_model: bool = True) -> tuple[int, Iterator[Clip]]:
+def _model_mask(item, mask_to_model: bool, maskless_streams: Sequence[str]) -> np.ndarray | None:
+    """The mask a method is given for a holdout item: its own, unless masks are off or its stream's mask is
+    cut out with the target's help (``maskless_streams``, see TARGET_DERIVED_MASK_STREAMS)."""
+    return item.mask if mask_to_model and item.stream not in maskless_streams else None
+
+
+def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_model: bool = True,
+                  maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS) -> tuple[int, Iterator[Clip]]:
     """(count, lazy iterator of clips): one clip per item of the dataset folder (manifest order), at most
     ``max_items_per_stream`` per stream (0 = all). Items are read one at a time (a holdout set does not fit
-    in memory at once). MissingFileError (saying how to make it) when the folder is not a dataset."""
+    in memory at once). Methods get the item's mask (``model_mask``) but on ``maskless_streams``.
+    MissingFileError (saying how to make it) when the folder is not a dataset."""
     from simharmony.data.shards import ShardDataset
 
     folder = Path(folder)
@@ -130,7 +139,8 @@ def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_mod
             it = ds.load_item(i)
             yield Clip(
                 id=ds.records[i]["id"], group=it.stream, input=it.input, target=it.target, mask=it.mask,
-                model_mask=it.mask if mask_to_model else None, depth=it.depth, flow=it.flow, flow_valid=it.flow_valid,
+                model_mask=_model_mask(it, mask_to_model, maskless_streams), depth=it.depth, flow=it.flow,
+                flow_valid=it.flow_valid,
             )
 
     return len(picked), clips()
@@ -162,7 +172,7 @@ def flicker_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
         clips.append(Clip(
             id=f"{ds.records[i]['id']}:flicker", group="holdout_flicker",
             input=apply_flicker(it.input, flicker_gains(rng, it.input.shape[0], cfg.flicker)), target=it.target,
-            mask=it.mask, model_mask=it.mask if cfg.mask_to_model else None, depth=it.depth, flow=it.flow,
+            mask=it.mask, model_mask=_model_mask(it, cfg.mask_to_model, cfg.maskless_streams), depth=it.depth, flow=it.flow,
             flow_valid=it.flow_valid,
         ))
     return clips

@@ -4,7 +4,8 @@ A :class:`PairItem` is one image (T = 1) or one short sequence (default T = 5) o
 
 - ``input``      [T, H, W, 3] float32 in [0, 1]: the degraded / disharmonised frames the model sees
 - ``target``     [T, H, W, 3] float32 in [0, 1]: the frames it should produce
-- ``mask``       [T, H, W] float32 in [0, 1]: where the input is wrong (soft edges allowed)
+- ``mask``       [T, H, W] float32 in [0, 1]: where the input is wrong (soft edges allowed); the inserted or
+  altered object, except on :data:`TARGET_DERIVED_MASK_STREAMS`
 - ``depth``      [T, H, W] float32 z-depth of the target (OpenCV camera), ``inf`` = sky / nothing hit
 - ``flow``       [T, H, W, 2] float32 backward flow to the previous frame in pixels (see
   :mod:`scene_tools.flow`): pixel p at t shows what p + flow[p] shows at t - 1; zeros at t = 0
@@ -28,6 +29,11 @@ from simharmony.errors import InvalidInputError, NonFiniteError, ShapeMismatchEr
 
 ARRAY_FIELDS = ("input", "target", "mask", "depth", "flow", "flow_valid")
 REQUIRED_METADATA = {"stream": str, "params": dict, "seed": int, "scene_id": str}
+# Streams whose item mask is cut out with the target's help (the cast shadow's extent; where a
+# reconstruction is wrong): a simulator could not give it, so models are never shown it (training:
+# TrainConfig.maskless_streams, benchmark: BenchConfig.maskless_streams); it only marks the region of the
+# foreground metrics. The other streams' masks are the inserted or altered object, as a simulator gives.
+TARGET_DERIVED_MASK_STREAMS: tuple[str, ...] = ("shadow", "novel_view")
 
 
 def _as_array(name: str, x: Any, dtype) -> np.ndarray:

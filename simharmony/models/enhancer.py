@@ -109,12 +109,15 @@ class Enhancer(nn.Module):
         mask: torch.Tensor | None = None,
         depth: torch.Tensor | None = None,
         past_kv: list[list[torch.Tensor]] | None = None,
+        mask_given: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Enhance one frame per batch item.
 
         frame [B, 3, H, W] in [0, 1]; past_latents: list of [B, Cz, h, w] (most recent first, 0..K; older
         ones beyond K are ignored) or a tensor [B, T, Cz, h, w]; mask [B, 1, H, W] in [0, 1] or None;
-        depth [B, 1, H, W] (z-depth, inf = no hit) or None.
+        depth [B, 1, H, W] (z-depth, inf = no hit) or None. mask_given [B] bool: which items' masks count
+        (the others are treated exactly as mask=None, so one batch can mix items with and without a mask);
+        None = all of them.
         past_kv: instead of ``past_latents``, per temporal layer a list over past frames (most recent first)
         of their :meth:`context_features` entries (what a stream caches: K past frames cost one projection each).
         Returns (out [B, 3, H, W] clamped to [0, 1], latent_out [B, Cz, h, w] at the padded latent size).
@@ -125,7 +128,7 @@ class Enhancer(nn.Module):
         x, _ = _pad_to_multiple(frame, cfg.total_downscale)
         z, feats = self.codec.encode(x, return_features=True)
         past = self._stack_past(past_latents, z)
-        cond, mask_lat = self._conditions(b, height, width, z, mask, depth)
+        cond, mask_lat = self._conditions(b, height, width, z, mask, depth, mask_given)
         if past_kv is not None:
             z_out = self.backbone(z, cond, None, mask_lat, past_kv=past_kv)
         else:
@@ -171,9 +174,15 @@ class Enhancer(nn.Module):
             raise ShapeMismatchError(f"past latents {tuple(past.shape)} do not match the current latent {tuple(z.shape)}")
         return past[:, : self.config.context_frames].to(z.dtype)
 
-    def _conditions(self, b, height, width, z, mask, depth):
+    def _conditions(self, b, height, width, z, mask, depth, mask_given=None):
         """Mask/depth (+ presence flags) at latent size. Returns (cond [B, Cc, h, w] | None, mask_lat | None)."""
         cfg = self.config
+        if mask_given is not None:
+            if mask is None:
+                raise InvalidInputError("mask_given needs a mask (it says which items' masks count)")
+            if mask_given.shape != (b,) or mask_given.dtype != torch.bool:
+                raise ShapeMismatchError(f"mask_given must be a bool tensor of shape {(b,)}, got "
+                                         f"{mask_given.dtype} {tuple(mask_given.shape)}")
         h, w = z.shape[-2:]
         chans = []
         mask_lat = None
@@ -198,9 +207,13 @@ class Enhancer(nn.Module):
                 raise InvalidInputError("mask must be finite")
             value, _ = _pad_to_multiple(value, cfg.total_downscale)
             lat = F.adaptive_avg_pool2d(value, (h, w))  # area average: soft mask coverage per latent cell
+            flag = torch.ones_like(lat)
             if name == "mask":
+                if mask_given is not None:  # absent items: (0, 0) as for mask=None
+                    flag = flag * mask_given.to(lat.dtype)[:, None, None, None]
+                    lat = lat * flag
                 mask_lat = lat
-            chans += [lat, torch.ones_like(lat)]
+            chans += [lat, flag]
         return (torch.cat(chans, dim=1) if chans else None), mask_lat
 
     # -- bookkeeping --------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from simharmony.data.flicker import FlickerConfig
+from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
+from simharmony.data.streams import STREAMS
 from simharmony.errors import ConfigError
 from simharmony.models.backbone import EnhancerConfig
 from simharmony.training.losses import PAPER_PATCH_RANGE
@@ -65,7 +67,10 @@ class TrainConfig(Config):
     ``identity_prob``: probability that an item (image or sequence, any batch) is shown already right: its
     input replaced by its target, mask and depth kept, so the model learns to leave consistent frames and
     inserted objects alone instead of applying the average correction of its streams (drawn first);
-    ``identity_streams`` limits that to items of these streams ([] = any stream).
+    ``identity_streams`` limits that to items of these streams ([] = any stream). ``maskless_streams``:
+    streams whose items never give the model their mask (default: those whose mask is cut out with the
+    target's help, :data:`~simharmony.data.item.TARGET_DERIVED_MASK_STREAMS`; [] = every item's mask, as
+    stages 1-3 of the shipped model were trained).
     """
 
     data: str | list[str] = "data/default"
@@ -112,6 +117,7 @@ class TrainConfig(Config):
     occluder_prob: float = 0.0
     identity_prob: float = 0.0
     identity_streams: list[str] = field(default_factory=list)
+    maskless_streams: list[str] = field(default_factory=lambda: list(TARGET_DERIVED_MASK_STREAMS))
     # bookkeeping
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -168,6 +174,9 @@ class TrainConfig(Config):
         require(all_finite(self.identity_prob) and 0 <= self.identity_prob <= 1, o, f"identity_prob {self.identity_prob!r} must be in [0, 1]")
         require(0 <= self.temporal_prob <= 1, o, f"temporal_prob {self.temporal_prob} must be in [0, 1]")
         require(bool(self.features), o, "features must be 'substitute' or a path to a VGG16 .safetensors file")
+        self.maskless_streams = [self.maskless_streams] if isinstance(self.maskless_streams, str) else list(self.maskless_streams)
+        unknown = sorted(set(self.maskless_streams) - set(STREAMS))
+        require(not unknown, o, f"maskless_streams names {unknown}, which are not streams ({sorted(STREAMS)})")
         bad = {k: v for k, v in self.stream_weights.items() if not all_finite(v) or v < 0}
         require(not bad, o, f"stream_weights must be finite and >= 0, got {bad}")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), o,

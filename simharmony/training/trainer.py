@@ -22,7 +22,8 @@ Batches (schedule in :class:`~simharmony.training.config.TrainConfig`):
   and predicts z0 (its residual output makes that z_t + F). Conversion to single step afterwards = the
   following phases simply use the fixed null timestep buffer on clean input latents.
 - mask and depth are dropped for the whole batch (and all its frames) with ``mask_dropout`` /
-  ``depth_dropout``: the model sees "absent" exactly as at inference without them.
+  ``depth_dropout``: the model sees "absent" exactly as at inference without them. Items of
+  ``maskless_streams`` (masks cut out with the target's help) never get theirs (``Enhancer(mask_given=)``).
 
 Reproducibility: every random draw of step s comes from generators seeded by (seed, s, rank), batches
 from :class:`~simharmony.data.shards.MixingBatchSampler` with epoch = s (rank r takes batch r of that
@@ -44,6 +45,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,7 @@ from tqdm.auto import tqdm
 
 from simharmony.data.flicker import apply_flicker, apply_occluder, flicker_gains, occluder_alphas
 from simharmony.data.shards import ConcatShardDataset, MixingBatchSampler, ShardDataset, open_datasets
+from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
 from simharmony.training.checkpoint import (
@@ -168,6 +171,17 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def stream_flags(streams: list[str], cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Per-item [B] bool flags a batch of these streams needs: ``identity_ok`` (items of ``identity_streams``,
+    when those are set) and ``mask_given`` (False on ``maskless_streams``, when the batch has any)."""
+    flags = {}
+    if cfg.identity_prob > 0 and cfg.identity_streams:
+        flags["identity_ok"] = torch.tensor([st in cfg.identity_streams for st in streams], device=device)
+    if set(cfg.maskless_streams) & set(streams):
+        flags["mask_given"] = torch.tensor([st not in cfg.maskless_streams for st in streams], device=device)
+    return flags
+
+
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
 
@@ -223,7 +237,8 @@ class StepModule(nn.Module):
             mask = batch["mask"][:, t, None] if use_mask else None
             depth = batch["depth"][:, t, None] if use_depth else None
             past = ctx[:k] if (k and ctx) else None
-            out, z = self.model(inp[:, t], past, mask=mask, depth=depth)
+            out, z = self.model(inp[:, t], past, mask=mask, depth=depth,
+                                mask_given=batch.get("mask_given") if use_mask else None)
             outs.append(out)
             ctx.insert(0, z if cfg.context_grad else z.detach())
             del ctx[max(k, 1):]
@@ -296,10 +311,12 @@ def eval_indices(n_items: int, limit: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: str | torch.device = "cpu") -> dict[str, Any]:
+def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: str | torch.device = "cpu",
+             maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS) -> dict[str, Any]:
     """Mean PSNR (dB, per-frame values averaged per item, then over items) of output vs target and of input vs
     target on up to ``items`` evenly spaced holdout items; sequences run in order with cached context (as the
-    Harmonizer does), mask and depth given. ``per_stream`` holds the same two means per stream."""
+    Harmonizer does), depth given, and the mask but on items of ``maskless_streams``. ``per_stream`` holds
+    the same two means per stream."""
     from simharmony.metrics import psnr
 
     model.eval()
@@ -307,11 +324,12 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
     for i in eval_indices(len(dataset), items):
         it = dataset[i]
         inp = it["input"].permute(0, 3, 1, 2).to(device)
+        give_mask = model.config.use_mask and it["stream"] not in maskless_streams
         ctx: list[torch.Tensor] = []
         outs = []
         for t in range(inp.shape[0]):
             out, z = model(inp[t : t + 1], ctx[: model.context_frames] or None,
-                           mask=it["mask"][t][None, None].to(device) if model.config.use_mask else None,
+                           mask=it["mask"][t][None, None].to(device) if give_mask else None,
                            depth=it["depth"][t][None, None].to(device) if model.config.use_depth else None)
             outs.append(out[0].permute(1, 2, 0).float().cpu())
             ctx.insert(0, z)
@@ -496,8 +514,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         for g in optimizer.param_groups:
             g["lr"] = lr
         tb = _to_device(batch, device)
-        if cfg.identity_prob > 0 and cfg.identity_streams:
-            tb["identity_ok"] = torch.tensor([st in cfg.identity_streams for st in batch["stream"]], device=device)
+        tb.update(stream_flags(batch["stream"], cfg, device))
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
             losses = step_module(tb, phase, gen)
         optimizer.zero_grad(set_to_none=True)
@@ -526,7 +543,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         bar.update(1)
         if holdout is not None and (step % cfg.eval_every == 0 or step == total):
             if is_main:
-                ev = _evaluate_ema(model, ema, holdout, cfg.eval_items, device)
+                ev = _evaluate_ema(model, ema, holdout, cfg, device)
                 ev = {"step": step, "phase": "eval", **ev}
                 evals.append(ev)
                 append_metrics(metrics_path, ev)
@@ -555,10 +572,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
                        model=model, ema_model=ema_model)
 
 
-def _evaluate_ema(model: Enhancer, ema: EMA, holdout: ShardDataset, items: int, device: torch.device) -> dict[str, float]:
+def _evaluate_ema(model: Enhancer, ema: EMA, holdout: ShardDataset, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     m = Enhancer(model.config).to(device)
     ema.copy_to(m)
-    return evaluate(m, holdout, items, device)
+    return evaluate(m, holdout, cfg.eval_items, device, cfg.maskless_streams)
 
 
 def _reduce_losses(losses: dict[str, torch.Tensor], d: _Dist) -> dict[str, float]:
