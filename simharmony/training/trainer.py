@@ -43,9 +43,9 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -54,8 +54,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from simharmony.data.flicker import apply_flicker, apply_occluder, flicker_gains, occluder_alphas
-from simharmony.data.shards import ConcatShardDataset, MixingBatchSampler, ShardDataset, open_datasets
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
+from simharmony.data.shards import ConcatShardDataset, MixingBatchSampler, ShardDataset, open_datasets
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
 from simharmony.training.checkpoint import (
