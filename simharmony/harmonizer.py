@@ -140,7 +140,8 @@ class Harmonizer:
     ) -> dict[Hashable, Any]:
         """Enhance one frame for each stream in ``frames`` ({stream: frame}); returns {stream: output}.
 
-        Streams with the same frame size, context length and optional inputs run as one batched forward.
+        Streams with the same frame size, context length and depth presence run as one batched forward
+        (streams with and without a mask together: ``Enhancer(mask_given=)``).
         All inputs are validated before any stream's context is touched.
         """
         if not isinstance(frames, Mapping) or not frames:
@@ -156,17 +157,17 @@ class Harmonizer:
         groups: dict[tuple, list] = {}
         for s, (p, m, d) in prepared.items():
             state = self._state(s, tuple(p.x.shape[-2:]), s in cuts)
-            key = (tuple(p.x.shape[-2:]), len(state.context), m is not None, d is not None)
+            key = (tuple(p.x.shape[-2:]), len(state.context), d is not None)
             groups.setdefault(key, []).append(s)
         outputs = {}
         with torch.inference_mode():
-            for (_, n_past, has_m, has_d), names in groups.items():
+            for (hw, n_past, has_d), names in groups.items():
                 x = torch.stack([prepared[s][0].x for s in names]).to(self.dtype)
-                mask = torch.stack([prepared[s][1] for s in names]).to(self.dtype) if has_m else None
+                mask, given = _batched_masks([prepared[s][1] for s in names], hw, self.dtype, self.device)
                 depth = torch.stack([prepared[s][2] for s in names]).to(self.dtype) if has_d else None
                 states = [self._streams[s] for s in names]
                 past, past_kv = _batched_context(states) if n_past else (None, None)
-                out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv)
+                out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv, mask_given=given)
                 if self.reencode_context:
                     z = self.model.encode(out)
                 if self.context_frames > 0:
@@ -176,6 +177,17 @@ class Harmonizer:
                 for i, s in enumerate(names):
                     outputs[s] = prepared[s][0].restore(out[i].float())
         return {s: outputs[s] for s in frames}
+
+
+def _batched_masks(masks: list[torch.Tensor | None], hw: tuple[int, int], dtype: torch.dtype,
+                   device: torch.device) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Streams' masks ([1, H, W] or None) -> (mask [B, 1, H, W] | None, mask_given [B] | None): None when no
+    stream has one; zeros and mask_given where some have none; mask_given None when all have one."""
+    given = [m is not None for m in masks]
+    if not any(given):
+        return None, None
+    mask = torch.stack([m if m is not None else torch.zeros(1, *hw, device=device) for m in masks]).to(dtype)
+    return mask, None if all(given) else torch.tensor(given, device=device)
 
 
 def _batched_context(states: list[_StreamState]) -> tuple[torch.Tensor | None, list[list[torch.Tensor]] | None]:

@@ -109,8 +109,13 @@ def test_batch_equals_sequential():
     a, b, c = np_frames(3, seed=4), np_frames(3, seed=5), np_frames(3, 24, 40, seed=6)
     mask = np.zeros((32, 48), bool)
     mask[5:20, 5:30] = True
+    batch_sizes = []
+    real_forward = model.forward
+    model.forward = lambda x, *args, **kw: batch_sizes.append(x.shape[0]) or real_forward(x, *args, **kw)
     for t in range(3):
+        batch_sizes.clear()
         outs = bat.enhance_batch({"a": a[t], "b": b[t], "c": c[t]}, masks={"a": mask})
+        assert sorted(batch_sizes) == [1, 2]  # a (masked) and b (no mask) in one forward, c (other size) apart
         np.testing.assert_allclose(outs["a"], seq.enhance(a[t], mask=mask, stream="a"), atol=1e-5)
         np.testing.assert_allclose(outs["b"], seq.enhance(b[t], stream="b"), atol=1e-5)
         np.testing.assert_allclose(outs["c"], seq.enhance(c[t], stream="c"), atol=1e-5)
