@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
 from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError
 from simharmony.models.parametric import ParametricConfig, ParametricHarmonizer, load_state_checked
 from simharmony.training.checkpoint import truncate_metrics
@@ -54,7 +55,9 @@ from simharmony.utils.io import (
 
 @dataclass
 class ParametricTrainConfig(Config):
-    """Hyper-parameters of :func:`train_parametric` (``stream_weights`` {} = equal weight per stream)."""
+    """Hyper-parameters of :func:`train_parametric` (``stream_weights`` {} = equal weight per stream;
+    ``maskless_streams``: streams whose items never give the model their mask, as in
+    :class:`~simharmony.training.TrainConfig`)."""
 
     steps: int = 2000
     batch_size: int = 16
@@ -65,6 +68,7 @@ class ParametricTrainConfig(Config):
     l1_weight: float = 1.0
     fg_weight: float = 1.0
     mask_drop_prob: float = 0.3
+    maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS
     grad_clip: float = 1.0
     log_every: int = 20
     checkpoint_every: int = 200
@@ -83,6 +87,7 @@ class ParametricTrainConfig(Config):
                 "weight_decay, l1_weight, fg_weight must be >= 0 and grad_clip > 0")
         require(all_finite(self.mask_drop_prob) and 0 <= self.mask_drop_prob <= 1, o, f"mask_drop_prob={self.mask_drop_prob} must be in [0, 1]")
         require(all_finite(self.min_lr_fraction) and 0 <= self.min_lr_fraction <= 1, o, "min_lr_fraction must be in [0, 1]")
+        self.maskless_streams = (self.maskless_streams,) if isinstance(self.maskless_streams, str) else tuple(self.maskless_streams)
         require(self.warmup >= 0 and self.seed >= 0 and self.num_workers >= 0, o, "warmup, seed and num_workers must be >= 0")
 
 
@@ -216,6 +221,7 @@ def train_parametric(
             x, y, m = _batch_tensors(batch)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             present = (torch.rand(x.shape[0], generator=gen) >= cfg.mask_drop_prob).float()
+            present *= torch.tensor([st not in cfg.maskless_streams for st in batch["stream"]], dtype=present.dtype)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step)
             pred, _ = model(x, mask=m, present=present)
@@ -263,11 +269,13 @@ def train_parametric(
 
 @torch.no_grad()
 def evaluate_parametric(
-    model: ParametricHarmonizer | PathLike, data_dir: PathLike, max_items_per_stream: int | None = None, progress: bool = True
+    model: ParametricHarmonizer | PathLike, data_dir: PathLike, max_items_per_stream: int | None = None, progress: bool = True,
+    maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS,
 ) -> dict[str, Any]:
     """Per stream (and "all"): mean PSNR and fPSNR (data range 255, :mod:`simharmony.metrics`) over every
-    frame of every item, for the input (identity), the model with the mask, and the model without it.
-    Frames with an empty mask are left out of fPSNR."""
+    frame of every item, for the input (identity), the model with the mask (but on ``maskless_streams``,
+    whose masks are cut out with the target's help), and the model without it. Frames with an empty mask
+    are left out of fPSNR."""
     from simharmony.data.shards import ShardDataset
     from simharmony.metrics import fpsnr, psnr
 
@@ -287,8 +295,8 @@ def evaluate_parametric(
         x = item["input"].permute(0, 3, 1, 2)
         y = item["target"]
         m = item["mask"][:, None]
-        with_mask, _ = model(x, mask=m)
         no_mask, _ = model(x)
+        with_mask = no_mask if item["stream"] in maskless_streams else model(x, mask=m)[0]
         acc = per.setdefault(item["stream"], {})
         outs = {"input": item["input"], "model": with_mask.permute(0, 2, 3, 1), "model_no_mask": no_mask.permute(0, 2, 3, 1)}
         for name, o in outs.items():

@@ -384,7 +384,27 @@ def test_train_improves_and_evaluates(synth, tmp_path):
     assert h["psnr_model"] > h["psnr_input"]
     assert (tmp_path / "run" / "holdout.yaml").is_file()
     again = evaluate_parametric(tmp_path / "run", synth, max_items_per_stream=2, progress=False)
-    assert again["isp"]["frames"] == 2
+    assert again["isp"]["frames"] == 2 and again["isp"]["psnr_model"] != again["isp"]["psnr_model_no_mask"]
+    # a stream whose masks are cut out with the target's help: "with the mask" is the model without it
+    hidden = evaluate_parametric(tmp_path / "run", synth, max_items_per_stream=2, progress=False, maskless_streams=("isp",))
+    assert hidden["isp"]["psnr_model"] == hidden["isp"]["psnr_model_no_mask"]
+
+
+def test_training_hides_masks_of_maskless_streams(synth, tmp_path, monkeypatch):
+    from simharmony.parametric_training import train_parametric
+
+    seen = []
+    real_forward = ParametricHarmonizer.forward
+
+    def record(self, x, mask=None, present=None, **kw):
+        seen.append(present)
+        return real_forward(self, x, mask=mask, present=present, **kw)
+
+    monkeypatch.setattr(ParametricHarmonizer, "forward", record)
+    for maskless, shown in (((), True), (("isp",), False)):
+        seen.clear()
+        train_parametric(synth, tmp_path / str(shown), progress=False, config=_cfg(steps=3, mask_drop_prob=0.0, maskless_streams=maskless))
+        assert len(seen) == 3 and all(bool((p == 1).all()) == shown and bool((p == 0).all()) != shown for p in seen)
 
 
 def test_cli(synth, tmp_path):
