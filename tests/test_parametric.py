@@ -405,6 +405,8 @@ def test_training_hides_masks_of_maskless_streams(synth, tmp_path, monkeypatch):
         seen.clear()
         train_parametric(synth, tmp_path / str(shown), progress=False, config=_cfg(steps=3, mask_drop_prob=0.0, maskless_streams=maskless))
         assert len(seen) == 3 and all(bool((p == 1).all()) == shown and bool((p == 0).all()) != shown for p in seen)
+    with pytest.raises(ConfigError, match="maskless_streams"):
+        _cfg(maskless_streams=("shadows",))
 
 
 def test_cli(synth, tmp_path):
