@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
-from simharmony.data.streams import STREAMS
+from simharmony.data.streams import stream_names
 from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError
 from simharmony.models.parametric import ParametricConfig, ParametricHarmonizer, load_state_checked
 from simharmony.training.checkpoint import truncate_metrics
@@ -88,9 +88,7 @@ class ParametricTrainConfig(Config):
                 "weight_decay, l1_weight, fg_weight must be >= 0 and grad_clip > 0")
         require(all_finite(self.mask_drop_prob) and 0 <= self.mask_drop_prob <= 1, o, f"mask_drop_prob={self.mask_drop_prob} must be in [0, 1]")
         require(all_finite(self.min_lr_fraction) and 0 <= self.min_lr_fraction <= 1, o, "min_lr_fraction must be in [0, 1]")
-        self.maskless_streams = (self.maskless_streams,) if isinstance(self.maskless_streams, str) else tuple(self.maskless_streams)
-        unknown = sorted(set(self.maskless_streams) - set(STREAMS))
-        require(not unknown, o, f"maskless_streams names {unknown}, which are not streams ({sorted(STREAMS)})")
+        self.maskless_streams = stream_names(self.maskless_streams, o, "maskless_streams")
         require(self.warmup >= 0 and self.seed >= 0 and self.num_workers >= 0, o, "warmup, seed and num_workers must be >= 0")
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from simharmony.data.flicker import FlickerConfig
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
+from simharmony.data.streams import stream_names
 from simharmony.errors import ConfigError
 from simharmony.paths import DEMO_SCENE_DIR
 from simharmony.utils.config import Config, all_finite, require
@@ -98,13 +99,9 @@ class BenchConfig(Config):
 
     def __post_init__(self) -> None:
         o = "BenchConfig"
-        self.smoke_streams = tuple(self.smoke_streams)
-        self.maskless_streams = (self.maskless_streams,) if isinstance(self.maskless_streams, str) else tuple(self.maskless_streams)
-        bad = sorted(set(self.maskless_streams) - set(ALL_STREAMS))
-        require(not bad, o, f"maskless_streams has unknown streams {bad}; valid: {list(ALL_STREAMS)}")
+        self.smoke_streams = stream_names(self.smoke_streams, o, "smoke_streams")
+        self.maskless_streams = stream_names(self.maskless_streams, o, "maskless_streams")
         self.speed_sizes = tuple(tuple(int(v) for v in s) for s in self.speed_sizes)
-        bad = sorted(set(self.smoke_streams) - set(ALL_STREAMS))
-        require(not bad, o, f"smoke_streams has unknown streams {bad}; valid: {list(ALL_STREAMS)}")
         require(self.max_items_per_stream >= 0, o, f"max_items_per_stream={self.max_items_per_stream} must be >= 0")
         require(self.smoke_items_per_stream >= 1, o, "smoke_items_per_stream must be >= 1")
         require(self.smoke_seq_len >= 2, o, f"smoke_seq_len={self.smoke_seq_len} must be >= 2")

@@ -393,7 +393,7 @@ class ShardDataset:
     ``streams`` keeps only these streams.
     """
 
-    def __init__(self, root: PathLike, streams: list[str] | None = None, verify: str = "header"):
+    def __init__(self, root: PathLike, streams: Sequence[str] | None = None, verify: str = "header"):
         if verify not in ("header", "full"):
             raise InvalidInputError(f"verify={verify!r} must be 'header' or 'full'")
         self.root = Path(root)
@@ -503,7 +503,7 @@ class ConcatShardDataset:
     every folder; ``folder_streams`` {folder as given in roots: streams} keeps only these of one folder
     (e.g. a folder whose relighting items another folder replaces)."""
 
-    def __init__(self, roots: Sequence[PathLike], streams: list[str] | None = None, verify: str = "header",
+    def __init__(self, roots: Sequence[PathLike], streams: Sequence[str] | None = None, verify: str = "header",
                  folder_streams: Mapping[str, Sequence[str]] | None = None):
         if not roots:
             raise ConfigError("ConcatShardDataset needs at least one dataset folder")
@@ -511,7 +511,7 @@ class ConcatShardDataset:
         stray = sorted(set(folder_streams) - {str(r) for r in roots})
         if stray:
             raise ConfigError(f"folder_streams name folders {stray} that are not among {[str(r) for r in roots]}")
-        self.parts = [ShardDataset(r, streams=_list_or_none(folder_streams.get(str(r))), verify=verify) for r in roots]
+        self.parts = [ShardDataset(r, streams=folder_streams.get(str(r)), verify=verify) for r in roots]
         if streams is not None:
             present = set().union(*(ShardDataset.streams_of(p.records) for p in self.parts))
             unknown = sorted(set(streams) - present)
@@ -549,19 +549,14 @@ class ConcatShardDataset:
         return part[j]
 
 
-def _list_or_none(streams: Sequence[str] | None) -> list[str] | None:
-    return None if streams is None else list(streams)
-
-
 def open_datasets(roots: PathLike | Sequence[PathLike], verify: str = "header",
                   folder_streams: Mapping[str, Sequence[str]] | None = None) -> ShardDataset | ConcatShardDataset:
     """One dataset folder (a path) as a :class:`ShardDataset`, several (a list) as a :class:`ConcatShardDataset`;
     ``folder_streams`` as there."""
-    if isinstance(roots, (str, os.PathLike)):
-        roots = [roots]
-        if not folder_streams:
-            return ShardDataset(roots[0], verify=verify)
-    return ConcatShardDataset(list(roots), verify=verify, folder_streams=folder_streams)
+    single = isinstance(roots, (str, os.PathLike))
+    if single and not folder_streams:
+        return ShardDataset(roots, verify=verify)
+    return ConcatShardDataset([roots] if single else list(roots), verify=verify, folder_streams=folder_streams)
 
 
 class MixingBatchSampler:

@@ -49,7 +49,7 @@ import numpy as np
 from simharmony.data.isp import IspRanges, apply_isp, sample_isp_params
 from simharmony.data.item import PairItem
 from simharmony.errors import ConfigError, InvalidInputError
-from simharmony.utils.config import Config
+from simharmony.utils.config import Config, require
 
 _SEED_MAX = 2**31 - 1
 
@@ -700,6 +700,14 @@ from simharmony.data.recon_streams import (
 
 STREAMS["reinsert"] = (ReinsertStreamConfig, generate_reinsert)
 STREAMS["novel_view"] = (NovelViewStreamConfig, generate_novel_view)
+
+
+def stream_names(value: str | Iterable[str], owner: str, field_name: str) -> tuple[str, ...]:
+    """A config field that names streams (one name or several) as a tuple; ConfigError naming unknown ones."""
+    names = (value,) if isinstance(value, str) else tuple(value)
+    unknown = sorted(set(names) - set(STREAMS))
+    require(not unknown, owner, f"{field_name} names unknown streams {unknown}; valid: {sorted(STREAMS)}")
+    return names
 
 
 def psnr_in_mask(inp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:

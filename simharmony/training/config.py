@@ -20,7 +20,7 @@ from typing import Literal
 
 from simharmony.data.flicker import FlickerConfig
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
-from simharmony.data.streams import STREAMS
+from simharmony.data.streams import stream_names
 from simharmony.errors import ConfigError
 from simharmony.models.backbone import EnhancerConfig
 from simharmony.training.losses import PAPER_PATCH_RANGE
@@ -117,7 +117,7 @@ class TrainConfig(Config):
     occluder_prob: float = 0.0
     identity_prob: float = 0.0
     identity_streams: list[str] = field(default_factory=list)
-    maskless_streams: list[str] = field(default_factory=lambda: list(TARGET_DERIVED_MASK_STREAMS))
+    maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS
     # bookkeeping
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -174,9 +174,7 @@ class TrainConfig(Config):
         require(all_finite(self.identity_prob) and 0 <= self.identity_prob <= 1, o, f"identity_prob {self.identity_prob!r} must be in [0, 1]")
         require(0 <= self.temporal_prob <= 1, o, f"temporal_prob {self.temporal_prob} must be in [0, 1]")
         require(bool(self.features), o, "features must be 'substitute' or a path to a VGG16 .safetensors file")
-        self.maskless_streams = [self.maskless_streams] if isinstance(self.maskless_streams, str) else list(self.maskless_streams)
-        unknown = sorted(set(self.maskless_streams) - set(STREAMS))
-        require(not unknown, o, f"maskless_streams names {unknown}, which are not streams ({sorted(STREAMS)})")
+        self.maskless_streams = stream_names(self.maskless_streams, o, "maskless_streams")
         bad = {k: v for k, v in self.stream_weights.items() if not all_finite(v) or v < 0}
         require(not bad, o, f"stream_weights must be finite and >= 0, got {bad}")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), o,
