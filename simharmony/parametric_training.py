@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
+from simharmony.data.shards import batch_model_mask
 from simharmony.data.streams import stream_names
 from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError
 from simharmony.models.parametric import ParametricConfig, ParametricHarmonizer, load_state_checked
@@ -57,8 +58,8 @@ from simharmony.utils.io import (
 @dataclass
 class ParametricTrainConfig(Config):
     """Hyper-parameters of :func:`train_parametric` (``stream_weights`` {} = equal weight per stream;
-    ``maskless_streams``: streams whose items never give the model their mask, as in
-    :class:`~simharmony.training.TrainConfig`)."""
+    ``maskless_streams``: streams whose items never give the model their mask, only their asset mask if
+    any, as in :class:`~simharmony.training.TrainConfig`)."""
 
     steps: int = 2000
     batch_size: int = 16
@@ -222,10 +223,11 @@ def train_parametric(
             x, y, m = _batch_tensors(batch)
             gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
             present = (torch.rand(x.shape[0], generator=gen) >= cfg.mask_drop_prob).float()
-            present *= torch.tensor([st not in cfg.maskless_streams for st in batch["stream"]], dtype=present.dtype)
+            shown, given = batch_model_mask(batch, cfg.maskless_streams)  # m stays the loss's region
+            present *= given.to(present.dtype)
             for g in opt.param_groups:
                 g["lr"] = learning_rate(cfg, step)
-            pred, _ = model(x, mask=m, present=present)
+            pred, _ = model(x, mask=shown[:, 0, None], present=present)
             losses = parametric_loss(pred, y, m, cfg)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
@@ -274,8 +276,8 @@ def evaluate_parametric(
     maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS,
 ) -> dict[str, Any]:
     """Per stream (and "all"): mean PSNR and fPSNR (data range 255, :mod:`simharmony.metrics`) over every
-    frame of every item, for the input (identity), the model with the mask (but on ``maskless_streams``,
-    whose masks are cut out with the target's help), and the model without it. Frames with an empty mask
+    frame of every item, for the input (identity), the model with the mask (on ``maskless_streams``, whose
+    masks are cut out with the target's help, the asset mask if any), and the model without it. Frames with an empty mask
     are left out of fPSNR."""
     from simharmony.data.shards import ShardDataset
     from simharmony.metrics import fpsnr, psnr
@@ -295,9 +297,9 @@ def evaluate_parametric(
         item = ds[i]
         x = item["input"].permute(0, 3, 1, 2)
         y = item["target"]
-        m = item["mask"][:, None]
+        shown, given = batch_model_mask(item, maskless_streams)
         no_mask, _ = model(x)
-        with_mask = no_mask if item["stream"] in maskless_streams else model(x, mask=m)[0]
+        with_mask = model(x, mask=shown[:, None])[0] if bool(given) else no_mask
         acc = per.setdefault(item["stream"], {})
         outs = {"input": item["input"], "model": with_mask.permute(0, 2, 3, 1), "model_no_mask": no_mask.permute(0, 2, 3, 1)}
         for name, o in outs.items():

@@ -175,14 +175,21 @@ def test_smoke_end_to_end(tmp_path, monkeypatch, one_torch_thread):
         gains = flicker_gains(np.random.default_rng([cfg.flicker_seed, k]), c.num_frames, cfg.flicker)
         assert np.array_equal(c.input, apply_flicker(items[k].input, gains)) and not np.array_equal(c.input, items[k].input)
         assert np.array_equal(c.input[0], items[k].input[0]) and np.array_equal(c.target, items[k].target)
-        # shadow masks are cut out with the target's help: no method gets them (isp's object masks it does)
-        assert (c.model_mask is None) == (stream_of[c.id.removesuffix(":flicker")] == "shadow")
+        # shadow masks are cut out with the target's help: methods get the object's own mask there instead
+        wanted = items[k].asset_mask if stream_of[c.id.removesuffix(":flicker")] == "shadow" else items[k].mask
+        assert np.array_equal(c.model_mask, wanted)
     _, held = holdout_clips(make_smoke_holdout(cfg))
-    for c in held:
-        assert (c.model_mask is None) == (c.group == "shadow") and c.mask is not None
+    for c, it in zip(held, items):
+        if c.group == "shadow":  # the asset alone: inside the item's mask, without the cast shadow
+            assert np.array_equal(c.model_mask, it.asset_mask) and (c.model_mask <= c.mask).all()
+            assert c.model_mask.sum() < c.mask.sum()
+        else:
+            assert np.array_equal(c.model_mask, c.mask)
     _, held = holdout_clips(make_smoke_holdout(cfg), maskless_streams=())
-    assert all(c.model_mask is not None for c in held)
-    assert "but not on shadow, novel_view" in report
+    assert all(np.array_equal(c.model_mask, c.mask) for c in held)
+    _, held = holdout_clips(make_smoke_holdout(cfg), mask_to_model=False)
+    assert all(c.model_mask is None for c in held)
+    assert "but on shadow, novel_view" in report
     with pytest.raises(ConfigError, match="maskless_streams"):
         get_bench_preset("smoke", maskless_streams=("shadows",))
     nt = res["scenarios"]["novel_trajectory"]["methods"]

@@ -9,7 +9,14 @@ import pytest
 from simharmony.data import shards as S
 from simharmony.data.item import PairItem
 from simharmony.data.streams import STREAMS, tiny_configs
-from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, InvalidInputError, MissingFileError
+from simharmony.errors import (
+    ConfigError,
+    CorruptFileError,
+    FileFormatError,
+    InvalidInputError,
+    MissingFileError,
+    ShapeMismatchError,
+)
 
 COUNTS = {"isp": 5, "rpb": 3}
 SEED = 4
@@ -55,6 +62,44 @@ def test_round_trip_quantisation(tmp_path):
     np.testing.assert_allclose(back.flow, item.flow, atol=5e-3)
     np.testing.assert_array_equal(back.flow_valid, item.flow_valid)
     assert json.loads(rec["items"][0])["sha256"] == S.arrays_sha256(arrays)
+
+
+def test_asset_mask_round_trip_and_batches(tmp_path):
+    """The optional asset_mask is validated, sliced, stored and read back; items with and without one stack."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    T, H, W = 2, 5, 6
+    flow, valid = np.zeros((T, H, W, 2), np.float32), np.zeros((T, H, W), bool)
+    md = {"stream": "shadow", "params": {}, "seed": 0, "scene_id": "x"}
+
+    def make(asset):
+        return PairItem(rng.uniform(size=(T, H, W, 3)), rng.uniform(size=(T, H, W, 3)), np.ones((T, H, W)),
+                        np.ones((T, H, W)), flow, valid, md, asset_mask=asset)
+
+    asset = (rng.uniform(size=(T, H, W)) > 0.5).astype(np.float32)
+    with_asset, without = make(asset), make(None)
+    assert with_asset.frames(1).asset_mask.shape == (1, H, W) and without.frames(1).asset_mask is None
+    assert with_asset.model_mask() is with_asset.asset_mask and without.model_mask() is None
+    assert with_asset.model_mask(maskless_streams=()) is with_asset.mask
+    with pytest.raises(ShapeMismatchError, match="asset_mask"):
+        make(asset[:1])
+    with pytest.raises(InvalidInputError, match="asset_mask"):
+        make(asset * 2)
+    S.write_shard(tmp_path / "shards", "shadow-00000", [("shadow-0000000", with_asset), ("shadow-0000001", without)])
+    from simharmony.utils.io import save_yaml
+
+    save_yaml(tmp_path / "generation.yaml", {"seed": 0, "shard_size": 2, "streams": {"shadow": 2}})
+    S.finalize_dataset(tmp_path)
+    ds = S.ShardDataset(tmp_path, verify="full")
+    np.testing.assert_array_equal(ds.load_item(0).asset_mask, asset)
+    assert ds.load_item(1).asset_mask is None
+    batch = {k: (torch.stack([ds[0][k], ds[1][k]]) if torch.is_tensor(ds[0][k]) else [ds[0][k], ds[1][k]]) for k in ds[0]}
+    assert batch["has_asset_mask"].tolist() == [True, False] and not batch["asset_mask"][1].any()
+    shown, given = S.batch_model_mask(batch, ("shadow",))
+    assert given.tolist() == [True, False] and torch.equal(shown[0], torch.from_numpy(asset)) and not shown[1].any()
+    shown, given = S.batch_model_mask(batch, ())
+    assert given.all() and torch.equal(shown, batch["mask"])
 
 
 def test_dataset_reads_back_items(full):

@@ -53,6 +53,7 @@ def test_isp_and_rpb_change_nothing_outside_the_mask(items):
 
 
 def test_shadow_mask_covers_a_darker_shadow(items):
+    shadow_beside_asset = 0
     for it in items["shadow"]:
         oid = it.metadata["params"]["object_id"]
         assert it.metadata["params"]["shadow_pixels"] >= 2
@@ -60,6 +61,12 @@ def test_shadow_mask_covers_a_darker_shadow(items):
         drop = (it.input - it.target).mean(-1)
         assert (drop[it.mask > 0] > 0.03).sum() >= 2, oid
         np.testing.assert_array_equal(it.input[it.mask == 0], it.target[it.mask == 0])
+        # the object's own mask (what a simulator gives): inside the mask, without the cast shadow
+        asset = it.asset_mask
+        assert asset is not None and set(np.unique(asset)) <= {0.0, 1.0} and asset.any()
+        assert (asset <= it.mask).all() and it.model_mask() is asset and it.model_mask(()) is it.mask
+        shadow_beside_asset += int((drop[(it.mask > 0) & (asset == 0)] > 0.03).any())
+    assert shadow_beside_asset > 0  # tiny frames: a contact shadow may lie within the asset's dilated edge
 
 
 def test_report_medians_finite_not_identity(items):

@@ -414,26 +414,37 @@ def test_identity_items_show_the_target_as_input():
 
 
 def test_maskless_streams_never_show_the_model_their_mask():
-    """Items of maskless_streams get mask_given=False (the trainer's flags), and the step passes the flags on."""
+    """Items of maskless_streams show the model only their asset mask (mask_given=False without one), and the
+    step passes the masks and flags on."""
     from _helpers import recording_enhancer, training_batch
 
     from simharmony.training.trainer import StepModule, stream_flags
 
-    streams = ["isp", "shadow", "novel_view", "reinsert"]
-    flags = stream_flags(streams, TrainConfig())  # default: shadow and novel_view
-    assert flags["mask_given"].tolist() == [True, False, False, True] and "identity_ok" not in flags
-    assert stream_flags(["isp", "rpb"], TrainConfig()) == {}  # nothing to hide: the model gets mask as given
-    assert stream_flags(streams, TrainConfig(maskless_streams=[])) == {}
-    assert stream_flags(streams, TrainConfig(identity_prob=0.5, identity_streams=["isp"]))["identity_ok"].tolist() == [
-        True, False, False, False]
+    x = torch.rand(5, 1, 16, 16, 3)
+    batch = training_batch(x, x.clone())
+    batch["stream"] = ["isp", "shadow", "novel_view", "reinsert", "shadow"]
+    batch["mask"] = torch.rand(5, 1, 16, 16)
+    batch["asset_mask"] = torch.zeros(5, 1, 16, 16)
+    batch["asset_mask"][4] = 0.5  # the last shadow item carries its object's own mask
+    batch["has_asset_mask"] = torch.tensor([False, False, False, False, True])
+    flags = stream_flags(batch, TrainConfig())  # default: shadow and novel_view
+    assert flags["mask_given"].tolist() == [True, False, False, True, True] and "identity_ok" not in flags
+    shown = flags["mask"]
+    assert torch.equal(shown[[0, 3]], batch["mask"][[0, 3]])  # other streams: their mask as given
+    assert torch.equal(shown[4], batch["asset_mask"][4])  # the asset's mask, never the target-derived one
+    assert not shown[1:3].any()  # nothing of the hidden masks reaches the model
+    assert stream_flags({**batch, "stream": ["isp", "rpb", "relight", "isp", "rpb"]}, TrainConfig()) == {}
+    assert stream_flags(batch, TrainConfig(maskless_streams=[])) == {}
+    assert stream_flags(batch, TrainConfig(identity_prob=0.5, identity_streams=["isp"]))["identity_ok"].tolist() == [
+        True, False, False, False, False]
     model, _ = recording_enhancer()
     calls = []
     real_forward = model.forward
     model.forward = lambda x, past=None, **kw: calls.append(kw) or real_forward(x, past, **kw)
-    x = torch.rand(4, 1, 16, 16, 3)
-    batch = {**training_batch(x, x.clone()), **flags}
+    batch = {**batch, **flags}
+    del batch["stream"]
     StepModule(model, None, TrainConfig(mask_dropout=0.0, perceptual_weight=0.0))(batch, "image", torch.Generator().manual_seed(0))
-    assert calls[-1]["mask"] is not None and calls[-1]["mask_given"].tolist() == [True, False, False, True]
+    assert torch.equal(calls[-1]["mask"], shown[:, 0, None]) and calls[-1]["mask_given"].tolist() == [True, False, False, True, True]
     StepModule(model, None, TrainConfig(mask_dropout=1.0, perceptual_weight=0.0))(batch, "image", torch.Generator().manual_seed(0))
     assert calls[-1]["mask"] is None and calls[-1]["mask_given"] is None
     with pytest.raises(ConfigError, match="maskless_streams"):

@@ -48,7 +48,7 @@ class BenchConfig(Config):
     with per-frame exposure / white-balance flicker ``flicker`` on their inputs, seeded by ``flicker_seed``
     (:mod:`simharmony.data.flicker`); targets unchanged.
     Inputs to the models: ``mask_to_model`` / ``depth_to_model``; ``maskless_streams``: holdout streams whose
-    items give no method their mask (default: those whose mask is cut out with the target's help,
+    items give no method their mask, only the inserted object's ``asset_mask`` where they carry one (default: those whose mask is cut out with the target's help,
     :data:`~simharmony.data.item.TARGET_DERIVED_MASK_STREAMS`). ``psnr_cap_db``: per-frame PSNR and
     fPSNR are capped there (identical frames would give inf).
     Speed: ``speed_sizes`` [(W, H)], ``speed_repeats`` timed calls after ``speed_warmup``.

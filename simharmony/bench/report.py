@@ -119,7 +119,8 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
     c = meta["config"]
     maskless = c.get("maskless_streams") or []
     out.append(f"Inputs: methods get each holdout item's mask ({'yes' if c['mask_to_model'] else 'no'}"
-               + (f", but not on {', '.join(maskless)}, whose masks are cut out with the target's help" if maskless and c['mask_to_model'] else "")
+               + (f", but on {', '.join(maskless)}, whose masks are cut out with the target's help, only the "
+                  "inserted object's own mask where the item has one" if maskless and c['mask_to_model'] else "")
                + "; classical "
                "baselines only recolour the masked foreground and are the identity without a mask) and the models get "
                f"depth ({'yes' if c['depth_to_model'] else 'no'}); every clip starts a new stream (context reset). "

@@ -87,7 +87,7 @@ def make_smoke_holdout(cfg: BenchConfig) -> Path:
     (48x32 tiny streets) with ``cfg.smoke_seq_len``-frame sequences, half of the items sequences on average.
     """
     from simharmony.data.shards import generate_dataset
-    from simharmony.data.streams import tiny_configs
+    from simharmony.data.streams import ITEMS_REVISION, tiny_configs
 
     cache = Path(cfg.cache_dir)
     base = tiny_configs(str(cache / "recon"))
@@ -99,7 +99,8 @@ def make_smoke_holdout(cfg: BenchConfig) -> Path:
             kw["scene_frames"] = max(c.scene_frames, cfg.smoke_seq_len)
         configs[name] = dataclasses.replace(c, **kw)
     counts = {name: cfg.smoke_items_per_stream for name in configs}
-    key = _key({"counts": counts, "seed": cfg.smoke_seed, "configs": {k: v.to_dict() for k, v in configs.items()}})
+    key = _key({"counts": counts, "seed": cfg.smoke_seed, "configs": {k: v.to_dict() for k, v in configs.items()},
+                "items_revision": ITEMS_REVISION})
     out = cache / f"smoke_holdout-{key}"
     if not (out / "dataset.yaml").is_file():
         generate_dataset(out, counts, seed=cfg.smoke_seed, shard_size=cfg.smoke_items_per_stream, configs=configs,
@@ -108,16 +109,16 @@ def make_smoke_holdout(cfg: BenchConfig) -> Path:
 
 
 def _model_mask(item, mask_to_model: bool, maskless_streams: Sequence[str]) -> np.ndarray | None:
-    """The mask a method is given for a holdout item: its own, unless masks are off or its stream's mask is
-    cut out with the target's help (``maskless_streams``, see TARGET_DERIVED_MASK_STREAMS)."""
-    return item.mask if mask_to_model and item.stream not in maskless_streams else None
+    """The mask a method is given for a holdout item (None when masks are off): its own, or where its stream's
+    mask is cut out with the target's help (``maskless_streams``) its asset mask if any (PairItem.model_mask)."""
+    return item.model_mask(maskless_streams) if mask_to_model else None
 
 
 def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_model: bool = True,
                   maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS) -> tuple[int, Iterator[Clip]]:
     """(count, lazy iterator of clips): one clip per item of the dataset folder (manifest order), at most
     ``max_items_per_stream`` per stream (0 = all). Items are read one at a time (a holdout set does not fit
-    in memory at once). Methods get the item's mask (``model_mask``) but on ``maskless_streams``.
+    in memory at once). Methods get the item's mask (``model_mask``), on ``maskless_streams`` its asset mask.
     MissingFileError (saying how to make it) when the folder is not a dataset."""
     from simharmony.data.shards import ShardDataset
 

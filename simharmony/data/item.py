@@ -12,6 +12,8 @@ A :class:`PairItem` is one image (T = 1) or one short sequence (default T = 5) o
 - ``flow_valid`` [T, H, W] bool: False where the flow is undefined or occluded; all False at t = 0
 - ``metadata``   dict with at least ``stream`` (str), ``params`` (dict), ``seed`` (int), ``scene_id`` (str);
   everything in it must be JSON-serialisable (it goes into the shard manifest).
+- ``asset_mask`` optional [T, H, W] float32 in [0, 1]: the inserted object's own coverage, on items whose
+  ``mask`` is cut out with the target's help (the shadow stream): the mask a simulator would give there.
 
 Construction validates everything and raises the project's errors (ShapeMismatchError, NonFiniteError,
 InvalidInputError) naming the field and what was expected.
@@ -28,11 +30,13 @@ import numpy as np
 from simharmony.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
 
 ARRAY_FIELDS = ("input", "target", "mask", "depth", "flow", "flow_valid")
+OPTIONAL_ARRAY_FIELDS = ("asset_mask",)
 REQUIRED_METADATA = {"stream": str, "params": dict, "seed": int, "scene_id": str}
 # Streams whose item mask is cut out with the target's help (the cast shadow's extent; where a
 # reconstruction is wrong): a simulator could not give it, so models are never shown it (training:
 # TrainConfig.maskless_streams, benchmark: BenchConfig.maskless_streams); it only marks the region of the
 # foreground metrics. The other streams' masks are the inserted or altered object, as a simulator gives.
+# Items of these streams may carry the object's own ``asset_mask``, which models do get (model_mask()).
 TARGET_DERIVED_MASK_STREAMS: tuple[str, ...] = ("shadow", "novel_view")
 
 
@@ -66,6 +70,7 @@ class PairItem:
     flow: np.ndarray
     flow_valid: np.ndarray
     metadata: dict = field(default_factory=dict)
+    asset_mask: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.input = _as_array("input", self.input, np.float32)
@@ -79,13 +84,17 @@ class PairItem:
             "flow": (T, H, W, 2),
             "flow_valid": (T, H, W),
         }
+        if self.asset_mask is not None:
+            expected["asset_mask"] = (T, H, W)
         for name, shape in expected.items():
             arr = _as_array(name, getattr(self, name), bool if name == "flow_valid" else np.float32)
             if arr.shape != shape:
                 raise ShapeMismatchError(f"PairItem.{name} must be {list(shape)} to match input, got {list(arr.shape)}")
             setattr(self, name, arr)
-        for name in ("input", "target", "mask"):
+        for name in ("input", "target", "mask", "asset_mask"):
             arr = getattr(self, name)
+            if arr is None:
+                continue
             if not np.isfinite(arr).all():
                 raise NonFiniteError(f"PairItem.{name} contains NaN or infinity")
             lo, hi = float(arr.min()), float(arr.max())
@@ -146,7 +155,15 @@ class PairItem:
         flow, valid = self.flow[sl].copy(), self.flow_valid[sl].copy()
         flow[0], valid[0] = 0.0, False
         md = dict(self.metadata, frame_start=int(start) + int(self.metadata.get("frame_start", 0)))
-        return PairItem(self.input[sl], self.target[sl], self.mask[sl], self.depth[sl], flow, valid, md)
+        asset = None if self.asset_mask is None else self.asset_mask[sl]
+        return PairItem(self.input[sl], self.target[sl], self.mask[sl], self.depth[sl], flow, valid, md, asset)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in ARRAY_FIELDS}
+        """Every array field the item has (the optional ones only when present)."""
+        names = ARRAY_FIELDS + tuple(n for n in OPTIONAL_ARRAY_FIELDS if getattr(self, n) is not None)
+        return {name: getattr(self, name) for name in names}
+
+    def model_mask(self, maskless_streams: tuple[str, ...] | list[str] = TARGET_DERIVED_MASK_STREAMS) -> np.ndarray | None:
+        """The mask [T, H, W] a model may be given: ``mask``, but on ``maskless_streams`` the object's own
+        ``asset_mask`` (None where the item has none)."""
+        return self.asset_mask if self.stream in maskless_streams else self.mask

@@ -9,8 +9,8 @@ Layout of a dataset folder::
       shards/<stream>-<chunk>.safetensors   the items' arrays under "<item id>/<field>" keys
       shards/<stream>-<chunk>.yaml          that shard's record: bytes, sha256, manifest lines
 
-Stored dtypes: input/target/mask uint8 (value * 255, rounded), depth float16 (inf kept), flow float16
-(pixels; ~0.03 px resolution below 64 px of motion), flow_valid uint8. An item's ``sha256`` hashes its
+Stored dtypes: input/target/mask and the optional asset_mask uint8 (value * 255, rounded), depth float16
+(inf kept), flow float16 (pixels; ~0.03 px resolution below 64 px of motion), flow_valid uint8. An item's ``sha256`` hashes its
 stored arrays (name, dtype, shape, bytes, in sorted key order). The manifest hash (dataset version) is
 the sha256 of the sorted manifest lines (compact, key-sorted JSON), so it depends on content only.
 
@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from simharmony.data.item import ARRAY_FIELDS, REQUIRED_METADATA, PairItem
+from simharmony.data.item import ARRAY_FIELDS, OPTIONAL_ARRAY_FIELDS, REQUIRED_METADATA, PairItem
 from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, InvalidInputError, MissingFileError
 from simharmony.utils.config import Config
 from simharmony.utils.io import PathLike, atomic_path, ensure_writable_dir, load_yaml, save_yaml, write_text_atomic
@@ -51,7 +51,7 @@ FORMAT = "simharmony.pair_shards"
 FORMAT_VERSION = 1
 
 _STORED = {  # field -> stored dtype
-    "input": np.uint8, "target": np.uint8, "mask": np.uint8,
+    "input": np.uint8, "target": np.uint8, "mask": np.uint8, "asset_mask": np.uint8,
     "depth": np.float16, "flow": np.float16, "flow_valid": np.uint8,
 }
 
@@ -64,8 +64,7 @@ _STORED = {  # field -> stored dtype
 def encode_item(item: PairItem) -> dict[str, np.ndarray]:
     """PairItem -> stored arrays (see module docstring for dtypes)."""
     out = {}
-    for name in ARRAY_FIELDS:
-        a = getattr(item, name)
+    for name, a in item.arrays().items():
         if _STORED[name] is np.uint8 and name != "flow_valid":
             a = np.rint(np.clip(a, 0.0, 1.0) * 255.0)
         out[name] = np.ascontiguousarray(a.astype(_STORED[name]))
@@ -75,7 +74,7 @@ def encode_item(item: PairItem) -> dict[str, np.ndarray]:
 def decode_item(arrays: Mapping[str, np.ndarray], metadata: dict) -> PairItem:
     """Stored arrays -> PairItem (float32 in [0, 1], bool flow_valid)."""
     a = {}
-    for name in ARRAY_FIELDS:
+    for name in ARRAY_FIELDS + tuple(n for n in OPTIONAL_ARRAY_FIELDS if n in arrays):
         x = np.asarray(arrays[name])
         if name == "flow_valid":
             a[name] = x.astype(bool)
@@ -388,7 +387,9 @@ class ShardDataset:
     truncation raises CorruptFileError; a missing shard MissingFileError.
 
     ``ds[i]`` -> dict of torch tensors ``input``/``target`` [T, H, W, 3] float32, ``mask``/``depth``
-    [T, H, W], ``flow`` [T, H, W, 2], ``flow_valid`` [T, H, W] bool, plus ``id`` and ``stream`` strings.
+    [T, H, W], ``flow`` [T, H, W, 2], ``flow_valid`` [T, H, W] bool, ``asset_mask`` [T, H, W] (zeros where
+    the item has none) with ``has_asset_mask`` [] bool (so items with and without stack into one batch),
+    plus ``id`` and ``stream`` strings.
     ``ds[(i, start, length)]`` serves frames [start, start + length) of item i (flow reset at the first).
     ``streams`` keeps only these streams.
     """
@@ -491,9 +492,26 @@ class ShardDataset:
         else:
             item = self.load_item(int(key))
         out: dict[str, Any] = {name: torch.from_numpy(np.ascontiguousarray(getattr(item, name))) for name in ARRAY_FIELDS}
+        has_asset = item.asset_mask is not None
+        out["asset_mask"] = torch.from_numpy(item.asset_mask) if has_asset else torch.zeros_like(out["mask"])
+        out["has_asset_mask"] = torch.tensor(has_asset)
         out["id"] = self.records[int(key[0] if isinstance(key, tuple) else key)]["id"]
         out["stream"] = item.stream
         return out
+
+
+def batch_model_mask(batch: Mapping[str, Any], maskless_streams: Sequence[str]) -> tuple[Any, Any]:
+    """The masks a model may see in a collated batch (or one ``ds[i]``), as :meth:`PairItem.model_mask`:
+    ``mask`` [B, T, H, W], but on ``maskless_streams`` the item's ``asset_mask``; and ``given`` [B] bool,
+    False on maskless items without an asset mask (their mask row is then zeros, to be ignored)."""
+    import torch
+
+    streams = batch["stream"]
+    hide = torch.tensor(streams in maskless_streams if isinstance(streams, str) else [s in maskless_streams for s in streams],
+                        device=batch["mask"].device)
+    given = ~hide | batch["has_asset_mask"]
+    shape = hide.shape + (1,) * (batch["mask"].dim() - hide.dim())
+    return torch.where(hide.reshape(shape), batch["asset_mask"], batch["mask"]), given
 
 
 class ConcatShardDataset:

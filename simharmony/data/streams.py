@@ -17,7 +17,8 @@ image (one random frame, T = 1) or, with probability ``sequence_prob``, the whol
   over the street rendered without it (``exclude_ids``: no cast shadow, no interreflection) and tone
   mapped -> input; the full render -> target. Mask = the object's coverage, union where the target is
   darker than the input by more than ``shadow_threshold`` (its cast shadow), dilated by a pixel; outside
-  the mask the input is the target (the renders differ there only by Monte Carlo noise).
+  the mask the input is the target (the renders differ there only by Monte Carlo noise). ``asset_mask`` =
+  the object's coverage alone, dilated by a pixel: the mask a simulator would give.
 - ``rpb``: Random Poisson Blending (R2R): the object is Poisson-blended (``cv2.seamlessClone``) onto a
   random region of a reference image (the same frame index of the generator's next street, under other
   lighting), the blended foreground F_p is mixed ``alpha * F_p + (1 - alpha) * F_t`` and pasted back
@@ -404,7 +405,9 @@ def _make_shadow(config: ShadowStreamConfig, seed: int, scene: _Scene, rng: np.r
             "object_id": obj, "category": layout.object(obj).category, "lighting": scene.layout.lighting.to_dict(),
             "shadow_pixels": int(shadow.sum()), "shadow_threshold": config.shadow_threshold,
         })
-        return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md)
+        # the object's own coverage: the mask a simulator inserting it gives (``mask`` needs the target)
+        asset = coverage_mask(fg.alpha, dilate=1)
+        return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md, asset_mask=asset)
     return None
 
 
@@ -666,6 +669,9 @@ def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, c
 # Registry and report
 # --------------------------------------------------------------------------------------------------
 
+# Bumped when a stream's items change for the same config and seed (2: shadow items carry asset_mask), so
+# caches of generated items (the bench's smoke holdout) are made anew.
+ITEMS_REVISION = 2
 STREAMS: dict[str, tuple[type, Callable[..., Iterator[PairItem]]]] = {
     "isp": (IspStreamConfig, generate_isp),
     "shadow": (ShadowStreamConfig, generate_shadow),

@@ -68,7 +68,7 @@ class TrainConfig(Config):
     input replaced by its target, mask and depth kept, so the model learns to leave consistent frames and
     inserted objects alone instead of applying the average correction of its streams (drawn first);
     ``identity_streams`` limits that to items of these streams ([] = any stream). ``maskless_streams``:
-    streams whose items never give the model their mask (default: those whose mask is cut out with the
+    streams whose items never give the model their mask, only their ``asset_mask`` if any (default: those whose mask is cut out with the
     target's help, :data:`~simharmony.data.item.TARGET_DERIVED_MASK_STREAMS`; [] = every item's mask, as
     stages 1-3 of the shipped model were trained).
     """

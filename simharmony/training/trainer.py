@@ -23,7 +23,8 @@ Batches (schedule in :class:`~simharmony.training.config.TrainConfig`):
   following phases simply use the fixed null timestep buffer on clean input latents.
 - mask and depth are dropped for the whole batch (and all its frames) with ``mask_dropout`` /
   ``depth_dropout``: the model sees "absent" exactly as at inference without them. Items of
-  ``maskless_streams`` (masks cut out with the target's help) never get theirs (``Enhancer(mask_given=)``).
+  ``maskless_streams`` (masks cut out with the target's help) never get theirs: they get the object's own
+  ``asset_mask`` where they carry one, else none (``Enhancer(mask_given=)``).
 
 Reproducibility: every random draw of step s comes from generators seeded by (seed, s, rank), batches
 from :class:`~simharmony.data.shards.MixingBatchSampler` with epoch = s (rank r takes batch r of that
@@ -55,7 +56,7 @@ from tqdm.auto import tqdm
 
 from simharmony.data.flicker import apply_flicker, apply_occluder, flicker_gains, occluder_alphas
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
-from simharmony.data.shards import ConcatShardDataset, MixingBatchSampler, ShardDataset, open_datasets
+from simharmony.data.shards import ConcatShardDataset, MixingBatchSampler, ShardDataset, batch_model_mask, open_datasets
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
 from simharmony.training.checkpoint import (
@@ -165,20 +166,25 @@ class _StepBatches:
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in ("input", "target", "mask", "depth", "flow", "flow_valid")}
+    keys = ("input", "target", "mask", "asset_mask", "has_asset_mask", "depth", "flow", "flow_valid")
+    out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in keys}
     out["id"] = [it["id"] for it in items]
     out["stream"] = [it["stream"] for it in items]
     return out
 
 
-def stream_flags(streams: list[str], cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Per-item [B] bool flags a batch of these streams needs: ``identity_ok`` (items of ``identity_streams``,
-    when those are set) and ``mask_given`` (False on ``maskless_streams``, when the batch has any)."""
+def stream_flags(batch: dict[str, Any], cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """What a collated batch's streams change: ``identity_ok`` [B] (items of ``identity_streams``, when those
+    are set); on a batch with items of ``maskless_streams``, the model's ``mask`` (theirs replaced by their
+    ``asset_mask``, :func:`~simharmony.data.shards.batch_model_mask`) and ``mask_given`` [B] (False where
+    they have none)."""
+    streams = batch["stream"]
     flags = {}
     if cfg.identity_prob > 0 and cfg.identity_streams:
         flags["identity_ok"] = torch.tensor([st in cfg.identity_streams for st in streams], device=device)
     if set(cfg.maskless_streams) & set(streams):
-        flags["mask_given"] = torch.tensor([st not in cfg.maskless_streams for st in streams], device=device)
+        mask, given = batch_model_mask(batch, cfg.maskless_streams)
+        flags["mask"], flags["mask_given"] = mask.to(device), given.to(device)
     return flags
 
 
@@ -315,7 +321,8 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
              maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS) -> dict[str, Any]:
     """Mean PSNR (dB, per-frame values averaged per item, then over items) of output vs target and of input vs
     target on up to ``items`` evenly spaced holdout items; sequences run in order with cached context (as the
-    Harmonizer does), depth given, and the mask but on items of ``maskless_streams``. ``per_stream`` holds
+    Harmonizer does), depth given, and the mask (on items of ``maskless_streams`` their asset mask, if any,
+    :func:`~simharmony.data.shards.batch_model_mask`). ``per_stream`` holds
     the same two means per stream."""
     from simharmony.metrics import psnr
 
@@ -324,12 +331,13 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
     for i in eval_indices(len(dataset), items):
         it = dataset[i]
         inp = it["input"].permute(0, 3, 1, 2).to(device)
-        give_mask = model.config.use_mask and it["stream"] not in maskless_streams
+        mask, given = batch_model_mask(it, maskless_streams)
+        give_mask = model.config.use_mask and bool(given)
         ctx: list[torch.Tensor] = []
         outs = []
         for t in range(inp.shape[0]):
             out, z = model(inp[t : t + 1], ctx[: model.context_frames] or None,
-                           mask=it["mask"][t][None, None].to(device) if give_mask else None,
+                           mask=mask[t][None, None].to(device) if give_mask else None,
                            depth=it["depth"][t][None, None].to(device) if model.config.use_depth else None)
             outs.append(out[0].permute(1, 2, 0).float().cpu())
             ctx.insert(0, z)
@@ -514,7 +522,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
         for g in optimizer.param_groups:
             g["lr"] = lr
         tb = _to_device(batch, device)
-        tb.update(stream_flags(batch["stream"], cfg, device))
+        tb.update(stream_flags(batch, cfg, device))
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=autocast):
             losses = step_module(tb, phase, gen)
         optimizer.zero_grad(set_to_none=True)
