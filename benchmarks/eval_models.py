@@ -15,7 +15,8 @@ squared error per pixel inside and outside the items' masks (where a model helps
 RGB change inside the masks, made by the model and needed (target - input), averaged over items (a
 systematic shift, e.g. darkening every inserted object, shows there); with
 ``--flicker N`` PSNR and warping error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping
-error, flicker score and PSNR on the novel trajectory and the insertion drive.
+error, flicker score and PSNR on the novel trajectory and the insertion drive. With ``identity`` among the models,
+every other model's PSNR and SSIM minus the input's per stream, with a bootstrap interval over items.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import torch
 from simharmony.bench.config import get_bench_preset
 from simharmony.bench.runner import clip_metrics
 from simharmony.bench.scenarios import flicker_clips, holdout_clips, scene_clips
+from simharmony.bench.stats import paired_difference
 from simharmony.harmonizer import Harmonizer
 
 
@@ -103,6 +105,13 @@ def main() -> None:
             psnr = {s: np.mean([v[0] for v in streams[s]]) for s in sorted(streams)}
             line = " ".join(f"{s} {psnr[s]:.3f}/{np.mean([v[1] for v in streams[s]]):.5f}" for s in psnr)
             print(f"  holdout {line} mean {np.mean(list(psnr.values())):.3f}")
+            if "identity" in per_stream and name != "identity":  # paired over the same items
+                ref = per_stream["identity"]
+                for k, what in ((0, "PSNR"), (1, "SSIM x1e4")):
+                    scale = 1e4 if k else 1.0
+                    diffs = " ".join(f"{s} {paired_difference([v[k] for v in streams[s]], [v[k] for v in ref[s]]).text(3 - 2 * k, scale)}"
+                                     for s in psnr)
+                    print(f"  {what} minus the input's, mean [95% bootstrap interval over items]: {diffs}")
         for s, (se_in, n_in, se_out, n_out) in sorted(split[name].items()):
             made, needed = np.mean(shifts[name][s], axis=0)
             print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}; mean RGB change "

@@ -15,8 +15,9 @@ from simharmony.bench import add_cli, config_from_args, get_bench_preset
 from simharmony.bench.methods import Method, Unavailable, parametric_method, resolve_ours
 from simharmony.bench.runner import build_methods, clip_metrics, run_bench
 from simharmony.bench.scenarios import Clip, flicker_clips, holdout_clips, make_smoke_holdout
+from simharmony.bench.stats import paired_difference, quality_bar
 from simharmony.data.flicker import apply_flicker, flicker_gains
-from simharmony.errors import ConfigError, MissingFileError
+from simharmony.errors import ConfigError, InvalidInputError, MissingFileError
 
 
 def _parser():
@@ -190,6 +191,13 @@ def test_smoke_end_to_end(tmp_path, monkeypatch, one_torch_thread):
     _, held = holdout_clips(make_smoke_holdout(cfg), mask_to_model=False)
     assert all(c.model_mask is None for c in held)
     assert "but on shadow, novel_view" in report
+    # the quality bar: the oracle beats the input everywhere it can; an untrained Enhancer is near the identity
+    for stream in ("isp", "shadow"):
+        bar = res["quality_bars"]["oracle"][stream]
+        assert bar["psnr_met"] and bar["ssim_met"] and bar["psnr_vs_input"]["low"] > 0
+        assert abs(res["quality_bars"]["ours"][stream]["psnr_vs_input"]["mean"]) < 0.05
+    assert set(res["quality_bars"]) >= {"ours", "oracle", "variant:tiny"} and "identity" not in res["quality_bars"]
+    assert "## Quality bar on the holdout" in report and "`ours (temporal) [untrained]`" in report
     with pytest.raises(ConfigError, match="maskless_streams"):
         get_bench_preset("smoke", maskless_streams=("shadows",))
     nt = res["scenarios"]["novel_trajectory"]["methods"]
@@ -242,3 +250,42 @@ def test_bar_chart_without_matplotlib_draws_with_opencv(monkeypatch, tmp_path):
     backend = bar_chart(tmp_path / "p.png", "t", ["a", "b"], {"m1": [20.0, 30.0], "m2": [25.0, float("nan")]}, "dB")
     img = cv2.imread(str(tmp_path / "p.png"))
     assert backend == "cv2" and img is not None and img.shape[1] >= 640
+
+
+def test_paired_difference_interval():
+    rng = np.random.default_rng(0)
+    b = rng.normal(30, 3, 200)
+    shifted = paired_difference(b + 0.2, b)  # the same shift on every item: no spread, a tight interval
+    assert shifted.mean == pytest.approx(0.2) and shifted.low == pytest.approx(0.2) and shifted.significant
+    noisy = paired_difference(b + rng.normal(0, 1, 200), b)  # no shift: the interval straddles 0
+    assert noisy.low < 0 < noisy.high and not noisy.significant and noisy.n == 200
+    assert noisy.high - noisy.low == pytest.approx(2 * 1.96 / math.sqrt(200), rel=0.25)
+    assert paired_difference(b + 0.3 + rng.normal(0, 1, 200), b).significant
+    assert paired_difference(b + 1, b, seed=3) == paired_difference(b + 1, b, seed=3)
+    with pytest.raises(InvalidInputError, match="equal length"):
+        paired_difference([1.0, 2.0], [1.0])
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        paired_difference([1.0, float("inf")], [1.0, 2.0])
+    with pytest.raises(InvalidInputError, match="confidence"):
+        paired_difference([1.0], [1.0], confidence=95)
+
+
+def test_quality_bar_from_per_clip_metrics():
+    rng = np.random.default_rng(1)
+    ids = [f"c{i}" for i in range(50)]
+    inp = {i: {"psnr": float(p), "ssim": 0.9} for i, p in zip(ids, rng.normal(30, 3, 50))}
+
+    def method(dpsnr, dssim):
+        return {i: {"psnr": v["psnr"] + dpsnr + 0.01 * rng.normal(), "ssim": v["ssim"] + dssim} for i, v in inp.items()}
+
+    clips = {"identity": inp, "reinhard_lab": method(-2, -0.01), "lightness_preserving_hsv": method(-1, -0.01),
+             "good": method(0.5, 0.001), "blurry": method(0.5, -0.001), "bad": method(-0.3, 0.0)}
+    good = quality_bar(clips, "good")
+    assert good.psnr_met and good.ssim_met and good.classical == "lightness_preserving_hsv"
+    assert good.psnr_vs_classical.mean == pytest.approx(1.5, abs=0.01) and good.psnr_vs_input.significant
+    assert quality_bar(clips, "blurry").psnr_met and not quality_bar(clips, "blurry").ssim_met
+    assert not quality_bar(clips, "bad").psnr_met and quality_bar(clips, "bad").ssim_met
+    with pytest.raises(InvalidInputError, match="missing"):
+        quality_bar({"good": clips["good"], "identity": inp}, "good")
+    with pytest.raises(InvalidInputError, match="other clips"):
+        quality_bar({**clips, "identity": dict(list(inp.items())[:10])}, "good")

@@ -43,6 +43,7 @@ from simharmony.bench.methods import (
     resolve_ours,
 )
 from simharmony.bench.scenarios import Clip, flicker_clips, holdout_clips, make_smoke_holdout, scene_clips
+from simharmony.bench.stats import CLASSICAL, INPUT, quality_bar
 from simharmony.errors import ConfigError, MissingFileError
 from simharmony.paths import REPO_ROOT
 
@@ -223,6 +224,20 @@ def evaluate(clips: Iterable[Clip], total: int, methods: list[Method], cfg: Benc
     return groups
 
 
+def quality_bars(holdout: dict[str, Any], methods: list[Method]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{method: {stream: the enhancer issue's quality bar}} for every method that is not the input or a
+    classical baseline (:func:`simharmony.bench.stats.quality_bar`, paired over the stream's clips)."""
+    bars: dict[str, dict[str, dict[str, Any]]] = {}
+    for m in methods:
+        if m.name in (INPUT, *CLASSICAL):
+            continue
+        for stream, group in holdout.items():
+            clips = group["clips"]
+            if m.name in clips and INPUT in clips and any(c in clips for c in CLASSICAL):
+                bars.setdefault(m.name, {})[stream] = quality_bar(clips, m.name).to_dict()
+    return bars
+
+
 def _aggregate(per_clip: dict[str, dict[str, float]]) -> dict[str, float]:
     keys = sorted({k for v in per_clip.values() for k in v})
     return {k: _nanmean(v.get(k) for v in per_clip.values()) for k in keys}
@@ -369,6 +384,7 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     t0 = time.perf_counter()
     total, clips = holdout_clips(holdout_dir, cfg.max_items_per_stream, cfg.mask_to_model, cfg.maskless_streams)
     holdout = evaluate(clips, total, methods, cfg, media, "holdout")
+    bars = quality_bars(holdout, methods)
     timings["holdout_s"] = time.perf_counter() - t0
 
     novel, insertion, scene_info = [], [], {}
@@ -416,6 +432,7 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
         "unavailable": {u.name: {"available": False, "label": u.label, "kind": u.kind, "reason": u.reason} for u in missing},
         "metrics_not_available": unavailable_metrics,
         "holdout": holdout,
+        "quality_bars": bars,
         "scenarios": scenes,
         "speed": speed,
         "timings_s": timings,
