@@ -14,7 +14,9 @@ Layout follows gsplat's pipeline:
      transmittance and the index of the last contributor of every pixel.
    - ``_backward_kernel``: per tile, Gaussians back to front from the tile's latest last-contributor,
      recovering each pixel's transmittance by division (as gsplat does). Per-Gaussian gradients go to
-     per-thread buffers (``numba.get_thread_id()``) summed afterwards, so there are no races.
+     ``GRAD_SLOTS`` buffers, each owned by a fixed share of the tiles and summed afterwards in order:
+     no races, and the same gradients bit for bit on any number of threads (so reconstructions, and the
+     data made from them, do not depend on the machine's core count).
 
 Torch work (projection, SH, background) runs as isolated autograd nodes under a torch thread cap
 (``TORCH_THREADS``, default 1, forward and backward): on small shared machines torch's OpenMP pool
@@ -52,6 +54,10 @@ TORCH_THREADS = int(os.environ.get("SIMHARMONY_RASTER_TORCH_THREADS", "1"))
 # numba's OpenMP layer loads its own libgomp at the first parallel kernel and reads this then. Spinning
 # idle OpenMP workers (the default) starve the busy ones when cores are shared; a user's explicit value wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Gradient buffers of the backward pass, each owned by a fixed share of the tiles (see _backward_kernel):
+# fixed, not the thread count, so gradients are the same bit for bit on every machine. It also caps the
+# backward pass at this many threads; memory GRAD_SLOTS x N x (6 + D) float32 (16 x 50k x 9: 29 MB).
+GRAD_SLOTS = 16
 
 _F32_ALPHA_THRESHOLD = np.float32(ALPHA_THRESHOLD)
 _F32_ALPHA_MAX = np.float32(ALPHA_MAX)
@@ -452,109 +458,113 @@ def _backward_kernel(
     """Back-to-front gradient pass per tile.
 
     g_color [C, H, W, D], g_alpha [C, H, W] (grads of the background-free colour and of alpha).
-    buf [n_threads, C*N, 6 + D] accumulates d/d(means2d x, y, conic a, b, c, opacity, colors...).
+    buf [S, C*N, 6 + D] accumulates d/d(means2d x, y, conic a, b, c, opacity, colors...) per slot: slot s
+    takes tiles s, s + S, s + 2S, ... of tile_order, whichever thread runs it, so the sums (and the
+    gradients) do not depend on the thread count or the scheduling.
     """
     D = colors.shape[1]
     n_img_tiles = tiles_x * tiles_y
     half = np.float32(0.5)
     one = np.float32(1.0)
-    for i in prange(n_cams * n_img_tiles):
-        t = tile_order[i]
-        tid = numba.get_thread_id()
-        c, x0, y0, x1, y1 = _tile_range(t, n_img_tiles, tiles_x, tile_size, width, height)
-        pw = x1 - x0
-        ph = y1 - y0
-        npix = ph * pw
-        start = tile_offsets[t]
-        T = np.empty(npix, np.float32)  # transmittance behind the current Gaussian
-        GT = np.empty(npix, np.float32)  # dL/dalpha_out * T_final
-        last = np.empty(npix, np.int64)
-        G = np.empty(npix * D, np.float32)
-        S = np.zeros(npix * D, np.float32)  # colour accumulated behind the current Gaussian
-        kmax = start - 1
-        for iy in range(ph):
-            for ix in range(pw):
-                p = iy * pw + ix
-                tf = final_T[c, y0 + iy, x0 + ix]
-                T[p] = tf
-                GT[p] = g_alpha[c, y0 + iy, x0 + ix] * tf
-                lk = last_ids[c, y0 + iy, x0 + ix]
-                last[p] = lk
-                kmax = max(kmax, lk)
-                for d in range(D):
-                    G[p * D + d] = g_color[c, y0 + iy, x0 + ix, d]
-        gcol = np.zeros(D, np.float32)
-        for k in range(kmax, start - 1, -1):
-            g = flat_ids[k]
-            mx = means2d[g, 0]
-            my = means2d[g, 1]
-            ca = conics[g, 0]
-            cb = conics[g, 1]
-            cc = conics[g, 2]
-            op = opacities[g]
-            ok, k1, detc, inv_a, ymax = _ellipse_setup(ca, cb, cc, op)
-            xa = max(rects[g, 0], x0)
-            xb = min(rects[g, 1], x1 - 1)
-            ya, yb = _gauss_rows(ok, ymax, my, rects, g, y0, y1)
-            mxd = np.float64(mx)
-            gmx = np.float32(0.0)
-            gmy = np.float32(0.0)
-            gca = np.float32(0.0)
-            gcb = np.float32(0.0)
-            gcc = np.float32(0.0)
-            gop = np.float32(0.0)
-            for d in range(D):
-                gcol[d] = 0.0
-            hit = False
-            for py in range(ya, yb + 1):
-                dy = my - (np.float32(py) + half)
-                pxa, pxb = _row_span(ok, k1, detc, inv_a, cb, mxd, np.float64(dy), xa, xb)
-                hcy = half * cc * dy * dy
-                bdy = cb * dy
-                row = (py - y0) * pw - x0
-                for px in range(pxa, pxb + 1):
-                    p = row + px
-                    if last[p] < k:
-                        continue
-                    dx = mx - (np.float32(px) + half)
-                    sigma = (half * ca * dx + bdy) * dx + hcy
-                    if sigma < 0:
-                        continue
-                    vis = np.exp(-sigma)
-                    raw = op * vis
-                    alpha = min(_F32_ALPHA_MAX, raw)
-                    if alpha < _F32_ALPHA_THRESHOLD:
-                        continue
-                    hit = True
-                    ra = one / (one - alpha)
-                    t_i = T[p] * ra  # transmittance in front of this Gaussian
-                    w = alpha * t_i
-                    g_a = GT[p] * ra
+    n_tiles = n_cams * n_img_tiles
+    n_slots = buf.shape[0]
+    for slot in prange(n_slots):  # every n_slots-th tile of tile_order, into its own gradient buffer
+        for i in range(slot, n_tiles, n_slots):
+            t = tile_order[i]
+            c, x0, y0, x1, y1 = _tile_range(t, n_img_tiles, tiles_x, tile_size, width, height)
+            pw = x1 - x0
+            ph = y1 - y0
+            npix = ph * pw
+            start = tile_offsets[t]
+            T = np.empty(npix, np.float32)  # transmittance behind the current Gaussian
+            GT = np.empty(npix, np.float32)  # dL/dalpha_out * T_final
+            last = np.empty(npix, np.int64)
+            G = np.empty(npix * D, np.float32)
+            S = np.zeros(npix * D, np.float32)  # colour accumulated behind the current Gaussian
+            kmax = start - 1
+            for iy in range(ph):
+                for ix in range(pw):
+                    p = iy * pw + ix
+                    tf = final_T[c, y0 + iy, x0 + ix]
+                    T[p] = tf
+                    GT[p] = g_alpha[c, y0 + iy, x0 + ix] * tf
+                    lk = last_ids[c, y0 + iy, x0 + ix]
+                    last[p] = lk
+                    kmax = max(kmax, lk)
                     for d in range(D):
-                        q = p * D + d
-                        gd = G[q]
-                        cd = colors[g, d]
-                        gcol[d] += gd * w
-                        g_a += gd * (cd * t_i - S[q] * ra)
-                        S[q] += cd * w
-                    T[p] = t_i
-                    if raw <= _F32_ALPHA_MAX:
-                        gop += vis * g_a
-                        g_s = -raw * g_a
-                        gca += half * dx * dx * g_s
-                        gcb += dx * dy * g_s
-                        gcc += half * dy * dy * g_s
-                        gmx += g_s * (ca * dx + cb * dy)
-                        gmy += g_s * (cc * dy + cb * dx)
-            if hit:
-                buf[tid, g, 0] += gmx
-                buf[tid, g, 1] += gmy
-                buf[tid, g, 2] += gca
-                buf[tid, g, 3] += gcb
-                buf[tid, g, 4] += gcc
-                buf[tid, g, 5] += gop
+                        G[p * D + d] = g_color[c, y0 + iy, x0 + ix, d]
+            gcol = np.zeros(D, np.float32)
+            for k in range(kmax, start - 1, -1):
+                g = flat_ids[k]
+                mx = means2d[g, 0]
+                my = means2d[g, 1]
+                ca = conics[g, 0]
+                cb = conics[g, 1]
+                cc = conics[g, 2]
+                op = opacities[g]
+                ok, k1, detc, inv_a, ymax = _ellipse_setup(ca, cb, cc, op)
+                xa = max(rects[g, 0], x0)
+                xb = min(rects[g, 1], x1 - 1)
+                ya, yb = _gauss_rows(ok, ymax, my, rects, g, y0, y1)
+                mxd = np.float64(mx)
+                gmx = np.float32(0.0)
+                gmy = np.float32(0.0)
+                gca = np.float32(0.0)
+                gcb = np.float32(0.0)
+                gcc = np.float32(0.0)
+                gop = np.float32(0.0)
                 for d in range(D):
-                    buf[tid, g, 6 + d] += gcol[d]
+                    gcol[d] = 0.0
+                hit = False
+                for py in range(ya, yb + 1):
+                    dy = my - (np.float32(py) + half)
+                    pxa, pxb = _row_span(ok, k1, detc, inv_a, cb, mxd, np.float64(dy), xa, xb)
+                    hcy = half * cc * dy * dy
+                    bdy = cb * dy
+                    row = (py - y0) * pw - x0
+                    for px in range(pxa, pxb + 1):
+                        p = row + px
+                        if last[p] < k:
+                            continue
+                        dx = mx - (np.float32(px) + half)
+                        sigma = (half * ca * dx + bdy) * dx + hcy
+                        if sigma < 0:
+                            continue
+                        vis = np.exp(-sigma)
+                        raw = op * vis
+                        alpha = min(_F32_ALPHA_MAX, raw)
+                        if alpha < _F32_ALPHA_THRESHOLD:
+                            continue
+                        hit = True
+                        ra = one / (one - alpha)
+                        t_i = T[p] * ra  # transmittance in front of this Gaussian
+                        w = alpha * t_i
+                        g_a = GT[p] * ra
+                        for d in range(D):
+                            q = p * D + d
+                            gd = G[q]
+                            cd = colors[g, d]
+                            gcol[d] += gd * w
+                            g_a += gd * (cd * t_i - S[q] * ra)
+                            S[q] += cd * w
+                        T[p] = t_i
+                        if raw <= _F32_ALPHA_MAX:
+                            gop += vis * g_a
+                            g_s = -raw * g_a
+                            gca += half * dx * dx * g_s
+                            gcb += dx * dy * g_s
+                            gcc += half * dy * dy * g_s
+                            gmx += g_s * (ca * dx + cb * dy)
+                            gmy += g_s * (cc * dy + cb * dx)
+                if hit:
+                    buf[slot, g, 0] += gmx
+                    buf[slot, g, 1] += gmy
+                    buf[slot, g, 2] += gca
+                    buf[slot, g, 3] += gcb
+                    buf[slot, g, 4] += gcc
+                    buf[slot, g, 5] += gop
+                    for d in range(D):
+                        buf[slot, g, 6 + d] += gcol[d]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -609,14 +619,13 @@ class RasterizeToPixelsCPU(torch.autograd.Function):
         C, N, D, width, height, tile_size, tiles_x, tiles_y = ctx.geom
         gc = np.zeros((C, height, width, D), np.float32) if g_color is None else _np32(g_color, (C, height, width, D))
         ga = np.zeros((C, height, width), np.float32) if g_alpha is None else _np32(g_alpha, (C, height, width))
-        n_threads = numba.get_num_threads()
-        buf = np.zeros((n_threads, C * N, 6 + D), np.float32)
+        buf = np.zeros((GRAD_SLOTS, C * N, 6 + D), np.float32)
         with numba.parallel_chunksize(1):
             _backward_kernel(
                 m2, co, cl, op, rects, offsets, flat_ids, C, height, width, tile_size, tiles_x, tiles_y,
                 tile_order, out_T, out_last, gc, ga, buf,
             )
-        grads = torch.from_numpy(buf.sum(axis=0) if n_threads > 1 else buf[0]).reshape(C, N, 6 + D)
+        grads = torch.from_numpy(buf.sum(axis=0)).reshape(C, N, 6 + D)  # slots added in a fixed order
         dt_m, dt_c, dt_col, dt_op = ctx.dtypes
         g_means2d = grads[..., 0:2].to(dt_m)
         g_conics = grads[..., 2:5].to(dt_c)

@@ -115,6 +115,11 @@ def resolve_cache_dir(cache_dir: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+# Part of every cache key: bump it when the same config reconstructs differently (2: the CPU rasterizer's
+# gradients became independent of the thread count), so no stale reconstruction is reused.
+RECON_REVISION = 2
+
+
 def _cache_key(parts: dict) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -127,7 +132,8 @@ def cached_reconstruction(images, recon_config, cache_dir: Path, scene_id: str, 
     from scene_tools.gaussians import GaussianScene
     from scene_tools.reconstruct import reconstruct
 
-    key = _cache_key({**key_parts, "recon": recon_config.to_dict(), "num_images": len(images.images)})
+    key = _cache_key({**key_parts, "recon": recon_config.to_dict(), "num_images": len(images.images),
+                      "revision": RECON_REVISION})
     path = Path(cache_dir) / f"{scene_id}-{key}.safetensors"
     if path.is_file():
         try:

@@ -669,9 +669,10 @@ def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, c
 # Registry and report
 # --------------------------------------------------------------------------------------------------
 
-# Bumped when a stream's items change for the same config and seed (2: shadow items carry asset_mask), so
-# caches of generated items (the bench's smoke holdout) are made anew.
-ITEMS_REVISION = 2
+# Bumped when a stream's items change for the same config and seed (2: shadow items carry asset_mask; 3:
+# re-insertion and novel-view reconstructions no longer depend on the thread count), so caches of generated
+# items (the bench's smoke holdout) are made anew.
+ITEMS_REVISION = 3
 STREAMS: dict[str, tuple[type, Callable[..., Iterator[PairItem]]]] = {
     "isp": (IspStreamConfig, generate_isp),
     "shadow": (ShadowStreamConfig, generate_shadow),
