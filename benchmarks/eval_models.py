@@ -107,11 +107,10 @@ def main() -> None:
             print(f"  holdout {line} mean {np.mean(list(psnr.values())):.3f}")
             if "identity" in per_stream and name != "identity":  # paired over the same items
                 ref = per_stream["identity"]
-                for k, what in ((0, "PSNR"), (1, "SSIM x1e4")):
-                    scale = 1e4 if k else 1.0
-                    diffs = " ".join(f"{s} {paired_difference([v[k] for v in streams[s]], [v[k] for v in ref[s]]).text(3 - 2 * k, scale)}"
-                                     for s in psnr)
-                    print(f"  {what} minus the input's, mean [95% bootstrap interval over items]: {diffs}")
+                for k, what, digits, scale in ((0, "PSNR", 3, 1.0), (1, "SSIM x1e4", 1, 1e4)):
+                    diffs = [f"{s} " + paired_difference([v[k] for v in streams[s]], [v[k] for v in ref[s]]).text(digits, scale)
+                             for s in psnr]
+                    print(f"  {what} minus the input's, mean [95% bootstrap interval over items]: {' '.join(diffs)}")
         for s, (se_in, n_in, se_out, n_out) in sorted(split[name].items()):
             made, needed = np.mean(shifts[name][s], axis=0)
             print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}; mean RGB change "

@@ -15,7 +15,7 @@ from simharmony.bench import add_cli, config_from_args, get_bench_preset
 from simharmony.bench.methods import Method, Unavailable, parametric_method, resolve_ours
 from simharmony.bench.runner import build_methods, clip_metrics, run_bench
 from simharmony.bench.scenarios import Clip, flicker_clips, holdout_clips, make_smoke_holdout
-from simharmony.bench.stats import paired_difference, quality_bar
+from simharmony.bench.stats import StreamBar, paired_difference, quality_bar
 from simharmony.data.flicker import apply_flicker, flicker_gains
 from simharmony.errors import ConfigError, InvalidInputError, MissingFileError
 
@@ -283,6 +283,7 @@ def test_quality_bar_from_per_clip_metrics():
     good = quality_bar(clips, "good")
     assert good.psnr_met and good.ssim_met and good.classical == "lightness_preserving_hsv"
     assert good.psnr_vs_classical.mean == pytest.approx(1.5, abs=0.01) and good.psnr_vs_input.significant
+    assert StreamBar.from_dict(good.to_dict()) == good and good.to_dict()["verdict"] == good.verdict == "met"
     assert quality_bar(clips, "blurry").psnr_met and not quality_bar(clips, "blurry").ssim_met
     assert not quality_bar(clips, "bad").psnr_met and quality_bar(clips, "bad").ssim_met
     with pytest.raises(InvalidInputError, match="missing"):

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from simharmony.bench.config import BenchConfig
+from simharmony.bench.stats import StreamBar
 from simharmony.utils.io import atomic_path, ensure_writable_dir, write_text_atomic
 
 NA = "n/a"
@@ -331,40 +332,31 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
 
 def _quality_bar_section(results: dict, streams: list[str]) -> list[str]:
     """The enhancer issue's quality bar: ours per stream in full, every other model as met / missed counts."""
-    bars = results.get("quality_bars") or {}
+    bars = {name: {s: StreamBar.from_dict(b) for s, b in per_stream.items()}
+            for name, per_stream in (results.get("quality_bars") or {}).items()}
     out = ["## Quality bar on the holdout (the enhancer issue's)\n"]
     if not bars:
         return out + ["No model was evaluated against the input and the classical baselines.\n"]
-    conf = next(iter(next(iter(bars.values())).values()))["psnr_vs_input"]["confidence"]
-
-    def diff(d: dict, digits: int, scale: float = 1.0) -> str:
-        sig = "" if d["low"] > 0 or d["high"] < 0 else " ~"
-        return (f"{d['mean'] * scale:+.{digits}f} [{d['low'] * scale:+.{digits}f}, "
-                f"{d['high'] * scale:+.{digits}f}]{sig}")
-
-    def verdict(b: dict) -> str:
-        return ("met" if b["psnr_met"] and b["ssim_met"] else
-                "PSNR met, SSIM missed" if b["psnr_met"] else "SSIM met, PSNR missed" if b["ssim_met"] else "missed")
-
     main = "ours" if "ours" in bars else next(iter(bars))
-    label = results["methods"][main]["label"]
-    out.append(f"`{label}` against the input and the better classical transfer of each stream: mean per-item "
-               f"difference with its {conf:.0%} bootstrap interval over items (`~`: the interval contains 0, the "
-               "margin is within item-to-item noise). Bar: PSNR above both, SSIM not below the input's.\n")
+    conf = next(iter(bars[main].values())).psnr_vs_input.confidence
+    out.append(f"`{results['methods'][main]['label']}` against the input and the better classical transfer of "
+               f"each stream: mean per-item difference with its {conf:.0%} bootstrap interval over items (`~`: "
+               "the interval contains 0, the margin is within item-to-item noise). Bar: PSNR above both, SSIM not "
+               "below the input's.\n")
     header = ["stream", "ΔPSNR vs input (dB)", "best classical", "ΔPSNR vs it (dB)", "ΔSSIM vs input (x1e4)", "bar"]
-    rows = [[s, diff(b["psnr_vs_input"], 3), b["classical"], diff(b["psnr_vs_classical"], 2),
-             diff(b["ssim_vs_input"], 1, 1e4), verdict(b)] for s in streams if (b := bars[main].get(s))]
+    rows = [[s, b.psnr_vs_input.text(3, mark_noise=True), b.classical, b.psnr_vs_classical.text(2, mark_noise=True),
+             b.ssim_vs_input.text(1, 1e4, mark_noise=True), b.verdict] for s in streams if (b := bars[main].get(s))]
     out.append(_table(header, rows, ["l", "r", "l", "r", "r", "l"]))
     others = [n for n in bars if n != main]
     if others:
         out.append("\nOther models (streams where the bar is met, of those evaluated; PSNR part / SSIM part):\n")
         rows = []
         for n in others:
-            bs = [bars[n][s] for s in streams if s in bars[n]]
-            missed = [s for s in streams if s in bars[n] and verdict(bars[n][s]) != "met"]
-            rows.append([results["methods"][n]["label"], f"{sum(b['psnr_met'] and b['ssim_met'] for b in bs)} / {len(bs)}",
-                         f"{sum(b['psnr_met'] for b in bs)} / {sum(b['ssim_met'] for b in bs)}",
-                         ", ".join(missed) or "none"])
+            bs = {s: bars[n][s] for s in streams if s in bars[n]}
+            rows.append([results["methods"][n]["label"],
+                         f"{sum(b.verdict == 'met' for b in bs.values())} / {len(bs)}",
+                         f"{sum(b.psnr_met for b in bs.values())} / {sum(b.ssim_met for b in bs.values())}",
+                         ", ".join(s for s, b in bs.items() if b.verdict != "met") or "none"])
         out.append(_table(["Method", "bar met", "PSNR / SSIM part met", "missed on"], rows, ["l", "r", "r", "l"]))
     out.append("")
     return out

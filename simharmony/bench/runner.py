@@ -64,7 +64,7 @@ def build_methods(cfg: BenchConfig, extra: dict[str, Method] | None = None) -> t
     methods that were simply not given are "not available". ``extra`` {name: Method} adds methods (tests).
     """
     device = _device(cfg.device)
-    methods = [baseline_method(n) for n in ("identity", "reinhard_lab", "lightness_preserving_hsv")]
+    methods = [baseline_method(n) for n in (INPUT, *CLASSICAL)]
     missing: list[Unavailable] = []
     common = {"mask_to_model": cfg.mask_to_model, "depth_to_model": cfg.depth_to_model}
     info = None

@@ -41,9 +41,10 @@ class PairedDifference:
         """The interval excludes zero."""
         return self.low > 0 or self.high < 0
 
-    def text(self, digits: int = 3, scale: float = 1.0) -> str:
-        s = scale
-        return f"{self.mean * s:+.{digits}f} [{self.low * s:+.{digits}f}, {self.high * s:+.{digits}f}]"
+    def text(self, digits: int = 3, scale: float = 1.0, mark_noise: bool = False) -> str:
+        """"+0.123 [+0.045, +0.201]" (values x ``scale``); ``mark_noise`` appends " ~" when not significant."""
+        lo, mid, hi = (f"{v * scale:+.{digits}f}" for v in (self.low, self.mean, self.high))
+        return f"{mid} [{lo}, {hi}]" + (" ~" if mark_noise and not self.significant else "")
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95, resamples: int = 10_000,
@@ -91,11 +92,21 @@ class StreamBar:
     def ssim_met(self) -> bool:
         return self.ssim_vs_input.mean >= 0
 
+    @property
+    def verdict(self) -> str:
+        if self.psnr_met and self.ssim_met:
+            return "met"
+        return "PSNR met, SSIM missed" if self.psnr_met else "SSIM met, PSNR missed" if self.ssim_met else "missed"
+
     def to_dict(self) -> dict:
-        return {"psnr_vs_input": dataclasses.asdict(self.psnr_vs_input),
-                "psnr_vs_classical": dataclasses.asdict(self.psnr_vs_classical), "classical": self.classical,
-                "ssim_vs_input": dataclasses.asdict(self.ssim_vs_input), "psnr_met": self.psnr_met,
-                "ssim_met": self.ssim_met}
+        return {**dataclasses.asdict(self), "psnr_met": self.psnr_met, "ssim_met": self.ssim_met,
+                "verdict": self.verdict}
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> StreamBar:
+        """Back from :meth:`to_dict` (the derived entries are recomputed, not read)."""
+        return cls(**{f.name: PairedDifference(**d[f.name]) if f.name != "classical" else d[f.name]
+                      for f in dataclasses.fields(cls)})
 
 
 def quality_bar(clips: Mapping[str, Mapping[str, Mapping[str, float]]], method: str,
