@@ -50,16 +50,71 @@ def test_reinserted_asset_lands_on_the_object(items):
 
 def test_reinsert_reuses_cached_reconstruction(items, cache):
     files = sorted(p.name for p in cache.glob("*.safetensors"))
-    assert len(files) == 1 and items[0].metadata["params"]["reconstruction"] == files[0]
-    mtime = (cache / files[0]).stat().st_mtime_ns
+    used = {it.metadata["params"][k] for it in items for k in ("reconstruction", "background_reconstruction")}
+    objects = {it.metadata["params"]["object_id"] for it in items}
+    assert set(files) == used and len(files) == 1 + len(objects), "one full reconstruction + one per object"
+    mtimes = {f: (cache / f).stat().st_mtime_ns for f in files}
     again = next(STREAMS["reinsert"][1](tiny_configs(str(cache))["reinsert"], seed=3, count=1))
-    assert (cache / files[0]).stat().st_mtime_ns == mtime, "a cached reconstruction must be reused, not rebuilt"
+    assert {f: (cache / f).stat().st_mtime_ns for f in files} == mtimes, "cached reconstructions must be reused"
     np.testing.assert_array_equal(again.input, items[0].input)
     assert again.metadata == items[0].metadata
 
 
+def test_background_is_reconstructed_without_the_object(monkeypatch, tmp_path):
+    """The default background is a reconstruction of the capture rendered without the re-inserted object (so
+    neither it nor its shadow is in the input); ``background="full"`` keeps the full reconstruction."""
+    import dataclasses
+
+    from scene_tools.pbr import render_street
+    from simharmony.data import recon_streams
+
+    calls = []
+    real = recon_streams.cached_reconstruction
+
+    def spy(images, recon_config, cache_dir, scene_id, key_parts):
+        calls.append((images, key_parts))
+        return real(images, recon_config, cache_dir, scene_id, key_parts)
+
+    monkeypatch.setattr(recon_streams, "cached_reconstruction", spy)
+    cfg = tiny_configs(str(tmp_path))["reinsert"]
+    item = next(STREAMS["reinsert"][1](cfg, seed=3, count=1))
+    obj = item.metadata["params"]["object_id"]
+    without = [(im, k) for im, k in calls if k.get("exclude_ids") == [obj]]
+    assert len(without) == 1 and item.metadata["params"]["background"] == "object_removed"
+    images = without[0][0]
+    md = item.metadata
+    scene = render_scene(tiny_scene(), int(md["scene_id"].split("-")[1]), cfg.scene_frames, md["lighting_seed"])
+    fr = scene.frames
+    expected = render_street(scene.layout, fr.trajectory, exclude_ids=(obj,), progress=False,
+                             seed=int(fr.render_info.get("seed", 0)))
+    np.testing.assert_array_equal(images.images, expected.rgb)
+    assert not (np.asarray(images.instance_ids) == obj).any()
+    assert not np.array_equal(images.images, fr.rgb), "the capture without the object must differ from the full one"
+
+    calls.clear()
+    full = next(STREAMS["reinsert"][1](dataclasses.replace(cfg, background="full"), seed=3, count=1))
+    assert not any("exclude_ids" in k for _, k in calls)
+    assert full.metadata["params"]["background_reconstruction"] == full.metadata["params"]["reconstruction"]
+    assert full.metadata["params"]["object_id"] == obj and full.metadata["frames"] == md["frames"]
+    assert not np.array_equal(full.input, item.input)
+
+
+def test_objects_per_scene_limits_the_reconstructions(tmp_path):
+    import dataclasses
+
+    # "full" backgrounds (cheap); seed 2's first street has two usable vehicles
+    cfg = dataclasses.replace(tiny_configs(str(tmp_path))["reinsert"], background="full", items_per_scene=4)
+
+    def objects(limit):
+        items = STREAMS["reinsert"][1](dataclasses.replace(cfg, objects_per_scene=limit), seed=2, count=4)
+        return {it.metadata["params"]["object_id"] for it in items}
+
+    assert len(objects(0)) == 2
+    assert len(objects(1)) == 1
+
+
 def test_corrupt_cache_is_rebuilt(items, cache):
-    path = next(cache.glob("*.safetensors"))
+    path = next(p for p in cache.glob("*.safetensors") if p.name == items[0].metadata["params"]["reconstruction"])
     path.write_bytes(b"not a safetensors file")
     again = next(STREAMS["reinsert"][1](tiny_configs(str(cache))["reinsert"], seed=3, count=1))
     assert path.stat().st_size > 1000
@@ -71,6 +126,10 @@ def test_reinsert_config(monkeypatch, tmp_path):
         ReinsertStreamConfig(mask_alpha=1.5)
     with pytest.raises(ConfigError):
         ReinsertStreamConfig(scene_frames=3, seq_len=5)
+    with pytest.raises(ConfigError, match="background"):
+        ReinsertStreamConfig(background="empty")
+    with pytest.raises(ConfigError, match="objects_per_scene"):
+        ReinsertStreamConfig(objects_per_scene=-1)
     cfg = tiny_configs("x")["reinsert"]
     assert ReinsertStreamConfig.from_dict(cfg.to_dict()) == cfg
     monkeypatch.setenv("SIMHARMONY_RECON_CACHE", str(tmp_path))

@@ -12,13 +12,17 @@ reconstruction config and how the training images were made (PBR or a cycle rend
 one street, other streams, later runs and resumed runs reuse them; a corrupt cache file is rebuilt.
 
 - ``reinsert``: the street is reconstructed from all its views (Gaussians labelled with instance ids), the
-  Gaussians of one parked vehicle become an asset (:func:`scene_tools.assets.extract_asset`), are removed
-  from the background and re-inserted with :class:`scene_tools.scene.Scene` on an
-  :class:`~scene_tools.scene.ObjectTrack` built from the object's own layout poses at the frame times
-  (no shadow: Gaussians cast none). Input = the Gaussian render (background reconstruction included, as
-  in a simulator); target = the PBR frames; mask = ``inserted_mask > mask_alpha`` dilated by
-  ``mask_dilate`` pixels. Outside the mask the input still carries the background's reconstruction error
-  (the model sees that in deployment too); the mask marks the inserted object, the part to harmonise.
+  Gaussians of one parked vehicle become an asset (:func:`scene_tools.assets.extract_asset`) and are
+  re-inserted with :class:`scene_tools.scene.Scene` on an :class:`~scene_tools.scene.ObjectTrack` built
+  from the object's own layout poses at the frame times (no shadow: Gaussians cast none). The background
+  (``background``) is by default a second reconstruction of the capture rendered without the object
+  (``"object_removed"``: like the paper's static background, it holds neither the object nor its shadow,
+  so the pair teaches the shadow too); ``"full"`` takes the full reconstruction minus the object's
+  Gaussians, whose ground still carries the object's shadow baked in (the stream before revision 4).
+  Input = the Gaussian render (background reconstruction included, as in a simulator); target = the PBR
+  frames; mask = ``inserted_mask > mask_alpha`` dilated by ``mask_dilate`` pixels, the mask a simulator
+  gives. Outside the mask the input carries the background's reconstruction error (the model sees that
+  in deployment too) and lacks the object's shadow.
 - ``novel_view``: the four degradations of DIFIX3D+, one drawn per item (weights ``degradation_weights``):
 
   * ``sparse``: reconstruct from every k-th view (k from ``sparse_every``, one k per street), render the
@@ -203,6 +207,9 @@ def _pbr_at(scene: _Scene, trajectory, seed: int) -> tuple[np.ndarray, np.ndarra
 # --------------------------------------------------------------------------------------------------
 
 
+REINSERT_BACKGROUNDS = ("object_removed", "full")
+
+
 @dataclass
 class ReinsertStreamConfig(_StreamCommon, Config):
     """Asset re-insertion stream (module docstring).
@@ -211,6 +218,10 @@ class ReinsertStreamConfig(_StreamCommon, Config):
       ``seq_len`` (5), ``sequence_prob`` (0.3), ``items_per_scene`` (4: one reconstruction serves them all)
     - ``categories`` (vehicle), ``parked_only`` (True: a moving vehicle smears in a static reconstruction),
       ``min_object_pixels`` (40, in the target, every frame), ``min_asset_gaussians`` (20)
+    - ``background``: ``"object_removed"`` (a reconstruction of the capture rendered without the object: no
+      shadow) or ``"full"`` (the full reconstruction minus the object's Gaussians: its shadow stays);
+      ``objects_per_scene`` (2; 0 = no limit): distinct objects re-inserted per street, since each one
+      costs a PBR render and a reconstruction of its own with ``"object_removed"``
     - ``recon``: :class:`scene_tools.reconstruct.ReconstructionConfig` fields as a dict (:func:`default_recon`);
       ``cache_dir`` ("" = ``$SIMHARMONY_RECON_CACHE`` or ``data/cache/recon``)
     - ``mask_alpha`` (0.3): inserted-opacity threshold of the mask; ``mask_dilate`` (1 px)
@@ -225,6 +236,8 @@ class ReinsertStreamConfig(_StreamCommon, Config):
     parked_only: bool = True
     min_object_pixels: int = 40
     min_asset_gaussians: int = 20
+    background: str = "object_removed"
+    objects_per_scene: int = 2
     recon: dict[str, Any] = field(default_factory=default_recon)
     cache_dir: str = ""
     mask_alpha: float = 0.3
@@ -238,6 +251,10 @@ class ReinsertStreamConfig(_StreamCommon, Config):
             raise ConfigError(f"ReinsertStreamConfig: mask_alpha={self.mask_alpha} must be in (0, 1)")
         if self.min_asset_gaussians < 1:
             raise ConfigError("ReinsertStreamConfig: min_asset_gaussians must be >= 1")
+        if self.background not in REINSERT_BACKGROUNDS:
+            raise ConfigError(f"ReinsertStreamConfig: background={self.background!r} must be one of {REINSERT_BACKGROUNDS}")
+        if self.objects_per_scene < 0:
+            raise ConfigError(f"ReinsertStreamConfig: objects_per_scene={self.objects_per_scene} must be >= 0 (0 = no limit)")
 
 
 def _check_recon_common(cfg) -> None:
@@ -262,6 +279,24 @@ def _full_reconstruction(config, scene: _Scene):
     )
 
 
+def _reconstruction_without(config, scene: _Scene, obj: int):
+    """The street reconstructed from its capture rendered without object ``obj`` (no geometry, so no shadow;
+    the same sampler seeds as the full capture). Kept on the scene: its items reuse it."""
+    from scene_tools.pbr import render_street
+
+    memo = scene.__dict__.setdefault("_without", {})
+    if obj not in memo:
+        fr = scene.frames
+        seed = int(fr.render_info.get("seed", 0))
+        capture = render_street(scene.layout, fr.trajectory, exclude_ids=(obj,), progress=False, seed=seed)
+        memo[obj] = cached_reconstruction(
+            capture.to_posed_images(), make_recon_config(config.recon), resolve_cache_dir(config.cache_dir),
+            scene.scene_id, {**_scene_key(config.scene, scene), "views": list(range(len(fr))), "made_by": "pbr",
+                             "exclude_ids": [int(obj)]},
+        )
+    return memo[obj]
+
+
 def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: np.random.Generator, index: int) -> PairItem | None:
     import torch
 
@@ -271,6 +306,8 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
     fr, layout = scene.frames, scene.layout
     gs, cache_path, _hit = _full_reconstruction(config, scene)
     used = scene.__dict__.setdefault("_reinsert_used", set())  # (object, frames) already made from this street
+    objects = {o for o, _ in used}
+    full_up = 0 < config.objects_per_scene <= len(objects)  # then only objects already re-inserted here
     for _attempt in range(4):
         idx = _window(len(fr), config.seq_len, rng, config.sequence_prob)
         inst = fr.instance_ids[idx]
@@ -280,6 +317,8 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
                 if config.parked_only and layout.object(i).is_moving:
                     continue
                 if int((gs.instance_ids == i).sum()) < config.min_asset_gaussians or (int(i), tuple(idx)) in used:
+                    continue
+                if full_up and int(i) not in objects:
                     continue
                 if all((inst[k] == i).sum() >= config.min_object_pixels for k in range(len(idx))):
                     cands.append(int(i))
@@ -297,7 +336,10 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
         gs, obj, category=layout.object(obj).category, source=scene.scene_id,
         lighting=layout.lighting.to_dict(), heading=heading, created_by="simharmony.data.recon_streams",
     )
-    background = gs.select(gs.instance_ids != obj)
+    if config.background == "object_removed":
+        background, bg_path, _hit = _reconstruction_without(config, scene, obj)
+    else:
+        background, bg_path = gs.select(gs.instance_ids != obj), cache_path
     source_pose = np.asarray(asset.info.source_pose, np.float64)
     item_times = times[idx]
     poses = np.stack([layout.object_pose(obj, t) @ np.linalg.inv(pose_ref) @ source_pose for t in item_times])
@@ -318,7 +360,8 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
         "object_id": obj, "category": layout.object(obj).category, "asset_id": asset.id,
         "asset_gaussians": len(asset.gaussians), "background_gaussians": len(background),
         "lighting": layout.lighting.to_dict(), "recon_iterations": int(make_recon_config(config.recon).iterations),
-        "reconstruction": cache_path.name, "psnr_in_mask": round(psnr_in_mask(inp, target, mask), 4),
+        "reconstruction": cache_path.name, "background": config.background, "background_reconstruction": bg_path.name,
+        "psnr_in_mask": round(psnr_in_mask(inp, target, mask), 4),
     })
     return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md)
 
@@ -491,7 +534,7 @@ def tiny_recon_configs(cache_dir: str = "") -> dict[str, Config]:
 
 
 __all__ = [
-    "DEGRADATIONS", "NovelViewStreamConfig", "ReinsertStreamConfig", "cached_reconstruction", "default_recon",
+    "DEGRADATIONS", "NovelViewStreamConfig", "REINSERT_BACKGROUNDS", "ReinsertStreamConfig", "cached_reconstruction", "default_recon",
     "difference_mask", "generate_novel_view", "generate_reinsert", "make_recon_config", "render_gaussians",
     "resolve_cache_dir",
     "tiny_recon", "tiny_recon_configs",

@@ -670,9 +670,10 @@ def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, c
 # --------------------------------------------------------------------------------------------------
 
 # Bumped when a stream's items change for the same config and seed (2: shadow items carry asset_mask; 3:
-# re-insertion and novel-view reconstructions no longer depend on the thread count), so caches of generated
-# items (the bench's smoke holdout) are made anew.
-ITEMS_REVISION = 3
+# re-insertion and novel-view reconstructions no longer depend on the thread count; 4: re-insertion's
+# background is reconstructed without the object, so its shadow is missing from the input), so caches of
+# generated items (the bench's smoke holdout) are made anew.
+ITEMS_REVISION = 4
 STREAMS: dict[str, tuple[type, Callable[..., Iterator[PairItem]]]] = {
     "isp": (IspStreamConfig, generate_isp),
     "shadow": (ShadowStreamConfig, generate_shadow),
