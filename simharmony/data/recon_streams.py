@@ -18,7 +18,8 @@ one street, other streams, later runs and resumed runs reuse them; a corrupt cac
   (``background``) is by default a second reconstruction of the capture rendered without the object
   (``"object_removed"``: like the paper's static background, it holds neither the object nor its shadow,
   so the pair teaches the shadow too); ``"full"`` takes the full reconstruction minus the object's
-  Gaussians, whose ground still carries the object's shadow baked in (the stream before revision 4).
+  Gaussians, whose ground still carries the object's shadow baked in (with ``objects_per_scene=0``: the
+  stream before ITEMS_REVISION 4).
   Input = the Gaussian render (background reconstruction included, as in a simulator); target = the PBR
   frames; mask = ``inserted_mask > mask_alpha`` dilated by ``mask_dilate`` pixels, the mask a simulator
   gives. Outside the mask the input carries the background's reconstruction error (the model sees that
@@ -215,7 +216,7 @@ class ReinsertStreamConfig(_StreamCommon, Config):
     """Asset re-insertion stream (module docstring).
 
     - ``scene``; ``scene_frames`` (default 12) frames per captured street (all reconstructed);
-      ``seq_len`` (5), ``sequence_prob`` (0.3), ``items_per_scene`` (4: one reconstruction serves them all)
+      ``seq_len`` (5), ``sequence_prob`` (0.3), ``items_per_scene`` (4: the street's reconstructions serve them all)
     - ``categories`` (vehicle), ``parked_only`` (True: a moving vehicle smears in a static reconstruction),
       ``min_object_pixels`` (40, in the target, every frame), ``min_asset_gaussians`` (20)
     - ``background``: ``"object_removed"`` (a reconstruction of the capture rendered without the object: no
