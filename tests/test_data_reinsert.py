@@ -1,5 +1,6 @@
 """Asset re-insertion stream on tiny streets: valid items, the asset lands on the object, cache reuse."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -63,8 +64,6 @@ def test_reinsert_reuses_cached_reconstruction(items, cache):
 def test_background_is_reconstructed_without_the_object(monkeypatch, tmp_path):
     """The default background is a reconstruction of the capture rendered without the re-inserted object (so
     neither it nor its shadow is in the input); ``background="full"`` keeps the full reconstruction."""
-    import dataclasses
-
     from scene_tools.pbr import render_street
     from simharmony.data import recon_streams
 
@@ -100,8 +99,6 @@ def test_background_is_reconstructed_without_the_object(monkeypatch, tmp_path):
 
 
 def test_objects_per_scene_limits_the_reconstructions(tmp_path):
-    import dataclasses
-
     # "full" backgrounds (cheap); seed 2's first street has two usable vehicles
     cfg = dataclasses.replace(tiny_configs(str(tmp_path))["reinsert"], background="full", items_per_scene=4)
 

@@ -272,30 +272,29 @@ def _check_recon_common(cfg) -> None:
         raise ConfigError(f"{o}: mask_dilate={cfg.mask_dilate} must be >= 0")
 
 
-def _full_reconstruction(config, scene: _Scene):
-    images = scene.frames.to_posed_images()  # carries instance ids: reconstruct labels the Gaussians
-    return cached_reconstruction(
-        images, make_recon_config(config.recon), resolve_cache_dir(config.cache_dir), scene.scene_id,
-        {**_scene_key(config.scene, scene), "views": list(range(len(scene.frames))), "made_by": "pbr"},
-    )
+def _render_seed(scene: _Scene, idx: list[int]) -> int:
+    return int(scene.frames.render_info.get("seed", 0)) + idx[0]
 
 
-def _reconstruction_without(config, scene: _Scene, obj: int):
-    """The street reconstructed from its capture rendered without object ``obj`` (no geometry, so no shadow;
-    the same sampler seeds as the full capture). Kept on the scene: its items reuse it."""
+def _street_reconstruction(config, scene: _Scene, without: int | None = None):
+    """The street reconstructed from all its captured views (the Gaussians labelled with instance ids), or,
+    with ``without``, from the capture rendered again without that object (no geometry, so no shadow; the
+    capture's sampler seeds). (GaussianScene, cache path, hit); kept on the scene for its later items."""
     from scene_tools.pbr import render_street
 
-    memo = scene.__dict__.setdefault("_without", {})
-    if obj not in memo:
+    memo = scene.__dict__.setdefault("_reconstructions", {})
+    if without not in memo:
         fr = scene.frames
-        seed = int(fr.render_info.get("seed", 0))
-        capture = render_street(scene.layout, fr.trajectory, exclude_ids=(obj,), progress=False, seed=seed)
-        memo[obj] = cached_reconstruction(
-            capture.to_posed_images(), make_recon_config(config.recon), resolve_cache_dir(config.cache_dir),
-            scene.scene_id, {**_scene_key(config.scene, scene), "views": list(range(len(fr))), "made_by": "pbr",
-                             "exclude_ids": [int(obj)]},
-        )
-    return memo[obj]
+        key = {**_scene_key(config.scene, scene), "views": list(range(len(fr))), "made_by": "pbr"}
+        if without is None:
+            images = fr.to_posed_images()
+        else:
+            images = render_street(scene.layout, fr.trajectory, exclude_ids=(without,), progress=False,
+                                   seed=_render_seed(scene, [0])).to_posed_images()
+            key["exclude_ids"] = [int(without)]
+        memo[without] = cached_reconstruction(
+            images, make_recon_config(config.recon), resolve_cache_dir(config.cache_dir), scene.scene_id, key)
+    return memo[without]
 
 
 def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: np.random.Generator, index: int) -> PairItem | None:
@@ -305,7 +304,7 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
     from scene_tools.scene import ObjectTrack
 
     fr, layout = scene.frames, scene.layout
-    gs, cache_path, _hit = _full_reconstruction(config, scene)
+    gs, cache_path, _hit = _street_reconstruction(config, scene)
     used = scene.__dict__.setdefault("_reinsert_used", set())  # (object, frames) already made from this street
     objects = {o for o, _ in used}
     full_up = 0 < config.objects_per_scene <= len(objects)  # then only objects already re-inserted here
@@ -338,7 +337,7 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
         lighting=layout.lighting.to_dict(), heading=heading, created_by="simharmony.data.recon_streams",
     )
     if config.background == "object_removed":
-        background, bg_path, _hit = _reconstruction_without(config, scene, obj)
+        background, bg_path, _hit = _street_reconstruction(config, scene, without=obj)
     else:
         background, bg_path = gs.select(gs.instance_ids != obj), cache_path
     source_pose = np.asarray(asset.info.source_pose, np.float64)
@@ -438,10 +437,6 @@ def _street_pick(scene: _Scene, what: str, n: int) -> int:
     return zlib.crc32(f"{scene.scene_id}/{scene.lighting_seed}/{what}".encode()) % n
 
 
-def _render_seed(scene: _Scene, idx: list[int]) -> int:
-    return int(scene.frames.render_info.get("seed", 0)) + idx[0]
-
-
 def _make_novel_view(config: NovelViewStreamConfig, seed: int, scene: _Scene, rng: np.random.Generator, index: int) -> PairItem | None:
     import torch
 
@@ -478,10 +473,7 @@ def _make_novel_view(config: NovelViewStreamConfig, seed: int, scene: _Scene, rn
         params.update(fraction=frac, iterations=steps, schedule=full)
     else:
         idx = _window(T, config.seq_len, rng, config.sequence_prob)
-        # the same images (instance ids included) and key as the reinsert stream's: one shared cache entry
-        images = fr.to_posed_images()
-        gs, path, _ = cached_reconstruction(images, recon, cache, scene.scene_id,
-                                            {**base_key, "views": list(range(T)), "made_by": "pbr"})
+        gs, path, _ = _street_reconstruction(config, scene)  # the reinsert stream's too: one cache entry
         if kind == "cross":
             shifted = fr.trajectory[idx].shifted_laterally(config.cross_shift_m)
             params.update(shift_m=config.cross_shift_m)
