@@ -360,15 +360,24 @@ def _tile_range(t, n_img_tiles, tiles_x, tile_size, width, height):  # pragma: n
 
 
 @njit(inline="always", cache=True)
-def _gauss_rows(ok, ymax, my, rects, g, y0, y1):  # pragma: no cover
-    """Rows [ya, yb] of the tile [y0, y1) that the Gaussian's alpha >= 1/255 region can touch."""
+def _gaussian(g, means2d, conics, opacities):  # pragma: no cover
+    """Gaussian g's screen parameters: (mx, my, conic a, b, c, opacity), float32."""
+    return means2d[g, 0], means2d[g, 1], conics[g, 0], conics[g, 1], conics[g, 2], opacities[g]
+
+
+@njit(inline="always", cache=True)
+def _tile_footprint(ok, ymax, my, rects, g, x0, y0, x1, y1):  # pragma: no cover
+    """Columns [xa, xb] and rows [ya, yb] of the tile [x0, x1) x [y0, y1) that the Gaussian's
+    alpha >= 1/255 region can touch (its bounding rect, rows narrowed by the exact ellipse when ok)."""
+    xa = max(rects[g, 0], x0)
+    xb = min(rects[g, 1], x1 - 1)
     ya = max(rects[g, 2], y0)
     yb = min(rects[g, 3], y1 - 1)
     if ok:
         myd = np.float64(my)
         ya = max(ya, int(math.ceil(myd - 0.5 - ymax - 0.01)))  # noqa: RUF046 (numba)
         yb = min(yb, int(math.floor(myd - 0.5 + ymax + 0.01)))  # noqa: RUF046 (numba)
-    return ya, yb
+    return xa, xb, ya, yb
 
 
 @njit(parallel=True, fastmath=True, cache=True)
@@ -399,16 +408,9 @@ def _forward_kernel(
         n_left = ph * pw
         for k in range(start, end):
             g = flat_ids[k]
-            mx = means2d[g, 0]
-            my = means2d[g, 1]
-            ca = conics[g, 0]
-            cb = conics[g, 1]
-            cc = conics[g, 2]
-            op = opacities[g]
+            mx, my, ca, cb, cc, op = _gaussian(g, means2d, conics, opacities)
             ok, k1, detc, inv_a, ymax = _ellipse_setup(ca, cb, cc, op)
-            xa = max(rects[g, 0], x0)
-            xb = min(rects[g, 1], x1 - 1)
-            ya, yb = _gauss_rows(ok, ymax, my, rects, g, y0, y1)
+            xa, xb, ya, yb = _tile_footprint(ok, ymax, my, rects, g, x0, y0, x1, y1)
             mxd = np.float64(mx)
             for py in range(ya, yb + 1):
                 dy = my - (np.float32(py) + half)
@@ -496,16 +498,9 @@ def _backward_kernel(
             gcol = np.zeros(D, np.float32)
             for k in range(kmax, start - 1, -1):
                 g = flat_ids[k]
-                mx = means2d[g, 0]
-                my = means2d[g, 1]
-                ca = conics[g, 0]
-                cb = conics[g, 1]
-                cc = conics[g, 2]
-                op = opacities[g]
+                mx, my, ca, cb, cc, op = _gaussian(g, means2d, conics, opacities)
                 ok, k1, detc, inv_a, ymax = _ellipse_setup(ca, cb, cc, op)
-                xa = max(rects[g, 0], x0)
-                xb = min(rects[g, 1], x1 - 1)
-                ya, yb = _gauss_rows(ok, ymax, my, rects, g, y0, y1)
+                xa, xb, ya, yb = _tile_footprint(ok, ymax, my, rects, g, x0, y0, x1, y1)
                 mxd = np.float64(mx)
                 gmx = np.float32(0.0)
                 gmy = np.float32(0.0)
