@@ -89,23 +89,6 @@ def test_occluder_grows_and_is_deterministic():
         apply_occluder(frames, a[:5], [0, 0, 0])
 
 
-def test_sudden_occluder_is_absent_until_its_onset_then_jumps():
-    from simharmony.data.flicker import occluder_alphas
-
-    onsets = set()
-    for seed in range(12):
-        a = occluder_alphas(np.random.default_rng(seed), 5, 36, 64, sudden=True)
-        cover = a.mean((1, 2))
-        t0 = int(np.argmax(cover > 0))
-        assert t0 >= 1 and np.all(cover[:t0] == 0) and np.all(np.diff(cover[t0:]) > 0)
-        onsets.add(t0)
-        gradual = occluder_alphas(np.random.default_rng(seed), 5, 36, 64)  # same shape drawn, growing from frame 0
-        assert np.allclose(a[-1], gradual[-1], atol=1e-6) and gradual[0].mean() > 0
-    assert len(onsets) > 1  # the onset is drawn, not fixed
-    assert np.array_equal(occluder_alphas(np.random.default_rng(0), 1, 8, 8, sudden=True),
-                          occluder_alphas(np.random.default_rng(0), 1, 8, 8))  # one frame: nothing to wait for
-
-
 def test_training_occluder_in_input_and_target_and_out_of_warp_loss(one_torch_thread):
     """StepModule's occluder goes into input and target alike, leaves single frames alone and removes its
     pixels from the warping loss's valid flow."""
@@ -126,22 +109,3 @@ def test_training_occluder_in_input_and_target_and_out_of_warp_loss(one_torch_th
     assert torch.equal(batch["input"], x)  # the loader's batch is not modified in place
     losses = step(batch, "temporal", torch.Generator().manual_seed(0))
     assert torch.isfinite(losses["total"])
-
-
-def test_training_sudden_occluders_leave_the_first_frame_alone(one_torch_thread):
-    from simharmony.models import Enhancer, EnhancerConfig
-    from simharmony.training import TrainConfig
-    from simharmony.training.trainer import StepModule
-
-    model = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
-    x = torch.rand(3, 4, 16, 24, 3)
-    batch = {"input": x, "target": x.clone(), "mask": torch.zeros(3, 4, 16, 24), "depth": torch.zeros(3, 4, 16, 24),
-             "flow": torch.zeros(3, 4, 16, 24, 2), "flow_valid": torch.ones(3, 4, 16, 24, dtype=torch.bool)}
-    outs = {}
-    for p in (0.0, 1.0):
-        step = StepModule(model, None, TrainConfig(occluder_prob=1.0, occluder_sudden_prob=p, perceptual_weight=0.0))
-        outs[p] = step._occlude(batch, torch.Generator().manual_seed(0))["input"]
-    assert torch.equal(outs[1.0][:, 0], x[:, 0]) and not torch.equal(outs[1.0][:, -1], x[:, -1])
-    assert not torch.equal(outs[0.0][:, 0], x[:, 0])  # gradual occluders are there from frame 0
-    with pytest.raises(ConfigError, match="occluder_sudden_prob"):
-        TrainConfig(occluder_sudden_prob=1.5)

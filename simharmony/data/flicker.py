@@ -75,25 +75,19 @@ def _like(frames, values):
     return torch.as_tensor(np.asarray(values), dtype=frames.dtype, device=frames.device)
 
 
-def occluder_alphas(rng: np.random.Generator, num_frames: int, height: int, width: int,
-                    sudden: bool = False) -> np.ndarray:
+def occluder_alphas(rng: np.random.Generator, num_frames: int, height: int, width: int) -> np.ndarray:
     """Coverage [T, H, W] float32 in [0, 1] of one occluder, deterministic in ``rng``: a soft ellipse whose
-    centre drifts and whose radii grow from 5-25 % to 30-80 % of the frame height over the sequence.
-    ``sudden``: it is absent until a random frame t0 >= 1 and grows over frames t0..T-1 only (a floater the
-    camera runs into within a frame or two: one frame-to-frame jump as large as a whole sequence's growth)."""
+    centre drifts and whose radii grow from 5-25 % to 30-80 % of the frame height over the sequence."""
     if num_frames < 1 or height < 1 or width < 1:
         raise ShapeMismatchError(f"occluder_alphas: need T, H, W >= 1, got {(num_frames, height, width)}")
     cy, cx = rng.uniform(0.2, 1.0) * height, rng.uniform(0.0, 1.0) * width  # mostly low: near the camera
     vy, vx = rng.uniform(-0.1, 0.1, size=2) * np.array([height, width])
     r0, r1 = rng.uniform(0.05, 0.25) * height, rng.uniform(0.3, 0.8) * height
     aspect, soft = rng.uniform(0.6, 1.8), rng.uniform(0.03, 0.15) * height
-    onset = int(rng.integers(1, num_frames)) if sudden and num_frames > 1 else 0
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    out = np.zeros((num_frames, height, width), np.float32)
-    # growth fraction f: 0 at frame 0, or already 1 / (T - t0) at a sudden occluder's first frame t0; 1 at T - 1
-    first, steps = (1, num_frames - onset) if onset else (0, max(num_frames - 1, 1))
-    for t in range(onset, num_frames):
-        f = (t - onset + first) / steps
+    out = np.empty((num_frames, height, width), np.float32)
+    for t in range(num_frames):
+        f = t / max(num_frames - 1, 1)
         r = r0 + (r1 - r0) * f
         d = np.sqrt(((yy - cy - vy * f) / r) ** 2 + ((xx - cx - vx * f) / (r * aspect)) ** 2)
         out[t] = 1.0 / (1.0 + np.exp((d - 1.0) * r / soft))

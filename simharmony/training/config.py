@@ -63,9 +63,7 @@ class TrainConfig(Config):
     sequence of a temporal batch gets per-frame exposure / white-balance flicker (``flicker``, see
     :mod:`simharmony.data.flicker`) on its input; its target stays clean. ``occluder_prob``: probability that
     a sequence of a temporal batch gets a growing occluder in input and target alike (content that changes
-    the frame's statistics like a drift; drawn before the flicker; the warping loss ignores its pixels);
-    ``occluder_sudden_prob``: the share of those occluders that appear suddenly in a later frame instead of
-    growing from frame 0 (``occluder_alphas(sudden=True)``).
+    the frame's statistics like a drift; drawn before the flicker; the warping loss ignores its pixels).
     ``identity_prob``: probability that an item (image or sequence, any batch) is shown already right: its
     input replaced by its target, mask and depth kept, so the model learns to leave consistent frames and
     inserted objects alone instead of applying the average correction of its streams (drawn first);
@@ -117,7 +115,6 @@ class TrainConfig(Config):
     flicker_prob: float = 0.0
     flicker: FlickerConfig = field(default_factory=FlickerConfig)
     occluder_prob: float = 0.0
-    occluder_sudden_prob: float = 0.0
     identity_prob: float = 0.0
     identity_streams: list[str] = field(default_factory=list)
     maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS
@@ -174,8 +171,6 @@ class TrainConfig(Config):
         require(0 <= self.mask_dropout <= 1 and 0 <= self.depth_dropout <= 1, o, "mask_dropout and depth_dropout must be in [0, 1]")
         require(all_finite(self.flicker_prob) and 0 <= self.flicker_prob <= 1, o, f"flicker_prob {self.flicker_prob!r} must be in [0, 1]")
         require(all_finite(self.occluder_prob) and 0 <= self.occluder_prob <= 1, o, f"occluder_prob {self.occluder_prob!r} must be in [0, 1]")
-        require(all_finite(self.occluder_sudden_prob) and 0 <= self.occluder_sudden_prob <= 1, o,
-                f"occluder_sudden_prob {self.occluder_sudden_prob!r} must be in [0, 1]")
         require(all_finite(self.identity_prob) and 0 <= self.identity_prob <= 1, o, f"identity_prob {self.identity_prob!r} must be in [0, 1]")
         require(0 <= self.temporal_prob <= 1, o, f"temporal_prob {self.temporal_prob} must be in [0, 1]")
         require(bool(self.features), o, "features must be 'substitute' or a path to a VGG16 .safetensors file")

@@ -282,9 +282,7 @@ class StepModule(nn.Module):
         for i in range(b):
             if rng.uniform() >= self.cfg.occluder_prob:
                 continue
-            # (the extra draw only when sudden occluders are on, so older recipes keep their random stream)
-            sudden = self.cfg.occluder_sudden_prob > 0 and rng.uniform() < self.cfg.occluder_sudden_prob
-            alphas = occluder_alphas(rng, t_len, height, width, sudden=sudden)
+            alphas = occluder_alphas(rng, t_len, height, width)
             colour = rng.uniform(0.0, 1.0, size=3) * rng.uniform(0.1, 1.0)  # dark floaters more often
             inp[i], tgt[i] = apply_occluder(inp[i], alphas, colour), apply_occluder(tgt[i], alphas, colour)
             covered = torch.as_tensor(alphas > 0.01)
