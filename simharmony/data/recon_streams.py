@@ -272,8 +272,9 @@ def _check_recon_common(cfg) -> None:
         raise ConfigError(f"{o}: mask_dilate={cfg.mask_dilate} must be >= 0")
 
 
-def _render_seed(scene: _Scene, idx: list[int]) -> int:
-    return int(scene.frames.render_info.get("seed", 0)) + idx[0]
+def _render_seed(scene: _Scene, first_frame: int = 0) -> int:
+    """The capture's sampler seed for a render that starts at frame ``first_frame`` of it."""
+    return int(scene.frames.render_info.get("seed", 0)) + first_frame
 
 
 def _street_reconstruction(config, scene: _Scene, without: int | None = None):
@@ -290,7 +291,7 @@ def _street_reconstruction(config, scene: _Scene, without: int | None = None):
             images = fr.to_posed_images()
         else:
             images = render_street(scene.layout, fr.trajectory, exclude_ids=(without,), progress=False,
-                                   seed=_render_seed(scene, [0])).to_posed_images()
+                                   seed=_render_seed(scene)).to_posed_images()
             key["exclude_ids"] = [int(without)]
         memo[without] = cached_reconstruction(
             images, make_recon_config(config.recon), resolve_cache_dir(config.cache_dir), scene.scene_id, key)
@@ -492,7 +493,7 @@ def _make_novel_view(config: NovelViewStreamConfig, seed: int, scene: _Scene, rn
     with torch.no_grad():
         inp = np.clip(render_gaussians(gs, traj)["rgb"], 0.0, 1.0)
     if shifted is not None:
-        target, depth, flow, valid = _pbr_at(scene, shifted, _render_seed(scene, idx))
+        target, depth, flow, valid = _pbr_at(scene, shifted, _render_seed(scene, idx[0]))
     else:
         target, depth = fr.rgb[idx], fr.depth[idx]
         flow, valid = _flow_for(scene, idx)
