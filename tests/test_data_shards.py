@@ -219,6 +219,25 @@ def test_split_i_of_n_disjoint_and_covering(full, tmp_path):
     assert rec["complete"] and rec["version"] == full[1]["version"]
 
 
+
+def test_parallel_workers_make_the_same_dataset(full, tmp_path):
+    """Two worker processes give the same items as one; a chunk that fails in a worker is raised here, and
+    the shards the workers finished stay for the next run."""
+    rec = _gen(tmp_path / "par", workers=2)
+    assert rec["complete"] and rec["version"] == full[1]["version"]
+    assert _ids(tmp_path / "par") == _ids(full[0])
+    broken = tmp_path / "broken" / "shards"
+    (broken / "isp-00001.safetensors").mkdir(parents=True)  # the shard's file cannot be written
+    with pytest.raises(OSError):
+        _gen(tmp_path / "broken", workers=2)
+    (broken / "isp-00001.safetensors").rmdir()
+    assert not list(broken.glob(".*tmp*"))
+    kept = {f.name: f.stat().st_mtime_ns for f in broken.glob("*.safetensors")}
+    assert kept and "isp-00001.safetensors" not in kept
+    rec = _gen(tmp_path / "broken", workers=2)
+    assert rec["complete"] and rec["version"] == full[1]["version"]
+    assert all((broken / name).stat().st_mtime_ns == t for name, t in kept.items())
+
 def test_generation_bad_input(full, tmp_path):
     with pytest.raises(ConfigError, match="other settings"):
         _gen(full[0], seed=SEED + 7)
@@ -228,6 +247,8 @@ def test_generation_bad_input(full, tmp_path):
         _gen(tmp_path / "y", shard=(2, 2))
     with pytest.raises(ConfigError):
         _gen(tmp_path / "z", shard_size=0)
+    with pytest.raises(ConfigError, match="workers"):
+        _gen(tmp_path / "w", workers=0)
 
 
 def test_unwritable_or_full_output_folder(tmp_path, monkeypatch):

@@ -160,16 +160,17 @@ def get_preset(name: str) -> DatasetPreset:
 
 
 def generate_preset(
-    preset: str | DatasetPreset, out_dir: PathLike, shard: tuple[int, int] = (0, 1), progress: bool = True
+    preset: str | DatasetPreset, out_dir: PathLike, shard: tuple[int, int] = (0, 1), progress: bool = True,
+    workers: int = 1,
 ) -> dict:
-    """Generate (or resume) ``preset`` into ``out_dir`` with :func:`simharmony.data.shards.generate_dataset`;
-    the preset is saved as ``out_dir/preset.yaml``. Returns the dataset record."""
+    """Generate (or resume) ``preset`` into ``out_dir`` with :func:`simharmony.data.shards.generate_dataset`
+    (``workers`` processes); the preset is saved as ``out_dir/preset.yaml``. Returns the dataset record."""
     from simharmony.data.shards import generate_dataset
     from simharmony.utils.io import save_yaml
 
     p = get_preset(preset) if isinstance(preset, str) else preset
     record = generate_dataset(out_dir, p.streams, seed=p.seed, shard_size=p.shard_size, shard=shard,
-                              configs=p.stream_configs(), progress=progress)
+                              configs=p.stream_configs(), progress=progress, workers=workers)
     save_yaml(Path(out_dir) / "preset.yaml", p.to_dict())
     return record
 

@@ -27,6 +27,7 @@ the global chunk list (streams sorted by name) belongs to machine ``k % n`` of `
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import itertools
 import json
@@ -34,7 +35,7 @@ import math
 import os
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,19 +248,24 @@ def generate_dataset(
     shard: tuple[int, int] = (0, 1),
     configs: Mapping[str, Config] | None = None,
     progress: bool = True,
+    workers: int = 1,
 ) -> dict:
     """Generate (or resume) a dataset of ``streams`` {name: item count} into ``out_dir``.
 
     ``configs`` {name: stream Config} (default: each stream's default config). Shards already complete
     are kept; interrupted ones are regenerated. ``shard=(i, n)``: produce only this machine's chunks
     (run :func:`finalize_dataset` after copying all machines' ``shards/`` into one folder; each run also
-    finalizes what it sees). Re-running into a folder made with another seed, shard size, counts or
-    configs raises ConfigError. Returns the dataset record (dataset.yaml contents).
+    finalizes what it sees). ``workers`` > 1 generates that many chunks at once in spawned processes,
+    the machine's cores split between them (the items are the same as with one). Re-running into a folder
+    made with another seed, shard size, counts or configs raises ConfigError. Returns the dataset record
+    (dataset.yaml contents).
     """
     from simharmony.data.streams import STREAMS
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be an integer >= 0")
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ConfigError(f"workers={workers!r} must be an integer >= 1")
     unknown = sorted(set(streams) - set(STREAMS))
     if unknown:
         raise ConfigError(f"unknown streams {unknown}; available: {sorted(STREAMS)}")
@@ -304,20 +310,12 @@ def generate_dataset(
     # streams interleaved (first chunk of every stream, then the second, ...) so a partly generated
     # dataset already mixes all streams; the order does not change any chunk's items
     todo.sort(key=lambda p: (p.chunk, p.stream))
-    total = sum(p.count for p in todo)
-    with tqdm(total=total, desc="generate dataset", unit="item", disable=not progress) as bar:
-        for p in todo:
-            started = time.perf_counter()
-            gen = STREAMS[p.stream][1](cfgs[p.stream], chunk_seed(seed, p.stream, p.chunk), p.count)
-            items = []
-            for item_id, item in zip(p.item_ids(), gen):
-                items.append((item_id, item))
-                bar.update(1)
-            if len(items) != p.count:
-                raise InvalidInputError(f"stream {p.stream!r} produced {len(items)} of {p.count} items for {p.name}")
-            write_shard(shard_dir, p.name, items)
-            # generation time, beside the shard (not part of its record or of the manifest hash)
-            save_yaml(shard_dir / f"{p.name}.time.yaml", {"seconds": round(time.perf_counter() - started, 3), "items": p.count})
+    with tqdm(total=sum(p.count for p in todo), desc="generate dataset", unit="item", disable=not progress) as bar:
+        if workers == 1 or len(todo) <= 1:
+            for p in todo:
+                _generate_chunk(p, cfgs[p.stream], seed, shard_dir, bar.update)
+        else:
+            _generate_chunks_parallel(todo, cfgs, seed, shard_dir, min(workers, len(todo)), bar.update)
     return finalize_dataset(out)
 
 
@@ -334,6 +332,77 @@ def stream_seconds(out_dir: PathLike) -> dict[str, dict[str, float]]:
         acc["seconds"] += float(rec["seconds"])
         acc["items"] += int(rec.get("items", 0))
     return out
+
+
+
+def _generate_chunk(plan: ShardPlan, cfg: Config, seed: int, shard_dir: Path, on_item: Callable[[int], Any]) -> None:
+    """Generate one chunk and write it as a shard, with its generation time beside it."""
+    from simharmony.data.streams import STREAMS
+
+    started = time.perf_counter()
+    gen = STREAMS[plan.stream][1](cfg, chunk_seed(seed, plan.stream, plan.chunk), plan.count)
+    items = []
+    for item_id, item in zip(plan.item_ids(), gen):
+        items.append((item_id, item))
+        on_item(1)
+    if len(items) != plan.count:
+        raise InvalidInputError(f"stream {plan.stream!r} produced {len(items)} of {plan.count} items for {plan.name}")
+    write_shard(shard_dir, plan.name, items)
+    # process time of this chunk, beside the shard (not part of its record or of the manifest hash)
+    save_yaml(shard_dir / f"{plan.name}.time.yaml", {"seconds": round(time.perf_counter() - started, 3), "items": plan.count})
+
+
+_worker_progress = None  # a worker process's queue of finished-item counts
+
+
+def _init_worker(progress_queue, threads: int) -> None:
+    """Cap every thread pool a chunk uses (numba kernels, Mitsuba/Dr.Jit, torch) to this worker's share."""
+    global _worker_progress
+    import drjit
+    import numba
+    import torch
+
+    _worker_progress = progress_queue
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    drjit.set_thread_count(threads)
+    torch.set_num_threads(threads)
+
+
+def _worker_chunk(plan: ShardPlan, cfg: Config, seed: int, shard_dir: Path) -> str:
+    _generate_chunk(plan, cfg, seed, shard_dir, _worker_progress.put)
+    return plan.name
+
+
+def _generate_chunks_parallel(todo: list[ShardPlan], cfgs: Mapping[str, Config], seed: int, shard_dir: Path,
+                              workers: int, on_item: Callable[[int], Any]) -> None:
+    """Chunks of ``todo`` on ``workers`` spawned processes (spawn: numba's and torch's OpenMP pools do not
+    survive a fork), first come first served. The first failure cancels the chunks not yet started and is
+    raised here; shards already written stay (the next run resumes)."""
+    import multiprocessing as mp
+    import queue
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    ctx = mp.get_context("spawn")
+    progress = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+
+    def drain() -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                on_item(progress.get_nowait())
+
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(progress, threads)) as pool:
+        pending = {pool.submit(_worker_chunk, p, cfgs[p.stream], seed, shard_dir) for p in todo}
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                drain()
+                for f in done:
+                    f.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        drain()
 
 
 def finalize_dataset(out_dir: PathLike) -> dict:
