@@ -212,7 +212,31 @@ REINSERT_BACKGROUNDS = ("object_removed", "full")
 
 
 @dataclass
-class ReinsertStreamConfig(_StreamCommon, Config):
+class _ReconStreamCommon(_StreamCommon):
+    """Fields of the streams that reconstruct a captured street (documented on each stream config)."""
+
+    scene_frames: int = 12
+    sequence_prob: float = 0.3
+    recon: dict[str, Any] = field(default_factory=default_recon)
+    cache_dir: str = ""
+
+    def _check_recon_common(self) -> None:
+        self._check_common()
+        o = type(self).__name__
+        if not isinstance(self.recon, dict):
+            raise ConfigError(f"{o}: recon must be a mapping of ReconstructionConfig fields, got {type(self.recon).__name__}")
+        try:
+            make_recon_config(self.recon)
+        except ConfigError as e:
+            raise ConfigError(f"{o}.recon: {e}") from e
+        if self.scene_frames < self.seq_len:
+            raise ConfigError(f"{o}: scene_frames={self.scene_frames} must be >= seq_len={self.seq_len}")
+        if self.mask_dilate < 0:
+            raise ConfigError(f"{o}: mask_dilate={self.mask_dilate} must be >= 0")
+
+
+@dataclass
+class ReinsertStreamConfig(_ReconStreamCommon, Config):
     """Asset re-insertion stream (module docstring).
 
     - ``scene``; ``scene_frames`` (default 12) frames per captured street (all reconstructed);
@@ -228,26 +252,16 @@ class ReinsertStreamConfig(_StreamCommon, Config):
     - ``mask_alpha`` (0.3): inserted-opacity threshold of the mask; ``mask_dilate`` (1 px)
     """
 
-    scene: SceneSource = field(default_factory=SceneSource)
-    scene_frames: int = 12
-    items_per_scene: int = 4
-    sequence_prob: float = 0.3
-    seq_len: int = 5
     categories: tuple[str, ...] = ("vehicle",)
     parked_only: bool = True
-    min_object_pixels: int = 40
     min_asset_gaussians: int = 20
     background: str = "object_removed"
     objects_per_scene: int = 2
-    recon: dict[str, Any] = field(default_factory=default_recon)
-    cache_dir: str = ""
     mask_alpha: float = 0.3
     mask_dilate: int = 1
-    max_empty_scenes: int = 25
 
     def __post_init__(self) -> None:
-        self._check_common()
-        _check_recon_common(self)
+        self._check_recon_common()
         if not 0 < self.mask_alpha < 1:
             raise ConfigError(f"ReinsertStreamConfig: mask_alpha={self.mask_alpha} must be in (0, 1)")
         if self.min_asset_gaussians < 1:
@@ -256,20 +270,6 @@ class ReinsertStreamConfig(_StreamCommon, Config):
             raise ConfigError(f"ReinsertStreamConfig: background={self.background!r} must be one of {REINSERT_BACKGROUNDS}")
         if self.objects_per_scene < 0:
             raise ConfigError(f"ReinsertStreamConfig: objects_per_scene={self.objects_per_scene} must be >= 0 (0 = no limit)")
-
-
-def _check_recon_common(cfg) -> None:
-    o = type(cfg).__name__
-    if not isinstance(cfg.recon, dict):
-        raise ConfigError(f"{o}: recon must be a mapping of ReconstructionConfig fields, got {type(cfg.recon).__name__}")
-    try:
-        make_recon_config(cfg.recon)
-    except ConfigError as e:
-        raise ConfigError(f"{o}.recon: {e}") from e
-    if cfg.scene_frames < cfg.seq_len:
-        raise ConfigError(f"{o}: scene_frames={cfg.scene_frames} must be >= seq_len={cfg.seq_len}")
-    if cfg.mask_dilate < 0:
-        raise ConfigError(f"{o}: mask_dilate={cfg.mask_dilate} must be >= 0")
 
 
 def _render_seed(scene: _Scene, first_frame: int = 0) -> int:
@@ -381,7 +381,7 @@ DEGRADATIONS = ("sparse", "underfit", "cross", "cycle")
 
 
 @dataclass
-class NovelViewStreamConfig(_StreamCommon, Config):
+class NovelViewStreamConfig(_ReconStreamCommon, Config):
     """Novel-view artifact stream, DIFIX3D+'s four degradations (module docstring).
 
     - ``scene``; ``scene_frames`` (12) frames per captured street; ``seq_len`` (5), ``sequence_prob``
@@ -393,29 +393,20 @@ class NovelViewStreamConfig(_StreamCommon, Config):
     - mask: ``mask_threshold`` (0.06), ``mask_dilate`` (2 px), ``min_mask_pixels`` (8 per frame)
     """
 
-    scene: SceneSource = field(default_factory=SceneSource)
-    scene_frames: int = 12
     items_per_scene: int = 6
-    sequence_prob: float = 0.3
-    seq_len: int = 5
-    categories: tuple[str, ...] = ("vehicle", "pedestrian")  # unused: artifacts are not per object
-    min_object_pixels: int = 1
+    min_object_pixels: int = 1  # unused, as are the categories: artifacts are not per object
     degradations: tuple[str, ...] = DEGRADATIONS
     degradation_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
     sparse_every: tuple[int, ...] = (2, 3)
     underfit_fractions: tuple[float, ...] = (0.25, 0.5, 0.75)
     cross_shift_m: float = 2.0
     cycle_shift_m: float = 2.0
-    recon: dict[str, Any] = field(default_factory=default_recon)
-    cache_dir: str = ""
     mask_threshold: float = 0.06
     mask_dilate: int = 2
     min_mask_pixels: int = 8
-    max_empty_scenes: int = 25
 
     def __post_init__(self) -> None:
-        self._check_common()
-        _check_recon_common(self)
+        self._check_recon_common()
         o = "NovelViewStreamConfig"
         bad = [d for d in self.degradations if d not in DEGRADATIONS]
         if not self.degradations or bad:

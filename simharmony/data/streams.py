@@ -97,7 +97,16 @@ def tiny_scene() -> SceneSource:
 
 @dataclass
 class _StreamCommon:
-    """Fields every stream config has (documented on each stream config)."""
+    """Fields every stream config has (documented on each stream config), with the ISP stream's defaults;
+    a stream redeclares the ones it changes (the field keeps its place)."""
+
+    scene: SceneSource = field(default_factory=SceneSource)
+    items_per_scene: int = 4
+    sequence_prob: float = 0.2
+    seq_len: int = 5
+    categories: tuple[str, ...] = ("vehicle", "pedestrian")
+    min_object_pixels: int = 40
+    max_empty_scenes: int = 25
 
     def _check_common(self) -> None:
         o = type(self).__name__
@@ -266,16 +275,9 @@ class IspStreamConfig(_StreamCommon, Config):
       mask is at least this (default 0.02), so no item sits at identity
     """
 
-    scene: SceneSource = field(default_factory=SceneSource)
-    items_per_scene: int = 4
-    sequence_prob: float = 0.2
-    seq_len: int = 5
-    categories: tuple[str, ...] = ("vehicle", "pedestrian")
-    min_object_pixels: int = 40
     isp: IspRanges = field(default_factory=IspRanges)
     mask_sigma: float = 0.7
     min_change: float = 0.02
-    max_empty_scenes: int = 25
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -334,15 +336,9 @@ class ShadowStreamConfig(_StreamCommon, Config):
       ``shadow_min_pixels`` (default 4): items whose object casts fewer visible shadow pixels are skipped
     """
 
-    scene: SceneSource = field(default_factory=SceneSource)
     items_per_scene: int = 2
-    sequence_prob: float = 0.2
-    seq_len: int = 5
-    categories: tuple[str, ...] = ("vehicle", "pedestrian")
-    min_object_pixels: int = 40
     shadow_threshold: float = 0.03
     shadow_min_pixels: int = 4
-    max_empty_scenes: int = 25
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -438,18 +434,11 @@ class RpbStreamConfig(_StreamCommon, Config):
     object's own motion, clamped to the image).
     """
 
-    scene: SceneSource = field(default_factory=SceneSource)
-    items_per_scene: int = 4
-    sequence_prob: float = 0.2
-    seq_len: int = 5
-    categories: tuple[str, ...] = ("vehicle", "pedestrian")
-    min_object_pixels: int = 40
     mask_sigma: float = 0.7
     alpha: tuple[float, float] = (0.5, 1.0)
     clone_dilate: int = 2
     max_patch_fraction: float = 0.7
     min_change: float = 0.02
-    max_empty_scenes: int = 25
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -578,17 +567,11 @@ class RelightStreamConfig(_StreamCommon, Config):
       other sun; one full render per draw instead of an object-only one plus the street without it
     """
 
-    scene: SceneSource = field(default_factory=SceneSource)
     items_per_scene: int = 2
-    sequence_prob: float = 0.2
-    seq_len: int = 5
-    categories: tuple[str, ...] = ("vehicle", "pedestrian")
-    min_object_pixels: int = 40
     min_change: float = 0.03
     max_lighting_draws: int = 3
     mask_dilate: int = 1
     in_street: bool = False
-    max_empty_scenes: int = 25
 
     def __post_init__(self) -> None:
         self._check_common()
