@@ -288,22 +288,25 @@ class FrameRender:
         return self.rgb.shape[1]
 
 
-_STACKABLE = ("rgb", "depth", "alpha", "inserted_mask", "instance_ids", "flow", "flow_valid")
+class StackedFrames(list):
+    """A list of frames (each with ``pose`` and ``time``) whose per-frame fields named in ``STACKABLE``
+    read as one stacked array: ``seq.<field>`` is ``seq.stack("<field>")``."""
 
+    STACKABLE: tuple[str, ...] = ()
 
-class FrameSequence(list):
-    """A list of :class:`FrameRender` with stacking helpers: ``seq.rgb`` is [N, H, W, 3], and so on."""
+    def _stack(self, values: list):  # torch.stack or np.stack, by subclass
+        raise NotImplementedError
 
-    def stack(self, name: str) -> torch.Tensor:
-        """Stack one G-buffer over frames: e.g. ``stack("depth")`` -> [N, H, W]."""
-        if name not in _STACKABLE:
-            raise InvalidInputError(f"cannot stack {name!r}; stackable fields are {list(_STACKABLE)}")
+    def stack(self, name: str):
+        """Stack one field over frames: e.g. ``stack("depth")`` -> [N, H, W]."""
+        if name not in self.STACKABLE:
+            raise InvalidInputError(f"cannot stack {name!r}; stackable fields are {list(self.STACKABLE)}")
         if not self:
             raise InvalidInputError("the sequence is empty")
-        return torch.stack([getattr(f, name) for f in self])
+        return self._stack([getattr(f, name) for f in self])
 
     def __getattr__(self, name: str):
-        if name in _STACKABLE:
+        if name in type(self).STACKABLE:
             return self.stack(name)
         raise AttributeError(name)
 
@@ -314,6 +317,15 @@ class FrameSequence(list):
     @property
     def times(self) -> np.ndarray:
         return np.array([f.time for f in self])
+
+
+class FrameSequence(StackedFrames):
+    """A list of :class:`FrameRender` with stacking helpers: ``seq.rgb`` is [N, H, W, 3] (torch), and so on."""
+
+    STACKABLE = ("rgb", "depth", "alpha", "inserted_mask", "instance_ids", "flow", "flow_valid")
+
+    def _stack(self, values: list) -> torch.Tensor:
+        return torch.stack(values)
 
     @property
     def trajectory(self) -> Trajectory:

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from scene_tools.assets import Asset, AssetBank
 from scene_tools.cameras import Intrinsics, Trajectory
-from scene_tools.scene import FrameRender, ObjectTrack, Scene
+from scene_tools.scene import FrameRender, ObjectTrack, Scene, StackedFrames
 from simharmony.errors import CorruptFileError, InvalidCameraError, InvalidInputError, MissingFileError
 from simharmony.harmonizer import Harmonizer
 from simharmony.models import Enhancer, EnhancerConfig
@@ -77,25 +77,13 @@ class SimFrame:
         return self.gbuffers.intrinsics
 
 
-class SimSequence(list):
-    """A list of :class:`SimFrame` with stacking helpers (``seq.raw`` is [N, H, W, 3], ``seq.depth`` [N, H, W])."""
+class SimSequence(StackedFrames):
+    """A list of :class:`SimFrame` with stacking helpers (``seq.raw`` is [N, H, W, 3], ``seq.depth`` [N, H, W], numpy)."""
 
-    _STACK = ("raw", "harmonized", "depth", "inserted_mask")
+    STACKABLE = ("raw", "harmonized", "depth", "inserted_mask")
 
-    def __getattr__(self, name: str):
-        if name in self._STACK:
-            if not self:
-                raise InvalidInputError("the sequence is empty")
-            return np.stack([getattr(f, name) for f in self])
-        raise AttributeError(name)
-
-    @property
-    def poses(self) -> np.ndarray:
-        return np.stack([f.pose for f in self])
-
-    @property
-    def times(self) -> np.ndarray:
-        return np.array([f.time for f in self])
+    def _stack(self, values: list) -> np.ndarray:
+        return np.stack(values)
 
     def timings(self) -> dict[str, dict[str, float | int]]:
         """{"render_ms", "enhance_ms"}: median / p90 / mean / count over the sequence."""
