@@ -21,7 +21,9 @@ interrupted shard has no record and is discarded and regenerated on the next run
 Work split: stream ``s`` with ``count`` items is cut into chunks of ``shard_size`` consecutive item
 indices; chunk ``j`` becomes shard ``s-j`` with ids ``s-<index>`` and is generated from its own seed
 (derived from the dataset seed, the stream name and j), so it is the same on any machine. Chunk ``k`` of
-the global chunk list (streams sorted by name) belongs to machine ``k % n`` of ``shard=(i, n)``.
+the global chunk list (streams sorted by name) belongs to machine ``k % n`` of ``shard=(i, n)``. On one
+machine, ``workers=N`` generates N chunks at once in separate processes (each shard's ``.time.yaml`` then
+holds its process's time, so summed per stream they are process minutes, not wall time).
 """
 
 from __future__ import annotations
@@ -334,7 +336,6 @@ def stream_seconds(out_dir: PathLike) -> dict[str, dict[str, float]]:
     return out
 
 
-
 def _generate_chunk(plan: ShardPlan, cfg: Config, seed: int, shard_dir: Path, on_item: Callable[[int], Any]) -> None:
     """Generate one chunk and write it as a shard, with its generation time beside it."""
     from simharmony.data.streams import STREAMS
@@ -384,7 +385,8 @@ def _generate_chunks_parallel(todo: list[ShardPlan], cfgs: Mapping[str, Config],
 
     ctx = mp.get_context("spawn")
     progress = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
 
     def drain() -> None:
         with contextlib.suppress(queue.Empty):
