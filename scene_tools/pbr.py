@@ -37,6 +37,8 @@ environment sets ``SIMHARMONY_ALLOW_LLVM=1``.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -450,6 +452,31 @@ def _plain(x: Any) -> Any:
 # --------------------------------------------------------------------------------------------------
 
 
+def _render_whole(mi, scene, seed: int) -> np.ndarray:
+    """``mi.render`` as float32, never a partial image.
+
+    Mitsuba's CPU renderer catches SIGINT, stops early and returns the image with its unrendered blocks
+    black, passing the signal on to the process's handler; a process that ignores SIGINT (a background
+    job) would take that image as a finished render. Here the signal is caught during the render: the
+    frame is rendered again when the process ignores SIGINT, else KeyboardInterrupt is raised. (Only on
+    the main thread, the one Python signal handlers run on.)
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return np.array(mi.render(scene, seed=seed), dtype=np.float32)
+    interrupted = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
+    try:
+        while True:
+            img = np.array(mi.render(scene, seed=seed), dtype=np.float32)
+            if not interrupted:
+                return img
+            if previous is not signal.SIG_IGN:
+                raise KeyboardInterrupt("Mitsuba render interrupted")
+            interrupted.clear()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def render_street(
     layout: StreetLayout,
     trajectory: Trajectory | None = None,
@@ -539,7 +566,7 @@ def render_street(
             _check_sensor(mi, scene.sensors()[0], K, c2w)
         t0 = time.perf_counter()
         used_spp = int(scene.sensors()[0].sampler().sample_count())
-        img = np.array(mi.render(scene, seed=int(seed) + i), dtype=np.float32)
+        img = _render_whole(mi, scene, seed=int(seed) + i)
         t1 = time.perf_counter()
         a = np.clip(img[..., 3], 0.0, 1.0)
         rad = img[..., :3]

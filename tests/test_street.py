@@ -235,6 +235,57 @@ def test_render_is_deterministic_per_seed(tiny, tiny_frames):
     assert abs(other.hdr[0].mean() / tiny_frames.hdr[0].mean() - 1) < 0.05
 
 
+
+def test_render_does_not_depend_on_the_thread_count(tiny, tiny_frames):
+    """Mitsuba picks smaller blocks (other sampler seeds) for small images when it has more threads; the
+    fixed block size keeps a 48x32 render the same on 1 thread as on the machine's default."""
+    import drjit
+
+    default = drjit.thread_count()
+    drjit.set_thread_count(1)
+    try:
+        one = render_street(tiny, trajectory=tiny.trajectory[:1], progress=False)
+    finally:
+        drjit.set_thread_count(default)
+    assert np.array_equal(one.hdr[0], tiny_frames.hdr[0])
+
+
+class _InterruptedOnce:
+    """Stands in for the mitsuba module: the first render is hit by SIGINT and returns a black image, as
+    Mitsuba's renderer does when it winds down early."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def render(self, scene, seed):
+        import os
+        import signal
+
+        self.calls += 1
+        if self.calls == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            return np.zeros((2, 2, 4))
+        return np.ones((2, 2, 4))
+
+
+def test_interrupted_render_is_never_returned():
+    import signal
+
+    from scene_tools.pbr import _render_whole
+
+    mi = _InterruptedOnce()
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
+        _render_whole(mi, None, seed=0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a background job: render the frame again
+    try:
+        mi = _InterruptedOnce()
+        img = _render_whole(mi, None, seed=0)
+        assert mi.calls == 2 and img.min() == 1 and img.dtype == np.float32
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
 def test_depth_is_z_depth_on_flat_road(tiny, tiny_frames):
     road = tiny.ids_of("road")[0]
     K = tiny_frames.intrinsics
