@@ -267,6 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     except SimHarmonyError as e:
         print(f"simharmony {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"simharmony {args.command}: interrupted (work already saved is kept; resumable commands resume "
+              "when run again)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

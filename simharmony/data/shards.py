@@ -377,8 +377,8 @@ def _worker_chunk(plan: ShardPlan, cfg: Config, seed: int, shard_dir: Path) -> s
 def _generate_chunks_parallel(todo: list[ShardPlan], cfgs: Mapping[str, Config], seed: int, shard_dir: Path,
                               workers: int, on_item: Callable[[int], Any]) -> None:
     """Chunks of ``todo`` on ``workers`` spawned processes (spawn: numba's and torch's OpenMP pools do not
-    survive a fork), first come first served. The first failure cancels the chunks not yet started and is
-    raised here; shards already written stay (the next run resumes)."""
+    survive a fork), first come first served. The first failure (or Ctrl-C) stops the workers and is raised
+    here; shards already written stay and the next run resumes (it removes a killed write's temp file)."""
     import multiprocessing as mp
     import queue
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -401,8 +401,10 @@ def _generate_chunks_parallel(todo: list[ShardPlan], cfgs: Mapping[str, Config],
                 drain()
                 for f in done:
                     f.result()
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
+        except BaseException:  # a failed chunk, or Ctrl-C: stop the others now (their shards are redone next run)
+            for process in list((getattr(pool, "_processes", None) or {}).values()):
+                process.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
             raise
         drain()
 
