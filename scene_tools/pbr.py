@@ -457,9 +457,10 @@ def _render_whole(mi, scene, seed: int) -> np.ndarray:
 
     Mitsuba's CPU renderer catches SIGINT, stops early and returns the image with its unrendered blocks
     black, passing the signal on to the process's handler; a process that ignores SIGINT (a background
-    job) would take that image as a finished render. Here the signal is caught during the render: the
-    frame is rendered again when the process ignores SIGINT, else KeyboardInterrupt is raised. (Only on
-    the main thread, the one Python signal handlers run on.)
+    job) would take that image as a finished render. Here the signal is caught during the render and
+    handed to the previous handler afterwards (Python's default raises KeyboardInterrupt); when that
+    handler returns, or the process ignores SIGINT, the frame is rendered again. (Only on the main
+    thread, the one Python signal handlers run on.)
     """
     if threading.current_thread() is not threading.main_thread():
         return np.array(mi.render(scene, seed=seed), dtype=np.float32)
@@ -470,9 +471,11 @@ def _render_whole(mi, scene, seed: int) -> np.ndarray:
             img = np.array(mi.render(scene, seed=seed), dtype=np.float32)
             if not interrupted:
                 return img
-            if previous is not signal.SIG_IGN:
-                raise KeyboardInterrupt("Mitsuba render interrupted")
             interrupted.clear()
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous is not signal.SIG_IGN:  # SIG_DFL, or a handler not set from Python
+                raise KeyboardInterrupt("Mitsuba render interrupted")
     finally:
         signal.signal(signal.SIGINT, previous)
 
