@@ -219,9 +219,10 @@ class _ReconStreamCommon(_StreamCommon):
     sequence_prob: float = 0.3
     recon: dict[str, Any] = field(default_factory=default_recon)
     cache_dir: str = ""
+    mask_dilate: int = 1
 
-    def _check_recon_common(self) -> None:
-        self._check_common()
+    def _check_common(self) -> None:
+        super()._check_common()
         o = type(self).__name__
         if not isinstance(self.recon, dict):
             raise ConfigError(f"{o}: recon must be a mapping of ReconstructionConfig fields, got {type(self.recon).__name__}")
@@ -258,10 +259,9 @@ class ReinsertStreamConfig(_ReconStreamCommon, Config):
     background: str = "object_removed"
     objects_per_scene: int = 2
     mask_alpha: float = 0.3
-    mask_dilate: int = 1
 
     def __post_init__(self) -> None:
-        self._check_recon_common()
+        self._check_common()
         if not 0 < self.mask_alpha < 1:
             raise ConfigError(f"ReinsertStreamConfig: mask_alpha={self.mask_alpha} must be in (0, 1)")
         if self.min_asset_gaussians < 1:
@@ -406,7 +406,7 @@ class NovelViewStreamConfig(_ReconStreamCommon, Config):
     min_mask_pixels: int = 8
 
     def __post_init__(self) -> None:
-        self._check_recon_common()
+        self._check_common()
         o = "NovelViewStreamConfig"
         bad = [d for d in self.degradations if d not in DEGRADATIONS]
         if not self.degradations or bad:

@@ -369,9 +369,8 @@ def _init_worker(progress_queue, threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _worker_chunk(plan: ShardPlan, cfg: Config, seed: int, shard_dir: Path) -> str:
+def _worker_chunk(plan: ShardPlan, cfg: Config, seed: int, shard_dir: Path) -> None:
     _generate_chunk(plan, cfg, seed, shard_dir, _worker_progress.put)
-    return plan.name
 
 
 def _generate_chunks_parallel(todo: list[ShardPlan], cfgs: Mapping[str, Config], seed: int, shard_dir: Path,
