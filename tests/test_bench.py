@@ -15,7 +15,7 @@ from simharmony.bench import add_cli, config_from_args, get_bench_preset
 from simharmony.bench.methods import Method, Unavailable, parametric_method, resolve_ours
 from simharmony.bench.runner import build_methods, clip_metrics, run_bench
 from simharmony.bench.scenarios import Clip, flicker_clips, holdout_clips, make_smoke_holdout
-from simharmony.bench.stats import StreamBar, paired_difference, quality_bar
+from simharmony.bench.stats import StreamBar, paired_difference, quality_bar, worst_clips
 from simharmony.data.flicker import apply_flicker, flicker_gains
 from simharmony.errors import ConfigError, InvalidInputError, MissingFileError
 
@@ -290,3 +290,52 @@ def test_quality_bar_from_per_clip_metrics():
         quality_bar({"good": clips["good"], "identity": inp}, "good")
     with pytest.raises(InvalidInputError, match="other clips"):
         quality_bar({**clips, "identity": dict(list(inp.items())[:10])}, "good")
+
+
+def test_worst_clips_lists_only_losses_worst_first():
+    inp = {f"c{i}": {"psnr": 30.0, "ssim": 0.9} for i in range(5)}
+    ours = {i: {"psnr": 30.0 + d, "ssim": 0.9 + d / 100} for i, d in zip(inp, (0.5, -0.2, -0.4, 0.0, -0.1))}
+    worst = worst_clips({"identity": inp, "ours": ours}, "ours", 2)
+    assert [w["id"] for w in worst] == ["c2", "c1"]
+    assert worst[0]["d_psnr"] == pytest.approx(-0.4) and worst[0]["d_ssim"] == pytest.approx(-0.004)
+    assert len(worst_clips({"identity": inp, "ours": ours}, "ours", 10)) == 3  # c0 gains, c3 ties: not listed
+    assert worst_clips({"identity": inp, "ours": inp}, "ours", 3) == []
+    with pytest.raises(InvalidInputError, match="ours"):
+        worst_clips({"identity": inp}, "ours", 1)
+
+
+def test_failure_cases_are_found_shown_and_reported(tmp_path, one_torch_thread):
+    """A model that harms its input: its worst items are listed worst first and drawn, one row each."""
+    import torch
+    from PIL import Image
+
+    from simharmony.models.backbone import EnhancerConfig
+    from simharmony.models.enhancer import Enhancer
+
+    torch.manual_seed(0)
+    model = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2))
+    with torch.no_grad():
+        for p in model.parameters():  # leave the identity: outputs that differ from the input
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path / "harmful")
+    cfg = get_bench_preset("smoke", cache_dir=str(tmp_path / "cache"), smoke_streams=("isp",), smoke_items_per_stream=3,
+                           num_frames=0, flicker_sequences=0, speed_repeats=1, speed_warmup=0, progress=False,
+                           model=str(tmp_path / "harmful"), failure_cases=2)
+    out = tmp_path / "report"
+    res = run_bench(cfg, out)
+    cases = res["failure_cases"]["isp"]
+    clips = res["holdout"]["isp"]["clips"]
+    assert len(cases) == 2 and cases[0]["d_ssim"] <= cases[1]["d_ssim"] < 0
+    for c in cases:
+        assert c["d_ssim"] == pytest.approx(clips["ours"][c["id"]]["ssim"] - clips["identity"][c["id"]]["ssim"])
+        assert 0 <= c["frame"] < 5
+    others = [clips["ours"][i]["ssim"] - clips["identity"][i]["ssim"] for i in clips["ours"] if i not in {c["id"] for c in cases}]
+    assert all(d >= cases[1]["d_ssim"] for d in others)
+    sheet = np.asarray(Image.open(out / "failure_cases.png"))
+    row_h = sheet.shape[0] // 2
+    assert sheet.shape[0] == 2 * row_h >= 2 * 144 and sheet.shape[1] == 5 * sheet.shape[1] // 5
+    report = (out / "report.md").read_text()
+    assert "Failure cases" in report and all(c["id"] in report for c in cases) and "failure_cases.png" in report
+    assert _strict_json((out / "results.json").read_text())["failure_cases"]["isp"][0]["id"] == cases[0]["id"]
+    with pytest.raises(ConfigError, match="failure_cases"):
+        get_bench_preset("smoke", failure_cases=-1)

@@ -61,6 +61,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         over["num_frames"] = args.frames
     if args.device is not None:
         over["device"] = args.device
+    if args.failure_cases is not None:
+        over["failure_cases"] = args.failure_cases
     variants = _parse_variants(args.model_variant)
     if variants:
         over["variants"] = variants
@@ -107,6 +109,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="model device (default auto)")
     p.add_argument("--cache-dir", default=None, help="cache of generated smoke data and PBR ground truth "
                    "(default data/cache/bench)")
+    p.add_argument("--failure-cases", type=int, default=None, metavar="K",
+                   help="per holdout stream, show the K items where ours loses the most SSIM (default 3; 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)
     return p

@@ -52,7 +52,8 @@ class BenchConfig(Config):
     :data:`~simharmony.data.item.TARGET_DERIVED_MASK_STREAMS`). ``psnr_cap_db``: per-frame PSNR and
     fPSNR are capped there (identical frames would give inf).
     Speed: ``speed_sizes`` [(W, H)], ``speed_repeats`` timed calls after ``speed_warmup``.
-    Output: ``video_max_frames`` per video, ``video_fps``. Threads: ``eval_threads`` torch threads while
+    Output: ``video_max_frames`` per video, ``video_fps``; ``failure_cases``: per holdout stream, the items
+    where ours loses the most SSIM against the input, listed and shown (0 = off). Threads: ``eval_threads`` torch threads while
     evaluating (1: small frames and float64 metrics stall on OpenMP synchronisation with more on busy 2-core
     machines), ``threads`` torch/OpenCV threads for the speed table (0 = torch's default); ``device``
     ("auto" = cuda when available).
@@ -91,6 +92,7 @@ class BenchConfig(Config):
     speed_warmup: int = 2
     video_max_frames: int = 60
     video_fps: float = 10.0
+    failure_cases: int = 3
     threads: int = 0
     eval_threads: int = 1
     device: str = "auto"
@@ -116,6 +118,7 @@ class BenchConfig(Config):
                 f"speed_sizes must be (W, H) pairs of at least 16 pixels, got {self.speed_sizes}")
         require(self.speed_repeats >= 1 and self.speed_warmup >= 0, o, "speed_repeats >= 1 and speed_warmup >= 0")
         require(self.video_max_frames >= 1 and self.video_fps > 0, o, "video_max_frames >= 1 and video_fps > 0")
+        require(self.failure_cases >= 0, o, f"failure_cases={self.failure_cases} must be >= 0")
         require(self.threads >= 0, o, f"threads={self.threads} must be >= 0")
         require(self.eval_threads >= 0, o, f"eval_threads={self.eval_threads} must be >= 0")
         require(self.device in ("auto", "cpu", "cuda"), o, f"device={self.device!r} must be 'auto', 'cpu' or 'cuda'")

@@ -7,6 +7,7 @@ Layout::
     <out>/plots/psnr_per_stream.png, temporal.png     grouped bar charts (matplotlib if installed, else OpenCV)
     <out>/videos/<scenario>.mp4   input | ours | target (or the inserted-object mask where there is no target)
     <out>/contact_sheet.png       one row per scenario (its middle frame), same panels
+    <out>/failure_cases.png       one row per failure case: input | ours | target | both errors x8
 
 Every file is written atomically.
 """
@@ -141,6 +142,7 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
                        f"({results['holdout'][s]['counts']['sequences']} sequences)" for s in streams)
     out.append(f"\nItems per stream: {counts}. LPIPS: {NA} ({na['lpips']}).\n")
     out += _quality_bar_section(results, streams)
+    out += _failure_section(results, files)
 
     # Table 2: temporal on holdout sequences
     seq_streams = [s for s in streams if results["holdout"][s]["counts"]["sequences"]]
@@ -330,6 +332,26 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _failure_section(results: dict, files: dict[str, Any]) -> list[str]:
+    """The holdout items where ours loses the most SSIM against the input (``BenchConfig.failure_cases``)."""
+    cases = results.get("failure_cases") or {}
+    if not cases:
+        return []
+    out = ["### Failure cases: where ours loses the most SSIM against the input\n"]
+    rows = [[s, c["id"], str(c.get("frame", NA)), _fmt(c["d_ssim"], 1, 1e4), _fmt(c["d_psnr"], 3)]
+            for s, items in cases.items() for c in items]
+    if rows:
+        out.append(_table(["stream", "item", "worst frame", "ΔSSIM (x1e-4, item mean)", "ΔPSNR (dB, item mean)"], rows))
+        if "failure cases" in files:
+            out.append(f"\nRows of [failure_cases.png]({files['failure cases']}): input, ours, target, and the input's "
+                       "and ours' absolute error against the target magnified 8x, at the item's worst frame.")
+    none = [s for s, items in cases.items() if not items]
+    if none:
+        out.append(f"\nOurs loses SSIM against the input on no item of: {', '.join(none)}.")
+    out.append("")
+    return out
+
+
 def _quality_bar_section(results: dict, streams: list[str]) -> list[str]:
     """The enhancer issue's quality bar: ours per stream in full, every other model as met / missed counts."""
     bars = {name: {s: StreamBar.from_dict(b) for s, b in per_stream.items()}
@@ -454,7 +476,7 @@ def _upscale(img: np.ndarray, min_height: int = 144) -> np.ndarray:
 def write_media(media, out: Path, cfg: BenchConfig) -> dict[str, Any]:
     import cv2
 
-    from simharmony.visualize import contact_sheet, save_png, side_by_side, write_video
+    from simharmony.visualize import contact_sheet, save_png, side_by_side, to_uint8, write_video
 
     videos, sheet_rows = [], []
     for group, rows in media.rows.items():
@@ -470,6 +492,10 @@ def write_media(media, out: Path, cfg: BenchConfig) -> dict[str, Any]:
                       for r in sheet_rows]
         save_png(out / "contact_sheet.png", contact_sheet(sheet_rows, max_rows=len(sheet_rows)))
         files["contact sheet"] = "contact_sheet.png"
+    if media.failures:
+        rows = [side_by_side([_upscale(to_uint8(p)) for p in panels], titles) for panels, titles in media.failures]
+        save_png(out / "failure_cases.png", contact_sheet(rows, max_rows=len(rows)))
+        files["failure cases"] = "failure_cases.png"
     return files
 
 

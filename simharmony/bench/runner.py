@@ -43,7 +43,7 @@ from simharmony.bench.methods import (
     resolve_ours,
 )
 from simharmony.bench.scenarios import Clip, flicker_clips, holdout_clips, make_smoke_holdout, scene_clips
-from simharmony.bench.stats import CLASSICAL, INPUT, quality_bar
+from simharmony.bench.stats import CLASSICAL, INPUT, quality_bar, worst_clips
 from simharmony.errors import ConfigError, MissingFileError
 from simharmony.paths import REPO_ROOT
 
@@ -184,10 +184,12 @@ def run_method(method: Method, clip: Clip) -> tuple[np.ndarray, float]:
 
 @dataclasses.dataclass
 class Media:
-    """Frames kept for the videos and contact sheet: per group, rows of (input, primary output, third panel)."""
+    """Frames kept for the videos and contact sheet: per group, rows of (input, primary output, third panel);
+    ``failures``: per failure case (:func:`failure_cases`), its panels and their titles."""
 
     rows: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = dataclasses.field(default_factory=dict)
     titles: dict[str, tuple[str, str, str]] = dataclasses.field(default_factory=dict)
+    failures: list[tuple[list[np.ndarray], list[str]]] = dataclasses.field(default_factory=list)
 
 
 def evaluate(clips: Iterable[Clip], total: int, methods: list[Method], cfg: BenchConfig, media: Media,
@@ -236,6 +238,33 @@ def quality_bars(holdout: dict[str, Any], methods: list[Method]) -> dict[str, di
             if m.name in clips and INPUT in clips and any(c in clips for c in CLASSICAL):
                 bars.setdefault(m.name, {})[stream] = quality_bar(clips, m.name).to_dict()
     return bars
+
+
+def failure_cases(holdout: dict[str, Any], holdout_dir: Path, method: Method | None, cfg: BenchConfig,
+                  media: Media) -> dict[str, list[dict[str, Any]]]:
+    """Per holdout stream, the ``cfg.failure_cases`` clips where ``method`` (ours) loses the most SSIM
+    against the input, worst first (:func:`~simharmony.bench.stats.worst_clips`), each with the frame where
+    it loses most; the clips are run again to add one row per case to ``media.failures``: input, output,
+    target and both errors magnified 8x."""
+    if method is None or cfg.failure_cases == 0:
+        return {}
+    cases = {s: worst_clips(g["clips"], method.name, cfg.failure_cases) for s, g in holdout.items()
+             if method.name in g["clips"] and INPUT in g["clips"]}
+    wanted = {c["id"]: c for rows in cases.values() for c in rows}
+    if not wanted:
+        return cases
+    _, clips = holdout_clips(holdout_dir, 0, cfg.mask_to_model, cfg.maskless_streams, ids=wanted)
+    rows = {}
+    for clip in clips:
+        out, _ = run_method(method, clip)
+        per_frame = M.ssim(out, clip.target, reduction="none") - M.ssim(clip.input, clip.target, reduction="none")
+        t = wanted[clip.id]["frame"] = int(np.argmin(per_frame))
+        err_in, err_out = (np.clip(8 * np.abs(x[t].astype(np.float32) - clip.target[t]), 0, 1) for x in (clip.input, out))
+        rows[clip.id] = ([clip.input[t], out[t], clip.target[t], err_in, err_out],
+                         [f"{clip.group} {clip.id} t={t}", f"{method.name}: dSSIM {1e4 * wanted[clip.id]['d_ssim']:+.1f}e-4",
+                          "target", "|input - target| x8", f"|{method.name} - target| x8"])
+    media.failures.extend(rows[c["id"]] for c in wanted.values())  # in the order of the report's table
+    return cases
 
 
 def _aggregate(per_clip: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -385,6 +414,7 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     total, clips = holdout_clips(holdout_dir, cfg.max_items_per_stream, cfg.mask_to_model, cfg.maskless_streams)
     holdout = evaluate(clips, total, methods, cfg, media, "holdout")
     bars = quality_bars(holdout, methods)
+    failures = failure_cases(holdout, holdout_dir, next((m for m in methods if m.name == "ours"), None), cfg, media)
     timings["holdout_s"] = time.perf_counter() - t0
 
     novel, insertion, scene_info = [], [], {}
@@ -433,6 +463,7 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
         "metrics_not_available": unavailable_metrics,
         "holdout": holdout,
         "quality_bars": bars,
+        "failure_cases": failures,
         "scenarios": scenes,
         "speed": speed,
         "timings_s": timings,

@@ -24,7 +24,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,9 +115,10 @@ def _model_mask(item, mask_to_model: bool, maskless_streams: Sequence[str]) -> n
 
 
 def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_model: bool = True,
-                  maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS) -> tuple[int, Iterator[Clip]]:
+                  maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS,
+                  ids: Collection[str] | None = None) -> tuple[int, Iterator[Clip]]:
     """(count, lazy iterator of clips): one clip per item of the dataset folder (manifest order), at most
-    ``max_items_per_stream`` per stream (0 = all). Items are read one at a time (a holdout set does not fit
+    ``max_items_per_stream`` per stream (0 = all), only the items ``ids`` when given. Items are read one at a time (a holdout set does not fit
     in memory at once). Methods get the item's mask (``model_mask``), on ``maskless_streams`` its asset mask.
     MissingFileError (saying how to make it) when the folder is not a dataset."""
     from simharmony.data.shards import ShardDataset
@@ -128,6 +129,8 @@ def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_mod
     ds = ShardDataset(folder)
     picked, per_stream = [], {}
     for i, rec in enumerate(ds.records):
+        if ids is not None and rec["id"] not in ids:
+            continue
         n = per_stream.get(rec["stream"], 0)
         if not max_items_per_stream or n < max_items_per_stream:
             per_stream[rec["stream"]] = n + 1

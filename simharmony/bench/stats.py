@@ -136,3 +136,20 @@ def quality_bar(clips: Mapping[str, Mapping[str, Mapping[str, float]]], method: 
         classical=best,
         ssim_vs_input=paired_difference(values(method, "ssim"), values(INPUT, "ssim"), confidence, seed=seed),
     )
+
+
+def worst_clips(clips: Mapping[str, Mapping[str, Mapping[str, float]]], method: str, k: int,
+                key: str = "ssim") -> list[dict[str, float | str]]:
+    """The (up to) ``k`` clips where ``method`` falls furthest below the input in ``key``, worst first:
+    ``[{"id", "d_ssim", "d_psnr"}]`` (method minus input). Clips where it does not fall below are never
+    listed, so a method that loses nowhere has none. ``clips`` as for :func:`quality_bar`."""
+    if k < 0:
+        raise InvalidInputError(f"worst_clips: k must be >= 0, got {k}")
+    missing = [m for m in (method, INPUT) if m not in clips]
+    if missing:
+        raise InvalidInputError(f"worst_clips needs per-clip metrics of {missing}")
+    ours, ref = clips[method], clips[INPUT]
+    rows = [{"id": i, **{f"d_{m}": float(ours[i][m] - ref[i][m]) for m in ("ssim", "psnr")}}
+            for i in sorted(ours) if i in ref]
+    rows = [r for r in rows if np.isfinite(r[f"d_{key}"]) and r[f"d_{key}"] < 0]
+    return sorted(rows, key=lambda r: r[f"d_{key}"])[:k]
