@@ -9,6 +9,7 @@ the bench, every clip a fresh stream; so its figures are the report's figures fo
     python benchmarks/eval_models.py --flicker 60 --scenes weights/enhancer          # + flicker, demo street
     python benchmarks/eval_models.py identity weights/enhancer                        # "identity" = the input
     python benchmarks/eval_models.py weights/enhancer --holdout data/default --max-items 40 --deadzone 0 0.5 1
+    python benchmarks/eval_models.py identity weights/enhancer --sequences-only --context-ablation   # what the context does
 
 Prints per model: holdout PSNR / SSIM per stream (and their mean); with ``--mask-split`` also the mean
 squared error per pixel inside and outside the items' masks (where a model helps or harms) and the mean
@@ -17,6 +18,9 @@ systematic shift, e.g. darkening every inserted object, shows there); with
 ``--flicker N`` PSNR and warping error (x1e3) on N flicker-holdout sequences; with ``--scenes`` warping
 error, flicker score and PSNR on the novel trajectory and the insertion drive. With ``identity`` among the models,
 every other model's PSNR and SSIM minus the input's per stream, with a bootstrap interval over items.
+``--context-ablation`` adds, per model, the same weights with the colour anchor removed and with the temporal
+context reset before every frame (on sequences the difference is what the anchor and the temporal attention
+do); ``--sequences-only`` keeps only the clean holdout's multi-frame items.
 """
 
 from __future__ import annotations
@@ -39,13 +43,27 @@ from simharmony.bench.stats import paired_difference
 from simharmony.harmonizer import Harmonizer
 
 
-def run_clip(h: Harmonizer | None, clip) -> np.ndarray:
-    """The clip's frames through a fresh stream of ``h`` (None = the input itself) -> [T, H, W, 3]."""
+@dataclasses.dataclass
+class Evaluated:
+    """One evaluated model: ``harmonizer`` (None = the input itself), optionally with its context reset per frame."""
+
+    harmonizer: Harmonizer | None
+    reset_every_frame: bool = False
+
+
+def run_clip(m: Evaluated, clip) -> np.ndarray:
+    """The clip's frames through a fresh stream of ``m`` -> [T, H, W, 3]."""
+    h = m.harmonizer
     if h is None:
         return clip.input
     h.reset()
     masks = clip.model_mask if clip.model_mask is not None else [None] * clip.num_frames
-    return np.stack([h.enhance(clip.input[t], mask=masks[t], depth=clip.depth[t]) for t in range(clip.num_frames)])
+    out = []
+    for t in range(clip.num_frames):
+        if m.reset_every_frame:
+            h.reset()
+        out.append(h.enhance(clip.input[t], mask=masks[t], depth=clip.depth[t]))
+    return np.stack(out)
 
 
 def main() -> None:
@@ -62,21 +80,32 @@ def main() -> None:
     p.add_argument("--all-masks", action="store_true",
                    help="give the models every item's mask, also on streams whose masks are cut out with the target's help "
                         "(the benchmark before maskless_streams; for comparison only)")
+    p.add_argument("--context-ablation", action="store_true",
+                   help="also each model with its colour anchor removed and with its context reset every frame")
+    p.add_argument("--sequences-only", action="store_true", help="only the clean holdout's multi-frame items")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     cfg = get_bench_preset("full", holdout_dir=args.holdout, flicker_sequences=args.flicker, progress=False,
                            **({"maskless_streams": ()} if args.all_masks else {}))
-    models: dict[str, Harmonizer | None] = {}
+    models: dict[str, Evaluated] = {}
     for m in args.models:
         if m == "identity":
-            models[m] = None
+            models[m] = Evaluated(None)
             continue
         for level in args.deadzone or [None]:
             h = Harmonizer.from_pretrained(m)
             if level is not None:  # an inference-time field (validated by the config), read at every call
                 h.model.config = dataclasses.replace(h.model.config, output_deadzone=level / 255)
-            models[m if level is None else f"{m} (deadzone {level:g}/255)"] = h
+            name = m if level is None else f"{m} (deadzone {level:g}/255)"
+            models[name] = Evaluated(h)
+            if args.context_ablation:
+                models[f"{name} (context reset every frame)"] = Evaluated(h, reset_every_frame=True)
+                if getattr(h.model.backbone, "colour_anchor", None) is not None:
+                    no_anchor = Harmonizer.from_pretrained(m)
+                    no_anchor.model.config = h.model.config
+                    no_anchor.model.backbone.colour_anchor = None
+                    models[f"{name} (colour anchor removed)"] = Evaluated(no_anchor)
 
     per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
     # {model: {stream: [squared error in mask, pixels in mask, squared error outside, pixels outside]}}
@@ -85,10 +114,12 @@ def main() -> None:
     shifts: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
     _, clips = holdout_clips(args.holdout, args.max_items, maskless_streams=cfg.maskless_streams) if not args.no_clean else (None, [])
     for clip in clips:
-        for name, h in models.items():
-            out = run_clip(h, clip)
-            m = clip_metrics(out, clip, cfg.psnr_cap_db)
-            per_stream[name][clip.group].append((m["psnr"], m["ssim"]))
+        if args.sequences_only and clip.num_frames < 2:
+            continue
+        for name, ev in models.items():
+            out = run_clip(ev, clip)
+            r = clip_metrics(out, clip, cfg.psnr_cap_db)
+            per_stream[name][clip.group].append((r["psnr"], r["ssim"]))
             if args.mask_split and clip.mask is not None:
                 inside = clip.mask > 0.5  # [T, H, W]
                 se = ((out.astype(np.float64) - clip.target) ** 2).mean(-1)
@@ -98,7 +129,7 @@ def main() -> None:
     flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
     novel, insertion, _ = scene_clips(cfg) if args.scenes else ([], [], {})
 
-    for name, h in models.items():
+    for name, m in models.items():
         streams = per_stream[name]
         print(f"{name}:")
         if streams:
@@ -116,14 +147,14 @@ def main() -> None:
             print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}; mean RGB change "
                   f"in mask made {np.array2string(made, precision=4, sign='+')} needed {np.array2string(needed, precision=4, sign='+')}")
         if flicker:
-            ms = [clip_metrics(run_clip(h, c), c, cfg.psnr_cap_db) for c in flicker]
+            ms = [clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "
                   f"warp {1e3 * np.mean([m['warping_error'] for m in ms]):.4f}e-3")
         for label, group in (("novel trajectory", novel), ("insertion", insertion)):
             for c in group:
-                m = clip_metrics(run_clip(h, c), c, cfg.psnr_cap_db)
-                psnr_s = f" psnr {m['psnr']:.2f}" if m.get("psnr") is not None and np.isfinite(m["psnr"]) else ""
-                print(f"  {label}: warp {1e3 * m['warping_error']:.3f}e-3 flicker {m['flicker']:.4f}{psnr_s}")
+                r = clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db)
+                psnr_s = f" psnr {r['psnr']:.2f}" if r.get("psnr") is not None and np.isfinite(r["psnr"]) else ""
+                print(f"  {label}: warp {1e3 * r['warping_error']:.3f}e-3 flicker {r['flicker']:.4f}{psnr_s}")
 
 
 if __name__ == "__main__":
