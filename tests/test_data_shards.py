@@ -238,6 +238,27 @@ def test_parallel_workers_make_the_same_dataset(full, tmp_path):
     assert not list(broken.glob(".*tmp*"))
     assert all((broken / name).stat().st_mtime_ns == t for name, t in kept.items())
 
+
+def _tqdm_uses_a_multiprocessing_lock() -> bool:
+    from tqdm.auto import tqdm
+
+    tqdm(range(1), disable=True)  # an instance makes the lock, as the streams' progress bars do
+    lock = tqdm.get_lock()
+    return any(type(x).__module__.startswith("multiprocessing") for x in getattr(lock, "locks", [lock]))
+
+
+def test_workers_make_no_multiprocessing_locks():
+    """A worker killed on Ctrl-C cannot unregister a semaphore it made; tqdm's default lock is one."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=S._init_worker, initargs=(ctx.Queue(), 1)) as pool:
+        assert not pool.submit(_tqdm_uses_a_multiprocessing_lock).result()
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # the test can fail: without the initializer it is one
+        assert pool.submit(_tqdm_uses_a_multiprocessing_lock).result()
+
+
 def test_generation_bad_input(full, tmp_path):
     with pytest.raises(ConfigError, match="other settings"):
         _gen(full[0], seed=SEED + 7)

@@ -357,13 +357,19 @@ _worker_progress = None  # a worker process's queue of finished-item counts
 
 
 def _init_worker(progress_queue, threads: int) -> None:
-    """Cap every thread pool a chunk uses (numba kernels, Mitsuba/Dr.Jit, torch) to this worker's share."""
+    """Cap every thread pool a chunk uses (numba kernels, Mitsuba/Dr.Jit, torch) to this worker's share.
+    tqdm gets a thread lock: its default lock is a multiprocessing semaphore, which a worker terminated on
+    Ctrl-C never unregisters (the resource tracker then warns of leaked semaphores)."""
     global _worker_progress
+    import threading
+
     import drjit
     import numba
     import torch
+    from tqdm.auto import tqdm
 
     _worker_progress = progress_queue
+    tqdm.set_lock(threading.RLock())
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     drjit.set_thread_count(threads)
     torch.set_num_threads(threads)
