@@ -20,7 +20,10 @@ error, flicker score and PSNR on the novel trajectory and the insertion drive. W
 every other model's PSNR and SSIM minus the input's per stream, with a bootstrap interval over items.
 ``--context-ablation`` adds, per model, the same weights with the colour anchor removed and with the temporal
 context reset before every frame (on sequences the difference is what the anchor and the temporal attention
-do); ``--sequences-only`` keeps only the clean holdout's multi-frame items.
+do); ``--sequences-only`` keeps only the clean holdout's multi-frame items. ``--cuts N``: N seeded pairs
+of holdout sequences (A, B) fed as one stream with no reset between them (a scene cut the caller did not
+signal): PSNR on B's frames, and its difference to B run on a fresh stream. ``--anchor-limits G M`` sets
+the colour anchor's ``max_log_gain`` / ``max_misfit`` of every model (``EnhancerConfig.anchor_max_*``).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import torch
 
+from simharmony import metrics as M
 from simharmony.bench.config import get_bench_preset
 from simharmony.bench.runner import clip_metrics
 from simharmony.bench.scenarios import flicker_clips, holdout_clips, scene_clips
@@ -66,6 +70,20 @@ def run_clip(m: Evaluated, clip) -> np.ndarray:
     return np.stack(out)
 
 
+def _set_anchor_limits(h: Harmonizer, limits: list[float] | None) -> None:
+    anchor = getattr(h.model.backbone, "colour_anchor", None)
+    if limits is not None and anchor is not None:
+        anchor.max_log_gain, anchor.max_misfit = limits
+
+
+def cut_pairs(holdout: str, n: int, maskless_streams) -> list[tuple]:
+    """``n`` seeded pairs (A, B) of distinct holdout sequence clips."""
+    _, clips = holdout_clips(holdout, 0, maskless_streams=maskless_streams)
+    seqs = [c for c in clips if c.num_frames > 1]
+    rng = np.random.default_rng(0)
+    return [tuple(seqs[i] for i in rng.choice(len(seqs), 2, replace=False)) for _ in range(n)]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("models", nargs="+", help="model folders (Enhancer.save_pretrained), or 'identity'")
@@ -83,6 +101,9 @@ def main() -> None:
     p.add_argument("--context-ablation", action="store_true",
                    help="also each model with its colour anchor removed and with its context reset every frame")
     p.add_argument("--sequences-only", action="store_true", help="only the clean holdout's multi-frame items")
+    p.add_argument("--cuts", type=int, default=0, help="pairs of holdout sequences fed without a reset between them")
+    p.add_argument("--anchor-limits", type=float, nargs=2, default=None, metavar=("MAX_LOG_GAIN", "MAX_MISFIT"),
+                   help="the colour anchor's limits for every model (0 = none)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -95,6 +116,7 @@ def main() -> None:
             continue
         for level in args.deadzone or [None]:
             h = Harmonizer.from_pretrained(m)
+            _set_anchor_limits(h, args.anchor_limits)
             if level is not None:  # an inference-time field (validated by the config), read at every call
                 h.model.config = dataclasses.replace(h.model.config, output_deadzone=level / 255)
             name = m if level is None else f"{m} (deadzone {level:g}/255)"
@@ -102,7 +124,7 @@ def main() -> None:
             if args.context_ablation:
                 models[f"{name} (context reset every frame)"] = Evaluated(h, reset_every_frame=True)
                 if getattr(h.model.backbone, "colour_anchor", None) is not None:
-                    no_anchor = Harmonizer.from_pretrained(m)
+                    no_anchor = Harmonizer.from_pretrained(m)  # (no limits to set: no anchor)
                     no_anchor.model.config = h.model.config
                     no_anchor.model.backbone.colour_anchor = None
                     models[f"{name} (colour anchor removed)"] = Evaluated(no_anchor)
@@ -127,6 +149,7 @@ def main() -> None:
                 inp = clip.input.astype(np.float64)
                 shifts[name][clip.group].append(((out - inp)[inside].mean(0), (clip.target - inp)[inside].mean(0)))
     flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
+    cuts = cut_pairs(args.holdout, args.cuts, cfg.maskless_streams) if args.cuts else []
     novel, insertion, _ = scene_clips(cfg) if args.scenes else ([], [], {})
 
     for name, m in models.items():
@@ -150,6 +173,20 @@ def main() -> None:
             ms = [clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "
                   f"warp {1e3 * np.mean([m['warping_error'] for m in ms]):.4f}e-3")
+        if cuts and m.harmonizer is not None:
+            after, fresh = [], []
+            for a, b in cuts:
+                both = run_clip(m, dataclasses.replace(
+                    a, input=np.concatenate([a.input, b.input]), target=None, mask=None, flow=None, flow_valid=None,
+                    model_mask=[*(a.model_mask if a.model_mask is not None else [None] * a.num_frames),
+                                *(b.model_mask if b.model_mask is not None else [None] * b.num_frames)],
+                    depth=np.concatenate([a.depth, b.depth])))[a.num_frames:]
+                after.append(M.psnr(both, b.target, reduction="none"))
+                fresh.append(M.psnr(run_clip(m, b), b.target, reduction="none"))
+            d = np.array([x[:3] - y[:3] for x, y in zip(after, fresh)])  # [pairs, 3]: B's first frames
+            print(f"  missed cut ({len(cuts)} pairs): psnr after the cut {np.mean([x.mean() for x in after]):.3f}, "
+                  f"minus a fresh stream on B's frames 0-2: mean {np.array2string(d.mean(0), precision=3)}, "
+                  f"worst {np.array2string(d.min(0), precision=2)}")
         for label, group in (("novel trajectory", novel), ("insertion", insertion)):
             for c in group:
                 r = clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db)

@@ -474,6 +474,45 @@ def test_colour_anchor_drift_fit_ignores_local_change():
     assert mean_shift.abs().min() > 0.02
 
 
+def test_colour_anchor_trusts_only_small_drift_of_an_explained_frame():
+    """With limits the anchor still undoes a small drift, but leaves alone a frame its past does not
+    explain (a scene cut nobody signalled) and a jump far beyond any flicker; without limits it "corrects"
+    both towards the past."""
+    from simharmony.models.layers import ColourAnchor
+
+    g = torch.Generator().manual_seed(2)
+
+    def scene():
+        return F.interpolate(0.2 + 0.6 * torch.rand(1, 3, 8, 9, generator=g), size=(48, 54), mode="bilinear")
+
+    first = scene()
+    prev, moved, other = first[..., :48], first[..., 1:49], scene()[..., :48]  # camera moved 1 px; a new scene
+    past = ColourAnchor.summary(prev)
+    gain = torch.tensor([1.08, 0.95, 1.0])[None, :, None, None]
+    limited = ColourAnchor(3, hidden=8, max_log_gain=0.35, max_misfit=0.65)
+    free = ColourAnchor(3, hidden=8)
+    for anchor in (limited, free):
+        torch.nn.init.constant_(anchor.mlp[-1].bias, 1.0)  # alpha = 1: undo the whole fitted drift
+    assert not torch.equal(limited(other, past), other)  # training: the limits act at inference only
+    limited.eval()
+    for cur, explained in ((moved, True), (other, False)):
+        a, b, _, _ = ColourAnchor.fit_drift(ColourAnchor.summary(cur), past)
+        misfit = ColourAnchor.misfit(ColourAnchor.summary(cur), past, a, b).item()
+        assert misfit < 0.5 if explained else misfit > 0.7, misfit
+    drifted = moved * gain
+    undone = limited(drifted, past)
+    assert (undone - moved).abs().mean() < 0.3 * (drifted - moved).abs().mean()  # the drift is undone
+    assert torch.equal(limited(other, past), other)  # a cut: left alone
+    assert torch.equal(limited(moved * 1.8, past), moved * 1.8)  # log gain 0.59: beyond any flicker
+    assert (free(other, past) - other).abs().mean() > 0.01 and (free(moved * 1.8, past) - moved * 1.8).abs().mean() > 0.1
+    cfg = EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2, colour_anchor=True,
+                         anchor_max_log_gain=0.35, anchor_max_misfit=0.65)
+    built = Enhancer(cfg).backbone.colour_anchor
+    assert (built.max_log_gain, built.max_misfit) == (0.35, 0.65)
+    with pytest.raises(ConfigError, match="anchor_max"):
+        EnhancerConfig(anchor_max_misfit=-1)
+
+
 @pytest.mark.parametrize("regions", [2, 4])
 def test_colour_anchor_regional_consensus(regions):
     """With regions, a drift every region shares is still read exactly, but a change that fills the lower

@@ -74,6 +74,10 @@ class EnhancerConfig(Config):
     cond_dim: int = 64  # size of the constant null condition vector
     colour_anchor: bool = False  # global exposure / white-balance correction against the previous output
     anchor_regions: int = 1  # the anchor undoes only the drift all r x r image regions agree on (1 = global fit)
+    # the anchor leaves a frame alone past these (0 = no limit; ColourAnchor.trust): fitted |log gain|, and
+    # the fit's misfit (a scene cut the caller did not signal)
+    anchor_max_log_gain: float = 0.0
+    anchor_max_misfit: float = 0.0
     output_deadzone: float = 0.0  # at inference, changes to the input smaller than this ([0, 1] units) are dropped
 
     def __post_init__(self) -> None:
@@ -97,6 +101,9 @@ class EnhancerConfig(Config):
         if self.maca and not self.use_mask:
             raise ConfigError("maca=True needs use_mask=True")
         check_output_deadzone(self.output_deadzone)
+        if self.anchor_max_log_gain < 0 or self.anchor_max_misfit < 0:
+            raise ConfigError(f"anchor_max_log_gain and anchor_max_misfit must be >= 0 (0 = no limit), got "
+                              f"{self.anchor_max_log_gain}, {self.anchor_max_misfit}")
         if self.anchor_regions not in (1, 2, 4):
             raise ConfigError(f"anchor_regions must be 1, 2 or 4 (it splits the anchor's 16 x 16 grid), got {self.anchor_regions}")
 
@@ -159,7 +166,8 @@ class TemporalUNet(nn.Module):
             self.up_temporal.append(temporal(ch[lv]) if lv in cfg.temporal_levels else nn.Identity())
         self.norm_out = group_norm(ch[0])
         self.conv_out = zero_module(nn.Conv2d(ch[0], cz, 3, padding=1))
-        self.colour_anchor = ColourAnchor(cz, regions=cfg.anchor_regions) if cfg.colour_anchor and cfg.context_frames > 0 else None
+        self.colour_anchor = ColourAnchor(cz, regions=cfg.anchor_regions, max_log_gain=cfg.anchor_max_log_gain,
+                                          max_misfit=cfg.anchor_max_misfit) if cfg.colour_anchor and cfg.context_frames > 0 else None
         self._slots = self._temporal_slots()  # fixed by the config: computed once, not every frame
 
     def embedding(self, batch: int, timestep: torch.Tensor | None = None) -> torch.Tensor:

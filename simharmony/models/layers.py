@@ -173,6 +173,10 @@ class ColourAnchor(nn.Module):
     smallest-magnitude regional value when all regions share its sign, else 0: a minmod limiter). A large
     content change (a dark floater filling the lower half, a tunnel's mouth) leaves some region unchanged
     and so is left alone, while exposure / white balance moves every region.
+    ``max_log_gain`` / ``max_misfit`` (0 = off): the anchor trusts the fit only for what it was trained
+    on, a small drift of a frame its past explains (:meth:`trust`). Beyond them (a scene cut, whose fit
+    would pull the new scene's colours towards the old one's; a jump much larger than any flicker) it
+    leaves the frame alone, fading out over the last quarter of each limit. At inference only.
     z_out [B, Cz, h, w], past [B, Cz, grid**2] (:meth:`summary` of the previous output) -> [B, Cz, h, w].
     """
 
@@ -180,11 +184,15 @@ class ColourAnchor(nn.Module):
     _tukey_c = 4.685
     _iterations = 3
 
-    def __init__(self, latent_channels: int, hidden: int = 64, regions: int = 1):
+    def __init__(self, latent_channels: int, hidden: int = 64, regions: int = 1, max_log_gain: float = 0.0,
+                 max_misfit: float = 0.0):
         super().__init__()
         if regions < 1 or self.grid % regions:
             raise ValueError(f"regions must divide the grid ({self.grid}), got {regions}")
+        if max_log_gain < 0 or max_misfit < 0:
+            raise ValueError(f"max_log_gain and max_misfit must be >= 0 (0 = off), got {max_log_gain}, {max_misfit}")
         self.regions = regions
+        self.max_log_gain, self.max_misfit = max_log_gain, max_misfit
         self.mlp = nn.Sequential(nn.Linear(6 * latent_channels, hidden), nn.SiLU(), zero_module(nn.Linear(hidden, latent_channels)))
 
     @classmethod
@@ -233,15 +241,40 @@ class ColourAnchor(nn.Module):
         a = log_a.exp()
         return a, shift - (a - 1) * level[..., 0]
 
+    @classmethod
+    @torch.no_grad()
+    def misfit(cls, cur: torch.Tensor, past: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """How badly the drift line (a, b [B, Cz]) explains cells ``cur`` from ``past`` [B, Cz, G] -> [B]:
+        mean absolute residual over the cells' mean absolute deviation, averaged over channels (0 =
+        exactly; consecutive frames of a moving camera stay below ~0.5, a scene cut is mostly above 0.7)."""
+        residual = (cur - (a[..., None] * past + b[..., None])).abs().mean(-1)
+        spread = (cur - cur.mean(-1, keepdim=True)).abs().mean(-1).clamp_min(1e-6)
+        return (residual / spread).mean(-1)
+
+    @torch.no_grad()
+    def trust(self, cur: torch.Tensor, past: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[B, 1] in [0, 1]: 1 while the largest fitted log-gain is below 3/4 of ``max_log_gain`` and the
+        :meth:`misfit` below 3/4 of ``max_misfit``, linearly down to 0 at the limits (0 = no limit)."""
+        weight = torch.ones(cur.shape[0], 1, device=cur.device)
+        for value, limit in ((lambda: a.log().abs().amax(-1), self.max_log_gain),
+                             (lambda: self.misfit(cur, past, a, b), self.max_misfit)):
+            if limit > 0:
+                weight = weight * ((limit - value()) / (0.25 * limit)).clamp(0, 1)[:, None]
+        return weight
+
     def forward(self, z_out: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
         if past is None:
             return z_out
         cur, past = self.summary(z_out), past.float()
         a, b, scale, inliers = self.fit_drift(cur, past)
+        # of the global fit: does the past explain this frame at all? (at inference only, as the output dead
+        # zone: a recipe with the limits set trains the same weights as one without)
+        trust = 1.0 if self.training else self.trust(cur, past, a, b)
         if self.regions > 1:
             a, b = self.consensus_drift(cur, past, self.regions)
         feats = torch.cat([a - 1, b, (a - 1) / scale, b / scale, scale, inliers], dim=1)
-        alpha = self.mlp(feats).clamp(-0.25, 1.25)  # bounded; not at 0, where clamp would stop the gradient
+        # bounded; not at 0, where clamp would stop the gradient
+        alpha = self.mlp(feats).clamp(-0.25, 1.25) * trust
         # z_out + alpha * ((z_out - b) / a - z_out) as one per-channel affine map of the latent
         gain, offset = 1 + alpha * (1 / a - 1), -alpha * b / a
         return torch.addcmul(offset[:, :, None, None].to(z_out.dtype), z_out, gain[:, :, None, None].to(z_out.dtype))
