@@ -24,6 +24,9 @@ do); ``--sequences-only`` keeps only the clean holdout's multi-frame items. ``--
 of holdout sequences (A, B) fed as one stream with no reset between them (a scene cut the caller did not
 signal): PSNR on B's frames, and its difference to B run on a fresh stream. ``--anchor-limits G M`` sets
 the colour anchor's ``max_log_gain`` / ``max_misfit`` of every model (``EnhancerConfig.anchor_max_*``).
+``--anchor-stats`` prints what the anchor's fit reads (largest |log gain| over channels, misfit) on the
+flicker sequences, the clean sequences and the first frame after each missed cut (how its limits were
+chosen, on ``--holdout data/default``).
 """
 
 from __future__ import annotations
@@ -76,6 +79,20 @@ def _set_anchor_limits(h: Harmonizer, limits: list[float] | None) -> None:
         anchor.max_log_gain, anchor.max_misfit = limits
 
 
+def anchor_fits(h: Harmonizer, record: list) -> None:
+    """Append (largest |log gain| over channels, misfit) of every frame ``h``'s colour anchor sees to ``record``."""
+    from simharmony.models.layers import ColourAnchor
+
+    def hook(module, args, _output):
+        z_out, past = args
+        if past is not None:
+            cur = ColourAnchor.summary(z_out)
+            a, b, _, _ = ColourAnchor.fit_drift(cur, past.float())
+            record.append((a.log().abs().amax().item(), ColourAnchor.misfit(cur, past.float(), a, b).max().item()))
+
+    h.model.backbone.colour_anchor.register_forward_hook(hook)
+
+
 def cut_pairs(holdout: str, n: int, maskless_streams) -> list[tuple]:
     """``n`` seeded pairs (A, B) of distinct holdout sequence clips."""
     _, clips = holdout_clips(holdout, 0, maskless_streams=maskless_streams)
@@ -104,6 +121,8 @@ def main() -> None:
     p.add_argument("--cuts", type=int, default=0, help="pairs of holdout sequences fed without a reset between them")
     p.add_argument("--anchor-limits", type=float, nargs=2, default=None, metavar=("MAX_LOG_GAIN", "MAX_MISFIT"),
                    help="the colour anchor's limits for every model (0 = none)")
+    p.add_argument("--anchor-stats", action="store_true",
+                   help="the anchor's fitted log gain and misfit on flicker / clean sequences and after missed cuts")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -187,6 +206,28 @@ def main() -> None:
             print(f"  missed cut ({len(cuts)} pairs): psnr after the cut {np.mean([x.mean() for x in after]):.3f}, "
                   f"minus a fresh stream on B's frames 0-2: mean {np.array2string(d.mean(0), precision=3)}, "
                   f"worst {np.array2string(d.min(0), precision=2)}")
+        if args.anchor_stats and getattr(m.harmonizer and m.harmonizer.model.backbone, "colour_anchor", None) is not None:
+            record: list = []
+            anchor_fits(m.harmonizer, record)
+            seqs = [c for c in holdout_clips(args.holdout, 0, maskless_streams=cfg.maskless_streams)[1] if c.num_frames > 1]
+            groups = {}
+            for label, group in (("flicker sequences", flicker), ("clean sequences", seqs)):
+                record.clear()
+                for c in group:
+                    run_clip(m, c)
+                groups[label] = np.array(record)
+            after = []
+            for a, b in cuts:
+                run_clip(m, a)  # then B's first frame on the same stream
+                record.clear()
+                m.harmonizer.enhance(b.input[0], mask=None if b.model_mask is None else b.model_mask[0], depth=b.depth[0])
+                after.append(record[-1])
+            groups["first frame after a missed cut"] = np.array(after).reshape(-1, 2)
+            for label, v in groups.items():
+                if len(v):
+                    q = [f"{name} min {x.min():.3f} p1 {np.percentile(x, 1):.3f} p50 {np.median(x):.3f} p99 "
+                         f"{np.percentile(x, 99):.3f} max {x.max():.3f}" for name, x in (("|log gain|", v[:, 0]), ("misfit", v[:, 1]))]
+                    print(f"  anchor fit on {label} ({len(v)} frames): {'; '.join(q)}")
         for label, group in (("novel trajectory", novel), ("insertion", insertion)):
             for c in group:
                 r = clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db)
