@@ -489,7 +489,7 @@ def test_colour_anchor_trusts_only_small_drift_of_an_explained_frame():
     prev, moved, other = first[..., :48], first[..., 1:49], scene()[..., :48]  # camera moved 1 px; a new scene
     past = ColourAnchor.summary(prev)
     gain = torch.tensor([1.08, 0.95, 1.0])[None, :, None, None]
-    limited = ColourAnchor(3, hidden=8, max_log_gain=0.35, max_misfit=0.65)
+    limited = ColourAnchor(3, hidden=8, max_log_gain=0.35, max_misfit=0.5)
     free = ColourAnchor(3, hidden=8)
     for anchor in (limited, free):
         torch.nn.init.constant_(anchor.mlp[-1].bias, 1.0)  # alpha = 1: undo the whole fitted drift
@@ -506,9 +506,9 @@ def test_colour_anchor_trusts_only_small_drift_of_an_explained_frame():
     assert torch.equal(limited(moved * 1.8, past), moved * 1.8)  # log gain 0.59: beyond any flicker
     assert (free(other, past) - other).abs().mean() > 0.01 and (free(moved * 1.8, past) - moved * 1.8).abs().mean() > 0.1
     cfg = EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2, colour_anchor=True,
-                         anchor_max_log_gain=0.35, anchor_max_misfit=0.65)
+                         anchor_max_log_gain=0.35, anchor_max_misfit=0.5)
     built = Enhancer(cfg).backbone.colour_anchor
-    assert (built.max_log_gain, built.max_misfit) == (0.35, 0.65)
+    assert (built.max_log_gain, built.max_misfit) == (0.35, 0.5)
     with pytest.raises(ConfigError, match="anchor_max"):
         EnhancerConfig(anchor_max_misfit=-1)
 

@@ -246,7 +246,8 @@ class ColourAnchor(nn.Module):
     def misfit(cls, cur: torch.Tensor, past: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """How badly the drift line (a, b [B, Cz]) explains cells ``cur`` from ``past`` [B, Cz, G] -> [B]:
         mean absolute residual over the cells' mean absolute deviation, averaged over channels (0 =
-        exactly; consecutive frames of a moving camera stay below ~0.5, a scene cut is mostly above 0.7)."""
+        exactly; on data/default consecutive frames of a moving camera: median 0.16, max 0.51; the first frame
+        after a cut: median 0.90, 1 % below 0.51)."""
         residual = (cur - (a[..., None] * past + b[..., None])).abs().mean(-1)
         spread = (cur - cur.mean(-1, keepdim=True)).abs().mean(-1).clamp_min(1e-6)
         return (residual / spread).mean(-1)
