@@ -171,6 +171,10 @@ def test_smoke_end_to_end(tmp_path, monkeypatch, one_torch_thread):
     assert fl["counts"]["sequences"] == min(cfg.flicker_sequences, len(stream_of)) > 0 and "Flicker holdout" in report
     clips = flicker_clips(make_smoke_holdout(cfg), dataclasses.replace(cfg, flicker_sequences=3))
     assert len(clips) == 3 and len({stream_of[c.id.removesuffix(":flicker")] for c in clips}) == 2  # round robin
+    cuts = res["scenarios"]["holdout_cuts"]  # missed cuts: the oracle still returns every target
+    assert cuts["counts"]["clips"] == cfg.cut_pairs and cuts["methods"]["oracle"]["psnr"] == cap
+    assert cuts["methods"]["ours"]["psnr"] == pytest.approx(cuts["methods"]["identity"]["psnr"], abs=0.05)
+    assert "Missed cuts:" in report
     for c in clips:
         k = [r["id"] for r in ds.records].index(c.id.removesuffix(":flicker"))
         gains = flicker_gains(np.random.default_rng([cfg.flicker_seed, k]), c.num_frames, cfg.flicker)
@@ -339,3 +343,30 @@ def test_failure_cases_are_found_shown_and_reported(tmp_path, one_torch_thread):
     assert _strict_json((out / "results.json").read_text())["failure_cases"]["isp"][0]["id"] == cases[0]["id"]
     with pytest.raises(ConfigError, match="failure_cases"):
         get_bench_preset("smoke", failure_cases=-1)
+
+
+def test_cut_clips_play_two_sequences_as_one(tmp_path):
+    """A missed-cut clip is sequence A then sequence B, unchanged, with no valid flow across the cut;
+    pairs are seeded and B gives methods a mask exactly when A does."""
+    from simharmony.bench.scenarios import cut_clips
+    from simharmony.data.shards import ShardDataset
+
+    cfg = get_bench_preset("smoke", cache_dir=str(tmp_path / "cache"), smoke_streams=("isp", "shadow"),
+                           smoke_items_per_stream=4, progress=False, cut_pairs=5)
+    folder = make_smoke_holdout(cfg)
+    ds = ShardDataset(folder)
+    index = {r["id"]: i for i, r in enumerate(ds.records)}
+    clips = cut_clips(folder, cfg)
+    assert len(clips) == 5 and [c.id for c in clips] == [c.id for c in cut_clips(folder, cfg)]
+    assert [c.id for c in clips] != [c.id for c in cut_clips(folder, dataclasses.replace(cfg, cut_seed=1))]
+    for c in clips:
+        a_id, b_id = c.id.split("|")
+        a, b = ds.load_item(index[a_id]), ds.load_item(index[b_id])
+        assert a_id != b_id and a.num_frames > 1 and b.num_frames > 1 and c.group == "holdout_cuts"
+        for field in ("input", "target", "depth", "flow"):
+            assert np.array_equal(getattr(c, field), np.concatenate([getattr(a, field), getattr(b, field)])), field
+        assert not c.flow_valid[a.num_frames].any() and c.flow_valid[a.num_frames + 1:].sum() == b.flow_valid[1:].sum() > 0
+        assert (a.model_mask(cfg.maskless_streams) is None) == (b.model_mask(cfg.maskless_streams) is None)
+    assert cut_clips(folder, dataclasses.replace(cfg, cut_pairs=0)) == []
+    with pytest.raises(ConfigError, match="cut_pairs"):
+        get_bench_preset("smoke", cut_pairs=-1)

@@ -47,6 +47,7 @@ class BenchConfig(Config):
     Flicker holdout: up to ``flicker_sequences`` holdout sequences (round-robin over streams; 0 = off)
     with per-frame exposure / white-balance flicker ``flicker`` on their inputs, seeded by ``flicker_seed``
     (:mod:`simharmony.data.flicker`); targets unchanged.
+    Missed cuts: ``cut_pairs`` seeded (``cut_seed``) pairs of holdout sequences played as one clip (0 = off).
     Inputs to the models: ``mask_to_model`` / ``depth_to_model``; ``maskless_streams``: holdout streams whose
     items give no method their mask, only the inserted object's ``asset_mask`` where they carry one (default: those whose mask is cut out with the target's help,
     :data:`~simharmony.data.item.TARGET_DERIVED_MASK_STREAMS`). ``psnr_cap_db``: per-frame PSNR and
@@ -83,6 +84,8 @@ class BenchConfig(Config):
     flicker_sequences: int = 60
     flicker_seed: int = 0
     flicker: FlickerConfig = field(default_factory=FlickerConfig)
+    cut_pairs: int = 40
+    cut_seed: int = 0
     mask_to_model: bool = True
     maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS
     depth_to_model: bool = True
@@ -108,6 +111,7 @@ class BenchConfig(Config):
         require(self.smoke_items_per_stream >= 1, o, "smoke_items_per_stream must be >= 1")
         require(self.smoke_seq_len >= 2, o, f"smoke_seq_len={self.smoke_seq_len} must be >= 2")
         require(self.flicker_sequences >= 0 and self.flicker_seed >= 0, o, "flicker_sequences and flicker_seed must be >= 0")
+        require(self.cut_pairs >= 0 and self.cut_seed >= 0, o, "cut_pairs and cut_seed must be >= 0")
         require(self.num_frames >= 0, o, f"num_frames={self.num_frames} must be >= 0 (0 skips the scene scenarios)")
         require(all_finite(self.render_scale) and 0 < self.render_scale <= 4, o, "render_scale must be in (0, 4]")
         require(self.gt_spp >= 1, o, f"gt_spp={self.gt_spp} must be >= 1")

@@ -225,7 +225,7 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
         header = ["Model variant", "temporal cons. NT↑", "temporal cons. Ins↑", "warp err NT↓ (x1e3)",
                   "warp err Ins↓ (x1e3)", "holdout temporal cons.↑ (mean over streams)",
                   "holdout warp err↓ (x1e3, mean over streams)", "flicker holdout PSNR↑",
-                  "flicker holdout warp err↓ (x1e3)"]
+                  "flicker holdout warp err↓ (x1e3)", "missed cuts PSNR↑"]
 
         def holdout_mean(name, key):
             vals = [_get(results, "holdout", s, name, key) for s in seq_streams]
@@ -243,10 +243,11 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
             rows.append([label, _fmt(_get(results, "scenarios", "novel_trajectory", name, "flicker"), 4),
                          _fmt(_get(results, "scenarios", "insertion", name, "flicker"), 4), _fmt(w_nt, 3, 1e3),
                          _fmt(w_ins, 3, 1e3), _fmt(holdout_mean(name, "flicker"), 4), _fmt(w_hold, 3, 1e3),
-                         _fmt(_get(results, "scenarios", fl, name, "psnr")), _fmt(w_fl, 3, 1e3)])
+                         _fmt(_get(results, "scenarios", fl, name, "psnr")), _fmt(w_fl, 3, 1e3),
+                         _fmt(_get(results, "scenarios", "holdout_cuts", name, "psnr"))])
         if results["scenarios"].get(fl):
             rt = results["scenarios"][fl]["reference_target"]
-            rows.append(["target (reference)"] + [NA] * 7 + [_fmt(rt.get("warping_error"), 3, 1e3)])
+            rows.append(["target (reference)"] + [NA] * 7 + [_fmt(rt.get("warping_error"), 3, 1e3), NA])
         out.append(_table(header, rows))
         names = {n for n, _ in abl}
         if {"ours", "per_frame_model"} <= names:
@@ -262,6 +263,12 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
         out.append(f"\nFlicker holdout: {results['scenarios'][fl]['counts']['sequences']} holdout sequences whose inputs "
                    f"drift per frame (exposure sigma {c['flicker']['ev_sigma']} EV, white balance sigma "
                    f"{c['flicker']['wb_sigma']} log2 per channel, frame 0 clean, seed {c['flicker_seed']}); targets clean.")
+    if results["scenarios"].get("holdout_cuts"):
+        c = results["meta"]["config"]
+        out.append(f"\nMissed cuts: {results['scenarios']['holdout_cuts']['counts']['clips']} pairs of holdout sequences "
+                   f"(seed {c['cut_seed']}) each played as one clip, A's frames then B's, with no reset between them: a "
+                   "scene cut the caller did not signal. A method that carries a stale context across the cut scores "
+                   "below the same weights with the context reset every frame.")
     given = [n for n in results["methods"] if n.startswith("variant:")]
     out.append("\nRows come from what was trained: `ours, context reset every frame` uses the same weights with the "
                "temporal context cleared before every frame (not a retrained model); a separately trained per-frame "

@@ -42,7 +42,7 @@ from simharmony.bench.methods import (
     parametric_method,
     resolve_ours,
 )
-from simharmony.bench.scenarios import Clip, flicker_clips, holdout_clips, make_smoke_holdout, scene_clips
+from simharmony.bench.scenarios import Clip, cut_clips, flicker_clips, holdout_clips, make_smoke_holdout, scene_clips
 from simharmony.bench.stats import CLASSICAL, INPUT, quality_bar, worst_clips
 from simharmony.errors import ConfigError, MissingFileError
 from simharmony.paths import REPO_ROOT
@@ -423,6 +423,10 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     flicker = flicker_clips(holdout_dir, cfg)
     scenes.update(evaluate(flicker, len(flicker), methods, cfg, media, "holdout flicker"))
     timings["holdout_flicker_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    cuts = cut_clips(holdout_dir, cfg)
+    scenes.update(evaluate(cuts, len(cuts), methods, cfg, media, "holdout cuts"))
+    timings["holdout_cuts_s"] = time.perf_counter() - t0
     if cfg.num_frames > 0:
         t0 = time.perf_counter()
         novel, insertion, scene_info = scene_clips(cfg)

@@ -12,6 +12,9 @@
   inputs get seeded per-frame exposure / white-balance flicker (frame 0 clean, :mod:`simharmony.data.flicker`);
   targets, masks and flow unchanged. It measures what the temporal context is for: undoing drift that a
   single frame cannot reveal.
+- ``holdout_cuts``: ``cut_pairs`` seeded pairs of holdout sequences (A, B) played as one clip with no reset
+  between them: a scene cut the caller did not signal. The frames after the cut show what a stale
+  context costs (compare a streaming method with the same weights reset every frame).
 - ``insertion``: the demo scene *with* its inserted vehicle (as ``simharmony demo --shift 3`` renders it)
   along the ego trajectory shifted ``insert_shift_m``; no ground truth; flow from the Gaussian render.
 
@@ -182,6 +185,55 @@ def flicker_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
     return clips
 
 
+def cut_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
+    """The ``holdout_cuts`` scenario: ``cfg.cut_pairs`` seeded pairs of distinct holdout sequences (A, B),
+    each one clip of A's frames then B's. B is drawn among the sequences that give methods a mask when A
+    does (and none when A gives none), so every frame gets what its own item gives. B's first frame has no
+    valid flow (nothing moved there from A's last frame); a missing metrics mask counts as empty."""
+    from simharmony.data.shards import ShardDataset
+
+    if cfg.cut_pairs == 0:
+        return []
+    ds = ShardDataset(folder)
+    def kind(i: int) -> tuple:  # what must match for two sequences to play as one clip
+        it = ds.load_item(i)  # one at a time: a holdout's sequences do not fit in memory at once
+        return _model_mask(it, cfg.mask_to_model, cfg.maskless_streams) is None, it.input.shape[1:], it.depth is None
+
+    kinds = {i: kind(i) for i, rec in enumerate(ds.records) if rec["num_frames"] > 1}
+    rng = np.random.default_rng(cfg.cut_seed)
+    clips: list[Clip] = []
+    for _ in range(cfg.cut_pairs):
+        a = int(rng.choice(list(kinds)))
+        partners = [i for i in kinds if i != a and kinds[i] == kinds[a]]
+        if not partners:
+            continue
+        b = int(rng.choice(partners))
+        ia, ib = ds.load_item(a), ds.load_item(b)
+        given = {a: _model_mask(ia, cfg.mask_to_model, cfg.maskless_streams),
+                 b: _model_mask(ib, cfg.mask_to_model, cfg.maskless_streams)}
+
+        def joined(x: np.ndarray | None, y: np.ndarray | None, shape: tuple, fill) -> np.ndarray | None:
+            if x is None and y is None:
+                return None
+            x = np.full((ia.num_frames, *shape), fill, np.float32) if x is None else x
+            return np.concatenate([x, np.full((ib.num_frames, *shape), fill, np.float32) if y is None else y])
+
+        hw = ia.input.shape[1:3]
+        valid = joined(ia.flow_valid, ib.flow_valid, hw, False)
+        if valid is not None:
+            valid = valid.astype(bool)
+            valid[ia.num_frames] = False
+        clips.append(Clip(
+            id=f"{ds.records[a]['id']}|{ds.records[b]['id']}", group="holdout_cuts",
+            input=np.concatenate([ia.input, ib.input]), target=np.concatenate([ia.target, ib.target]),
+            mask=joined(ia.mask, ib.mask, hw, 0.0),
+            model_mask=None if given[a] is None else np.concatenate([given[a], given[b]]),
+            depth=None if ia.depth is None else np.concatenate([ia.depth, ib.depth]),
+            flow=joined(ia.flow, ib.flow, (*hw, 2), 0.0), flow_valid=valid,
+        ))
+    return clips
+
+
 # --------------------------------------------------------------------------------------------------
 # the demo street: novel trajectory and insertion
 # --------------------------------------------------------------------------------------------------
@@ -302,6 +354,7 @@ __all__ = [
     "HOLDOUT_HINT",
     "Clip",
     "demo_street_layout",
+    "cut_clips",
     "holdout_clips",
     "make_smoke_holdout",
     "pbr_ground_truth",
