@@ -225,8 +225,8 @@ def main() -> None:
             groups["first frame after a missed cut"] = np.array(after).reshape(-1, 2)
             for label, v in groups.items():
                 if len(v):
-                    q = [f"{name} min {x.min():.3f} p1 {np.percentile(x, 1):.3f} p50 {np.median(x):.3f} p99 "
-                         f"{np.percentile(x, 99):.3f} max {x.max():.3f}" for name, x in (("|log gain|", v[:, 0]), ("misfit", v[:, 1]))]
+                    q = [f"{what} min {x.min():.3f} p1 {np.percentile(x, 1):.3f} p50 {np.median(x):.3f} p99 "
+                         f"{np.percentile(x, 99):.3f} max {x.max():.3f}" for what, x in (("|log gain|", v[:, 0]), ("misfit", v[:, 1]))]
                     print(f"  anchor fit on {label} ({len(v)} frames): {'; '.join(q)}")
         for label, group in (("novel trajectory", novel), ("insertion", insertion)):
             for c in group:

@@ -54,10 +54,10 @@ class BenchConfig(Config):
     fPSNR are capped there (identical frames would give inf).
     Speed: ``speed_sizes`` [(W, H)], ``speed_repeats`` timed calls after ``speed_warmup``.
     Output: ``video_max_frames`` per video, ``video_fps``; ``failure_cases``: per holdout stream, the items
-    where ours loses the most SSIM against the input, listed and shown (0 = off). Threads: ``eval_threads`` torch threads while
-    evaluating (1: small frames and float64 metrics stall on OpenMP synchronisation with more on busy 2-core
-    machines), ``threads`` torch/OpenCV threads for the speed table (0 = torch's default); ``device``
-    ("auto" = cuda when available).
+    where ours loses the most SSIM against the input, listed and shown (0 = off).
+    Threads: ``eval_threads`` torch threads while evaluating (1: small frames and float64 metrics stall on
+    OpenMP synchronisation with more on busy 2-core machines), ``threads`` torch/OpenCV threads for the speed
+    table (0 = torch's default); ``device`` ("auto" = cuda when available).
     """
 
     preset: str = "full"

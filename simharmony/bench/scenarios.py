@@ -121,8 +121,8 @@ def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_mod
                   maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS,
                   ids: Collection[str] | None = None) -> tuple[int, Iterator[Clip]]:
     """(count, lazy iterator of clips): one clip per item of the dataset folder (manifest order), at most
-    ``max_items_per_stream`` per stream (0 = all), only the items ``ids`` when given. Items are read one at a time (a holdout set does not fit
-    in memory at once). Methods get the item's mask (``model_mask``), on ``maskless_streams`` its asset mask.
+    ``max_items_per_stream`` per stream (0 = all), only the items ``ids`` when given. Items are read one at
+    a time (a holdout set does not fit in memory at once). Methods get the item's mask (``model_mask``), on ``maskless_streams`` its asset mask.
     MissingFileError (saying how to make it) when the folder is not a dataset."""
     from simharmony.data.shards import ShardDataset
 
@@ -185,6 +185,15 @@ def flicker_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
     return clips
 
 
+def _join_frames(x: np.ndarray | None, y: np.ndarray | None, frames: tuple[int, int], fill) -> np.ndarray | None:
+    """[Ta, ...] and [Tb, ...] -> [Ta + Tb, ...]; a missing side (None) is ``fill``; None when both are."""
+    if x is None and y is None:
+        return None
+    like = x if x is not None else y
+    x, y = (np.full((n, *like.shape[1:]), fill, like.dtype) if v is None else v for v, n in zip((x, y), frames))
+    return np.concatenate([x, y])
+
+
 def cut_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
     """The ``holdout_cuts`` scenario: ``cfg.cut_pairs`` seeded pairs of distinct holdout sequences (A, B),
     each one clip of A's frames then B's. B is drawn among the sequences that give methods a mask when A
@@ -195,9 +204,13 @@ def cut_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
     if cfg.cut_pairs == 0:
         return []
     ds = ShardDataset(folder)
+
+    def given(item) -> np.ndarray | None:
+        return _model_mask(item, cfg.mask_to_model, cfg.maskless_streams)
+
     def kind(i: int) -> tuple:  # what must match for two sequences to play as one clip
         it = ds.load_item(i)  # one at a time: a holdout's sequences do not fit in memory at once
-        return _model_mask(it, cfg.mask_to_model, cfg.maskless_streams) is None, it.input.shape[1:], it.depth is None
+        return given(it) is None, it.input.shape[1:], it.depth is None
 
     kinds = {i: kind(i) for i, rec in enumerate(ds.records) if rec["num_frames"] > 1}
     rng = np.random.default_rng(cfg.cut_seed)
@@ -209,27 +222,16 @@ def cut_clips(folder: str | Path, cfg: BenchConfig) -> list[Clip]:
             continue
         b = int(rng.choice(partners))
         ia, ib = ds.load_item(a), ds.load_item(b)
-        given = {a: _model_mask(ia, cfg.mask_to_model, cfg.maskless_streams),
-                 b: _model_mask(ib, cfg.mask_to_model, cfg.maskless_streams)}
-
-        def joined(x: np.ndarray | None, y: np.ndarray | None, shape: tuple, fill) -> np.ndarray | None:
-            if x is None and y is None:
-                return None
-            x = np.full((ia.num_frames, *shape), fill, np.float32) if x is None else x
-            return np.concatenate([x, np.full((ib.num_frames, *shape), fill, np.float32) if y is None else y])
-
-        hw = ia.input.shape[1:3]
-        valid = joined(ia.flow_valid, ib.flow_valid, hw, False)
+        frames = (ia.num_frames, ib.num_frames)
+        valid = _join_frames(ia.flow_valid, ib.flow_valid, frames, False)
         if valid is not None:
-            valid = valid.astype(bool)
             valid[ia.num_frames] = False
         clips.append(Clip(
             id=f"{ds.records[a]['id']}|{ds.records[b]['id']}", group="holdout_cuts",
             input=np.concatenate([ia.input, ib.input]), target=np.concatenate([ia.target, ib.target]),
-            mask=joined(ia.mask, ib.mask, hw, 0.0),
-            model_mask=None if given[a] is None else np.concatenate([given[a], given[b]]),
-            depth=None if ia.depth is None else np.concatenate([ia.depth, ib.depth]),
-            flow=joined(ia.flow, ib.flow, (*hw, 2), 0.0), flow_valid=valid,
+            mask=_join_frames(ia.mask, ib.mask, frames, 0.0), model_mask=_join_frames(given(ia), given(ib), frames, 0.0),
+            depth=_join_frames(ia.depth, ib.depth, frames, np.inf), flow=_join_frames(ia.flow, ib.flow, frames, 0.0),
+            flow_valid=valid,
         ))
     return clips
 
