@@ -273,10 +273,15 @@ def test_interrupted_render_is_never_returned():
 
     from scene_tools.pbr import _render_whole
 
-    mi = _InterruptedOnce()
-    with pytest.raises(KeyboardInterrupt):  # Python's default handler gets the signal
-        _render_whole(mi, None, seed=0)
-    assert mi.calls == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # Python's default handler (set here: a process started with SIGINT ignored, e.g. a background job, lacks it)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        mi = _InterruptedOnce()
+        with pytest.raises(KeyboardInterrupt):
+            _render_whole(mi, None, seed=0)
+        assert mi.calls == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, previous)
     seen = []
     for handler in (signal.SIG_IGN, lambda signum, frame: seen.append(signum)):  # ignored / handled: render again
         previous = signal.signal(signal.SIGINT, handler)
@@ -288,6 +293,7 @@ def test_interrupted_render_is_never_returned():
         finally:
             signal.signal(signal.SIGINT, previous)
     assert seen == [signal.SIGINT]
+
 
 def test_depth_is_z_depth_on_flat_road(tiny, tiny_frames):
     road = tiny.ids_of("road")[0]
