@@ -257,10 +257,10 @@ class ColourAnchor(nn.Module):
         """[B, 1] in [0, 1]: 1 while the largest fitted log-gain is below 3/4 of ``max_log_gain`` and the
         :meth:`misfit` below 3/4 of ``max_misfit``, linearly down to 0 at the limits (0 = no limit)."""
         weight = torch.ones(cur.shape[0], 1, device=cur.device)
-        for value, limit in ((lambda: a.log().abs().amax(-1), self.max_log_gain),
-                             (lambda: self.misfit(cur, past, a, b), self.max_misfit)):
-            if limit > 0:
-                weight = weight * ((limit - value()) / (0.25 * limit)).clamp(0, 1)[:, None]
+        if self.max_log_gain > 0:
+            weight = weight * _fade_out(a.log().abs().amax(-1), self.max_log_gain)
+        if self.max_misfit > 0:
+            weight = weight * _fade_out(self.misfit(cur, past, a, b), self.max_misfit)
         return weight
 
     def forward(self, z_out: torch.Tensor, past: torch.Tensor | None) -> torch.Tensor:
@@ -279,6 +279,11 @@ class ColourAnchor(nn.Module):
         # z_out + alpha * ((z_out - b) / a - z_out) as one per-channel affine map of the latent
         gain, offset = 1 + alpha * (1 / a - 1), -alpha * b / a
         return torch.addcmul(offset[:, :, None, None].to(z_out.dtype), z_out, gain[:, :, None, None].to(z_out.dtype))
+
+
+def _fade_out(value: torch.Tensor, limit: float) -> torch.Tensor:
+    """[B] -> [B, 1]: 1 below 3/4 of ``limit``, linearly down to 0 at ``limit`` and beyond."""
+    return ((limit - value) / (0.25 * limit)).clamp(0, 1)[:, None]
 
 
 def _minmod(x: torch.Tensor) -> torch.Tensor:
