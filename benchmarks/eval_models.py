@@ -2,8 +2,9 @@
 bench`` (baselines, variants of the report, speed, videos): quicker when comparing training runs.
 
 Uses the bench's loaders (:func:`~simharmony.bench.scenarios.holdout_clips`, ``flicker_clips``,
-``scene_clips``) and metric (:func:`~simharmony.bench.runner.clip_metrics`), masks and depth given as in
-the bench, every clip a fresh stream; so its figures are the report's figures for the same model.
+``cut_clips``, ``scene_clips``), methods (:func:`~simharmony.bench.methods.harmonizer_method`, run by
+:func:`~simharmony.bench.runner.run_method`: masks and depth given, every clip a fresh stream) and metric
+(:func:`~simharmony.bench.runner.clip_metrics`); so its figures are the report's figures for the same model.
 
     python benchmarks/eval_models.py weights/enhancer runs/finetune/final            # clean holdout
     python benchmarks/eval_models.py --flicker 60 --scenes weights/enhancer          # + flicker, demo street
@@ -21,8 +22,8 @@ every other model's PSNR and SSIM minus the input's per stream, with a bootstrap
 ``--context-ablation`` adds, per model, the same weights with the colour anchor removed and with the temporal
 context reset before every frame (on sequences the difference is what the anchor and the temporal attention
 do); ``--sequences-only`` keeps only the clean holdout's multi-frame items. ``--cuts N``: N seeded pairs
-of holdout sequences (A, B) fed as one stream with no reset between them (a scene cut the caller did not
-signal): PSNR on B's frames, and its difference to B run on a fresh stream. ``--anchor-limits G M`` sets
+of holdout sequences fed as one stream with no reset between them (the bench's ``holdout_cuts`` clips, a
+scene cut the caller did not signal): PSNR on B's frames, and its difference to B run on a fresh stream. ``--anchor-limits G M`` sets
 the colour anchor's ``max_log_gain`` / ``max_misfit`` of every model (``EnhancerConfig.anchor_max_*``).
 ``--anchor-stats`` prints what the anchor's fit reads (largest |log gain| over channels, misfit) on the
 flicker sequences, the clean sequences and the first frame after each missed cut (how its limits were
@@ -44,33 +45,29 @@ import torch
 
 from simharmony import metrics as M
 from simharmony.bench.config import get_bench_preset
-from simharmony.bench.runner import clip_metrics
-from simharmony.bench.scenarios import flicker_clips, holdout_clips, scene_clips
+from simharmony.bench.methods import Method, baseline_method, harmonizer_method
+from simharmony.bench.runner import clip_metrics, run_method
+from simharmony.bench.scenarios import Clip, cut_clips, flicker_clips, holdout_clips, scene_clips
 from simharmony.bench.stats import paired_difference
+from simharmony.data.shards import ShardDataset
 from simharmony.harmonizer import Harmonizer
 
 
-@dataclasses.dataclass
-class Evaluated:
-    """One evaluated model: ``harmonizer`` (None = the input itself), optionally with its context reset per frame."""
-
-    harmonizer: Harmonizer | None
-    reset_every_frame: bool = False
+def model_method(name: str, h: Harmonizer, streaming: bool = True) -> Method:
+    """``h`` as the bench runs it: masks and depth given, one stream per clip (``streaming``) or reset every frame."""
+    return harmonizer_method(name, name, h, streaming=streaming, kind="ours", source=name, mask_to_model=True,
+                             depth_to_model=True)
 
 
-def run_clip(m: Evaluated, clip) -> np.ndarray:
-    """The clip's frames through a fresh stream of ``m`` -> [T, H, W, 3]."""
-    h = m.harmonizer
-    if h is None:
-        return clip.input
-    h.reset()
-    masks = clip.model_mask if clip.model_mask is not None else [None] * clip.num_frames
-    out = []
-    for t in range(clip.num_frames):
-        if m.reset_every_frame:
-            h.reset()
-        out.append(h.enhance(clip.input[t], mask=masks[t], depth=clip.depth[t]))
-    return np.stack(out)
+def run_clip(method: Method, clip: Clip) -> np.ndarray:
+    """The clip's frames through a fresh state of ``method`` -> [T, H, W, 3]."""
+    return run_method(method, clip)[0]
+
+
+def from_frame(clip: Clip, t: int) -> Clip:
+    """The clip from frame ``t`` on (every per-frame field sliced)."""
+    fields = ("input", "target", "mask", "model_mask", "depth", "flow", "flow_valid")
+    return dataclasses.replace(clip, **{f: None if getattr(clip, f) is None else getattr(clip, f)[t:] for f in fields})
 
 
 def _set_anchor_limits(h: Harmonizer, limits: list[float] | None) -> None:
@@ -91,14 +88,6 @@ def anchor_fits(h: Harmonizer, record: list) -> None:
             record.append((a.log().abs().amax().item(), ColourAnchor.misfit(cur, past.float(), a, b).max().item()))
 
     h.model.backbone.colour_anchor.register_forward_hook(hook)
-
-
-def cut_pairs(holdout: str, n: int, maskless_streams) -> list[tuple]:
-    """``n`` seeded pairs (A, B) of distinct holdout sequence clips."""
-    _, clips = holdout_clips(holdout, 0, maskless_streams=maskless_streams)
-    seqs = [c for c in clips if c.num_frames > 1]
-    rng = np.random.default_rng(0)
-    return [tuple(seqs[i] for i in rng.choice(len(seqs), 2, replace=False)) for _ in range(n)]
 
 
 def main() -> None:
@@ -126,12 +115,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = get_bench_preset("full", holdout_dir=args.holdout, flicker_sequences=args.flicker, progress=False,
-                           **({"maskless_streams": ()} if args.all_masks else {}))
-    models: dict[str, Evaluated] = {}
+    cfg = get_bench_preset("full", holdout_dir=args.holdout, flicker_sequences=args.flicker, cut_pairs=args.cuts,
+                           progress=False, **({"maskless_streams": ()} if args.all_masks else {}))
+    models: dict[str, Method] = {}
+    anchored: dict[str, Harmonizer] = {}  # the streaming models with a colour anchor (--anchor-stats)
     for m in args.models:
         if m == "identity":
-            models[m] = Evaluated(None)
+            models[m] = baseline_method("identity")
             continue
         for level in args.deadzone or [None]:
             h = Harmonizer.from_pretrained(m)
@@ -139,14 +129,16 @@ def main() -> None:
             if level is not None:  # an inference-time field (validated by the config), read at every call
                 h.model.config = dataclasses.replace(h.model.config, output_deadzone=level / 255)
             name = m if level is None else f"{m} (deadzone {level:g}/255)"
-            models[name] = Evaluated(h)
+            models[name] = model_method(name, h)
+            if getattr(h.model.backbone, "colour_anchor", None) is not None:
+                anchored[name] = h
             if args.context_ablation:
-                models[f"{name} (context reset every frame)"] = Evaluated(h, reset_every_frame=True)
-                if getattr(h.model.backbone, "colour_anchor", None) is not None:
+                models[f"{name} (context reset every frame)"] = model_method(f"{name} (reset)", h, streaming=False)
+                if name in anchored:
                     no_anchor = Harmonizer.from_pretrained(m)  # (no limits to set: no anchor)
                     no_anchor.model.config = h.model.config
                     no_anchor.model.backbone.colour_anchor = None
-                    models[f"{name} (colour anchor removed)"] = Evaluated(no_anchor)
+                    models[f"{name} (colour anchor removed)"] = model_method(f"{name} (no anchor)", no_anchor)
 
     per_stream: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
     # {model: {stream: [squared error in mask, pixels in mask, squared error outside, pixels outside]}}
@@ -157,8 +149,8 @@ def main() -> None:
     for clip in clips:
         if args.sequences_only and clip.num_frames < 2:
             continue
-        for name, ev in models.items():
-            out = run_clip(ev, clip)
+        for name, method in models.items():
+            out = run_clip(method, clip)
             r = clip_metrics(out, clip, cfg.psnr_cap_db)
             per_stream[name][clip.group].append((r["psnr"], r["ssim"]))
             if args.mask_split and clip.mask is not None:
@@ -168,7 +160,10 @@ def main() -> None:
                 inp = clip.input.astype(np.float64)
                 shifts[name][clip.group].append(((out - inp)[inside].mean(0), (clip.target - inp)[inside].mean(0)))
     flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
-    cuts = cut_pairs(args.holdout, args.cuts, cfg.maskless_streams) if args.cuts else []
+    cuts = cut_clips(args.holdout, cfg) if args.cuts else []
+    if cuts:  # a cut clip "A|B" is A's frames then B's: B starts after A's frames
+        frames = {r["id"]: r["num_frames"] for r in ShardDataset(args.holdout).records}
+        cut_at = {c.id: frames[c.id.split("|")[0]] for c in cuts}
     novel, insertion, _ = scene_clips(cfg) if args.scenes else ([], [], {})
 
     for name, m in models.items():
@@ -192,23 +187,19 @@ def main() -> None:
             ms = [clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "
                   f"warp {1e3 * np.mean([m['warping_error'] for m in ms]):.4f}e-3")
-        if cuts and m.harmonizer is not None:
+        if cuts and name != "identity":
             after, fresh = [], []
-            for a, b in cuts:
-                both = run_clip(m, dataclasses.replace(
-                    a, input=np.concatenate([a.input, b.input]), target=None, mask=None, flow=None, flow_valid=None,
-                    model_mask=[*(a.model_mask if a.model_mask is not None else [None] * a.num_frames),
-                                *(b.model_mask if b.model_mask is not None else [None] * b.num_frames)],
-                    depth=np.concatenate([a.depth, b.depth])))[a.num_frames:]
-                after.append(M.psnr(both, b.target, reduction="none"))
+            for c in cuts:
+                b = from_frame(c, cut_at[c.id])
+                after.append(M.psnr(run_clip(m, c)[cut_at[c.id]:], b.target, reduction="none"))
                 fresh.append(M.psnr(run_clip(m, b), b.target, reduction="none"))
             d = np.array([x[:3] - y[:3] for x, y in zip(after, fresh)])  # [pairs, 3]: B's first frames
             print(f"  missed cut ({len(cuts)} pairs): psnr after the cut {np.mean([x.mean() for x in after]):.3f}, "
                   f"minus a fresh stream on B's frames 0-2: mean {np.array2string(d.mean(0), precision=3)}, "
                   f"worst {np.array2string(d.min(0), precision=2)}")
-        if args.anchor_stats and getattr(m.harmonizer and m.harmonizer.model.backbone, "colour_anchor", None) is not None:
+        if args.anchor_stats and name in anchored:
             record: list = []
-            anchor_fits(m.harmonizer, record)
+            anchor_fits(anchored[name], record)
             seqs = [c for c in holdout_clips(args.holdout, 0, maskless_streams=cfg.maskless_streams)[1] if c.num_frames > 1]
             groups = {}
             for label, group in (("flicker sequences", flicker), ("clean sequences", seqs)):
@@ -217,11 +208,10 @@ def main() -> None:
                     run_clip(m, c)
                 groups[label] = np.array(record)
             after = []
-            for a, b in cuts:
-                run_clip(m, a)  # then B's first frame on the same stream
+            for c in cuts:
                 record.clear()
-                m.harmonizer.enhance(b.input[0], mask=None if b.model_mask is None else b.model_mask[0], depth=b.depth[0])
-                after.append(record[-1])
+                run_clip(m, c)
+                after.append(record[cut_at[c.id] - 1])  # frame 0 has no past, so record k is frame k + 1
             groups["first frame after a missed cut"] = np.array(after).reshape(-1, 2)
             for label, v in groups.items():
                 if len(v):
