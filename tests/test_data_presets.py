@@ -9,18 +9,18 @@ import pytest
 from simharmony.cli import main
 from simharmony.data.presets import HOLDOUT_SEED_RANGE, PRESETS, TRAIN_SEED_RANGE, DatasetPreset, get_preset
 from simharmony.data.shards import ShardDataset, stream_seconds
-from simharmony.data.streams import STREAMS, IspStreamConfig, tiny_scene
+from simharmony.data.streams import STREAMS, SYNTHETIC_STREAMS, IspStreamConfig, tiny_scene
 from simharmony.errors import ConfigError
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ConfigError, match="default, holdout, recon_extra, relight_street, tiny"):
+    with pytest.raises(ConfigError, match="default, holdout, real, recon_extra, relight_street, tiny"):
         get_preset("huge")
 
 
 def test_default_and_holdout_recipes():
     d, h = get_preset("default"), get_preset("holdout")
-    assert set(d.streams) == set(h.streams) == set(STREAMS)
+    assert set(d.streams) == set(h.streams) == set(SYNTHETIC_STREAMS)
     assert d.num_items >= 2000 and d.num_items * d.sequence_prob >= 400  # >= 300 sequences with a wide margin
     assert d.seq_len == 5 and (d.scene.width, d.scene.height) == (256, 144)
     assert min(h.streams.values()) >= 100 and (h.scene.width, h.scene.height) == (256, 144)
@@ -29,7 +29,7 @@ def test_default_and_holdout_recipes():
     assert TRAIN_SEED_RANGE[1] <= HOLDOUT_SEED_RANGE[0] and h.seed != d.seed
     # the extra reconstruction data: training streets (range and settings of default), another dataset seed
     x = get_preset("recon_extra")
-    assert set(x.streams) < set(STREAMS) and x.seed not in (d.seed, h.seed)
+    assert set(x.streams) < set(SYNTHETIC_STREAMS) and x.seed not in (d.seed, h.seed)
     assert x.scene == d.scene and x.recon == d.recon and x.overrides == d.overrides
     # balanced relighting: the same training streets, another seed, only the relight stream, in the street
     r = get_preset("relight_street")
@@ -69,24 +69,24 @@ def test_cli_tiny_generate_report_contact_sheet(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "tiny", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
     ds = ShardDataset(out)
     assert len(ds) == get_preset("tiny").num_items
-    assert ShardDataset.streams_of(ds.records) == set(STREAMS)
+    assert ShardDataset.streams_of(ds.records) == set(SYNTHETIC_STREAMS)
     for i in range(len(ds)):
         it = ds.load_item(i)
         m = it.mask > 0.5
         assert m.any() and np.abs(it.input - it.target)[m].max() > 0.04, it.metadata["stream"]
-    assert set(stream_seconds(out)) == set(STREAMS)
+    assert set(stream_seconds(out)) == set(SYNTHETIC_STREAMS)
     capsys.readouterr()
 
     assert main(["data", "report", str(out)]) == 0
     text = capsys.readouterr().out
-    for name in STREAMS:
+    for name in SYNTHETIC_STREAMS:
         assert name in text
     assert "median" in text
 
     sheet = tmp_path / "sheet.png"
     assert main(["data", "contact-sheet", str(out), "--out", str(sheet)]) == 0
     img = cv2.imread(str(sheet))
-    assert img.shape == (2 * len(STREAMS) * 32, 3 * 48, 3)
+    assert img.shape == (2 * len(SYNTHETIC_STREAMS) * 32, 3 * 48, 3)
 
     # resuming a complete dataset regenerates nothing
     before = {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.safetensors")}

@@ -1,7 +1,8 @@
 """``simharmony bench``: one command that evaluates every method on every scenario and writes a report.
 
     simharmony bench --preset smoke            # CI: tiny data made on the fly, untrained model if none shipped
-    simharmony bench --preset full             # data/holdout, demo street at 256x144, shipped weights
+    simharmony bench --preset full             # data/holdout, demo street at 256x144, real images, shipped weights
+    simharmony bench --preset real             # only the real-image scenarios (../shared/realdata)
 
     from simharmony.bench import get_bench_preset, run_bench
     results = run_bench(get_bench_preset("smoke"), "outputs/bench/smoke")
@@ -83,6 +84,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print("bench: ours is NOT AVAILABLE (" + results["unavailable"]["ours"]["reason"] + ")")
     elif not ours["trained"]:
         print("bench: ours is an UNTRAINED Enhancer (no --model and no weights/enhancer): its rows only test the pipeline")
+    for bar, b in results.get("real", {}).get("bars", {}).items():
+        print(f"bench real: {bar}: {b['value']} ({'met' if b['met'] else 'MISSED'})")
     missing = ", ".join(results["unavailable"]) or "none"
     print(f"bench {cfg.preset}: {len(results['methods'])} methods (not available: {missing}), "
           f"{sum(g['counts']['clips'] for g in results['holdout'].values())} holdout items, "

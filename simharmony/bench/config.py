@@ -55,6 +55,9 @@ class BenchConfig(Config):
     Speed: ``speed_sizes`` [(W, H)], ``speed_repeats`` timed calls after ``speed_warmup``.
     Output: ``video_max_frames`` per video, ``video_fps``; ``failure_cases``: per holdout stream, the items
     where ours loses the most SSIM against the input, listed and shown (0 = off).
+    Real images (:mod:`simharmony.bench.real`): ``real`` runs the real-image scenarios from ``real_dir``
+    ("" = ``$SIMHARMONY_REALDATA`` or ``../shared/realdata``; each reports "not available" where its folder is
+    missing); ``real_only`` runs only those (no holdout needed).
     Threads: ``eval_threads`` torch threads while evaluating (1: small frames and float64 metrics stall on
     OpenMP synchronisation with more on busy 2-core machines), ``threads`` torch/OpenCV threads for the speed
     table (0 = torch's default); ``device`` ("auto" = cuda when available).
@@ -101,6 +104,9 @@ class BenchConfig(Config):
     device: str = "auto"
     cache_dir: str = "data/cache/bench"
     progress: bool = True
+    real: bool = True
+    real_only: bool = False
+    real_dir: str = ""
 
     def __post_init__(self) -> None:
         o = "BenchConfig"
@@ -132,7 +138,7 @@ class BenchConfig(Config):
 
 def smoke_preset() -> BenchConfig:
     return BenchConfig(
-        preset="smoke", smoke_data=True, holdout_dir="", num_frames=6, render_scale=0.25, gt_spp=4,
+        preset="smoke", smoke_data=True, holdout_dir="", num_frames=6, render_scale=0.25, gt_spp=4, real=False,
         untrained_fallback=True, speed_sizes=((128, 72),), speed_repeats=5, speed_warmup=1, video_max_frames=30,
         threads=1,  # tiny frames: a second thread only adds OpenMP synchronisation on a busy CI machine
     )
@@ -145,7 +151,12 @@ def full_preset() -> BenchConfig:
     return BenchConfig(preset="full", parametric=str(PARAMETRIC_DIR) if (PARAMETRIC_DIR / "model.safetensors").is_file() else "")
 
 
-PRESETS: dict[str, Callable[[], BenchConfig]] = {"smoke": smoke_preset, "full": full_preset}
+def real_preset() -> BenchConfig:
+    """Only the real-image scenarios (a few minutes; no holdout data needed)."""
+    return dataclasses.replace(full_preset(), preset="real", real_only=True)
+
+
+PRESETS: dict[str, Callable[[], BenchConfig]] = {"smoke": smoke_preset, "full": full_preset, "real": real_preset}
 
 
 def get_bench_preset(name: str, **overrides) -> BenchConfig:

@@ -327,6 +327,10 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
         out.append(f"- `{name}`: {m['label']} (source: {m['source'] or 'built in'}){note}")
     for name, u in results["unavailable"].items():
         out.append(f"- `{name}`: {u['label']} — **not available**: {u['reason']}")
+    if results.get("real"):
+        from simharmony.bench.real import real_markdown
+
+        out += real_markdown(results["real"], {n: m["label"] for n, m in results["methods"].items()})
     out.append("")
     out.append("## Files\n")
     for k, v in files.items():

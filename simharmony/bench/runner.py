@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import logging
 import math
 import os
@@ -42,10 +43,12 @@ from simharmony.bench.methods import (
     parametric_method,
     resolve_ours,
 )
+from simharmony.bench.real import run_real
 from simharmony.bench.scenarios import Clip, cut_clips, flicker_clips, holdout_clips, make_smoke_holdout, scene_clips
 from simharmony.bench.stats import CLASSICAL, INPUT, quality_bar, worst_clips
 from simharmony.errors import ConfigError, MissingFileError
 from simharmony.paths import REPO_ROOT
+from simharmony.utils.io import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -397,6 +400,8 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     cv2.setNumThreads(speed_threads)
     if cfg.eval_threads:
         torch.set_num_threads(cfg.eval_threads)
+    if cfg.real_only:
+        return _run_real_only(cfg, out, extra_methods, started)
     if not cfg.smoke_data:  # check the data folder before loading models or rendering anything
         from simharmony.bench.scenarios import HOLDOUT_HINT
 
@@ -444,6 +449,12 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
         torch.set_num_threads(default_threads)
     timings["speed_s"] = time.perf_counter() - t0
 
+    real = {}
+    if cfg.real:
+        t0 = time.perf_counter()
+        real = run_real(methods, cfg, ensure_writable_dir(out), Path(cfg.real_dir) if cfg.real_dir else None)
+        timings["real_s"] = time.perf_counter() - t0
+
     unavailable_metrics = {
         "lpips": str(M.lpips_distance(np.zeros((11, 11, 3)), np.zeros((11, 11, 3)))),
         "fid": str(M.fid(np.zeros((1, 11, 11, 3)), np.zeros((1, 11, 11, 3)))),
@@ -470,10 +481,37 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
         "failure_cases": failures,
         "scenarios": scenes,
         "speed": speed,
+        "real": real,
         "timings_s": timings,
     }
     results["timings_s"]["total_s"] = time.perf_counter() - started
     write_report(results, media, out, cfg)
+    return results
+
+
+def _run_real_only(cfg: BenchConfig, out: Path, extra_methods: dict[str, Method] | None, started: float) -> dict[str, Any]:
+    """The ``real`` preset: every method on the real-image scenarios only; writes results.json and report.md."""
+    from simharmony.bench.real import real_markdown
+    from simharmony.utils.io import write_text_atomic
+
+    methods, missing, model_info = build_methods(cfg, extra_methods)
+    out = ensure_writable_dir(out)
+    real = run_real(methods, cfg, out, Path(cfg.real_dir) if cfg.real_dir else None)
+    results = {
+        "meta": {"preset": cfg.preset, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                 "git": git_revision(), "machine": machine_info(cfg), "config": cfg.to_dict(),
+                 "weights": {"ours": dataclasses.asdict(model_info) if model_info else None}},
+        "methods": {m.name: {"available": True, "label": m.label} for m in methods},
+        "unavailable": {u.name: {"available": False, "label": u.label, "reason": u.reason} for u in missing},
+        "holdout": {}, "real": real, "timings_s": {"total_s": time.perf_counter() - started},
+    }
+    git = results["meta"]["git"]
+    head = [f"# simharmony benchmark — preset `{cfg.preset}` (real images only)", "",
+            f"- revision `{git.get('short') or 'unknown'}`{' (uncommitted changes)' if git.get('dirty') else ''}, "
+            f"{results['meta']['date']}; {results['timings_s']['total_s']:.0f} s", ""]
+    labels = {m.name: m.label for m in methods}
+    write_text_atomic(out / "results.json", json.dumps(finite_or_none(results), indent=1, allow_nan=False))
+    write_text_atomic(out / "report.md", "\n".join(head + real_markdown(real, labels)))
     return results
 
 

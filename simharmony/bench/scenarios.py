@@ -146,7 +146,8 @@ def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_mod
             it = ds.load_item(i)
             yield Clip(
                 id=ds.records[i]["id"], group=it.stream, input=it.input, target=it.target, mask=it.mask,
-                model_mask=_model_mask(it, mask_to_model, maskless_streams), depth=it.depth, flow=it.flow,
+                model_mask=_model_mask(it, mask_to_model, maskless_streams),
+                depth=it.depth if it.metadata.get("has_depth", True) else None, flow=it.flow,
                 flow_valid=it.flow_valid,
             )
 

@@ -9,6 +9,9 @@
 - ``relight_street``: 240 relighting items with ``in_street=True`` (the object shadowed by the street under the
   other sun: inputs too dark as often as too bright, where the default relighting items are nearly always
   too bright); another dataset seed of the training range. About 9 minutes on 2 cores.
+- ``real``: real-image training items (:mod:`simharmony.data.real`: ISP region mismatch, Poisson blending,
+  identity pairs, real video with and without flicker) from the default real corpus, which holds out the
+  Udacity clip's last 60 frames; needs ``../shared/realdata`` and the Debian photo packages. ~4 minutes.
 - ``holdout``: >= 100 items per stream at 256x144 from :data:`HOLDOUT_SEED_RANGE`, disjoint from the
   training range, so no holdout street (layout, its objects = the re-insertion assets) and no lighting
   (street lighting and the relighting stream's object lighting seeds) is ever used in training. Another
@@ -26,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from simharmony.data.real import REAL_STREAMS
 from simharmony.data.recon_streams import default_recon
-from simharmony.data.streams import _SEED_MAX, STREAMS, SceneSource, tiny_configs
+from simharmony.data.streams import _SEED_MAX, STREAMS, SYNTHETIC_STREAMS, SceneSource, tiny_configs
 from simharmony.errors import ConfigError
 from simharmony.utils.config import Config
 from simharmony.utils.io import PathLike
@@ -101,7 +105,11 @@ class DatasetPreset(Config):
         for name in self.streams:
             cls = STREAMS[name][0]
             names = {f.name for f in dataclasses.fields(cls)}
-            kw = {"scene": self.scene, "seq_len": self.seq_len, "sequence_prob": self.sequence_prob}
+            if name in REAL_STREAMS:  # real images: sized like the streets, no street settings
+                kw = {"width": self.scene.width, "height": self.scene.height}
+                kw.update({"seq_len": self.seq_len} if "seq_len" in names else {})
+            else:
+                kw = {"scene": self.scene, "seq_len": self.seq_len, "sequence_prob": self.sequence_prob}
             if "recon" in names:
                 kw.update(scene_frames=self.scene_frames, recon=self.recon, cache_dir=self.cache_dir)
             cfg = cls(**kw)
@@ -115,7 +123,7 @@ class DatasetPreset(Config):
 
 
 def tiny_preset() -> DatasetPreset:
-    return DatasetPreset(name="tiny", streams={k: 2 for k in STREAMS}, seed=0, shard_size=2,
+    return DatasetPreset(name="tiny", streams={k: 2 for k in SYNTHETIC_STREAMS}, seed=0, shard_size=2,
                          scene=SceneSource(preset="tiny", width=48, height=32, spp=4, seed_range=TRAIN_SEED_RANGE),
                          seq_len=3, sequence_prob=0.3, scene_frames=8, tiny=True)
 
@@ -139,8 +147,17 @@ def relight_street_preset() -> DatasetPreset:
 
 
 def holdout_preset() -> DatasetPreset:
-    return DatasetPreset(name="holdout", streams={k: 100 for k in STREAMS}, seed=1_000_003, shard_size=25,
+    return DatasetPreset(name="holdout", streams={k: 100 for k in SYNTHETIC_STREAMS}, seed=1_000_003, shard_size=25,
                          scene=SceneSource(spp=DEFAULT_SPP, seed_range=HOLDOUT_SEED_RANGE))
+
+
+# real-image training items (simharmony.data.real): the default corpus (the Udacity clip without its last 60
+# frames, the Debian photographs); about 4 minutes on 2 cores
+REAL_COUNTS = {"real_isp": 800, "real_rpb": 300, "real_identity": 400, "real_video": 300}
+
+
+def real_preset() -> DatasetPreset:
+    return DatasetPreset(name="real", streams=dict(REAL_COUNTS), seed=23, shard_size=50, overrides={})
 
 
 PRESETS: dict[str, Callable[[], DatasetPreset]] = {
@@ -149,6 +166,7 @@ PRESETS: dict[str, Callable[[], DatasetPreset]] = {
     "holdout": holdout_preset,
     "recon_extra": recon_extra_preset,
     "relight_street": relight_street_preset,
+    "real": real_preset,
 }
 
 
@@ -176,6 +194,6 @@ def generate_preset(
 
 
 __all__ = [
-    "DEFAULT_COUNTS", "HOLDOUT_SEED_RANGE", "PRESETS", "RECON_EXTRA_COUNTS", "TRAIN_SEED_RANGE", "DatasetPreset",
+    "DEFAULT_COUNTS", "HOLDOUT_SEED_RANGE", "PRESETS", "REAL_COUNTS", "RECON_EXTRA_COUNTS", "TRAIN_SEED_RANGE", "DatasetPreset",
     "generate_preset", "get_preset",
 ]

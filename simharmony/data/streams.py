@@ -689,8 +689,13 @@ from simharmony.data.recon_streams import (
     generate_reinsert,
 )
 
+from simharmony.data.real import REAL_STREAMS  # noqa: E402
+
 STREAMS["reinsert"] = (ReinsertStreamConfig, generate_reinsert)
 STREAMS["novel_view"] = (NovelViewStreamConfig, generate_novel_view)
+# the streams rendered from procedural streets (the holdout and tiny presets cover these), then the real ones
+SYNTHETIC_STREAMS: tuple[str, ...] = tuple(STREAMS)
+STREAMS.update(REAL_STREAMS)
 
 
 def stream_names(value: str | Iterable[str], owner: str, field_name: str) -> tuple[str, ...]:

@@ -110,6 +110,7 @@ class Enhancer(nn.Module):
         depth: torch.Tensor | None = None,
         past_kv: list[list[torch.Tensor]] | None = None,
         mask_given: torch.Tensor | None = None,
+        depth_given: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Enhance one frame per batch item.
 
@@ -117,7 +118,7 @@ class Enhancer(nn.Module):
         ones beyond K are ignored) or a tensor [B, T, Cz, h, w]; mask [B, 1, H, W] in [0, 1] or None;
         depth [B, 1, H, W] (z-depth, inf = no hit) or None. mask_given [B] bool: which items' masks count
         (the others are treated exactly as mask=None, so one batch can mix items with and without a mask);
-        None = all of them.
+        None = all of them. depth_given [B] bool: the same for depth (items without geometry, e.g. real photos).
         past_kv: instead of ``past_latents``, per temporal layer a list over past frames (most recent first)
         of their :meth:`context_features` entries (what a stream caches: K past frames cost one projection each).
         Returns (out [B, 3, H, W] clamped to [0, 1], latent_out [B, Cz, h, w] at the padded latent size).
@@ -128,7 +129,7 @@ class Enhancer(nn.Module):
         x, _ = _pad_to_multiple(frame, cfg.total_downscale)
         z, feats = self.codec.encode(x, return_features=True)
         past = self._stack_past(past_latents, z)
-        cond, mask_lat = self._conditions(b, height, width, z, mask, depth, mask_given)
+        cond, mask_lat = self._conditions(b, height, width, z, mask, depth, mask_given, depth_given)
         if past_kv is not None:
             z_out = self.backbone(z, cond, None, mask_lat, past_kv=past_kv)
         else:
@@ -174,19 +175,21 @@ class Enhancer(nn.Module):
             raise ShapeMismatchError(f"past latents {tuple(past.shape)} do not match the current latent {tuple(z.shape)}")
         return past[:, : self.config.context_frames].to(z.dtype)
 
-    def _conditions(self, b, height, width, z, mask, depth, mask_given=None):
+    def _conditions(self, b, height, width, z, mask, depth, mask_given=None, depth_given=None):
         """Mask/depth (+ presence flags) at latent size. Returns (cond [B, Cc, h, w] | None, mask_lat | None)."""
         cfg = self.config
-        if mask_given is not None:
-            if mask is None:
-                raise InvalidInputError("mask_given needs a mask (it says which items' masks count)")
-            if mask_given.shape != (b,) or mask_given.dtype != torch.bool:
-                raise ShapeMismatchError(f"mask_given must be a bool tensor of shape {(b,)}, got "
-                                         f"{mask_given.dtype} {tuple(mask_given.shape)}")
+        for name, value, given in (("mask", mask, mask_given), ("depth", depth, depth_given)):
+            if given is None:
+                continue
+            if value is None:
+                raise InvalidInputError(f"{name}_given needs a {name} (it says which items' {name}s count)")
+            if given.shape != (b,) or given.dtype != torch.bool:
+                raise ShapeMismatchError(f"{name}_given must be a bool tensor of shape {(b,)}, got "
+                                         f"{given.dtype} {tuple(given.shape)}")
         h, w = z.shape[-2:]
         chans = []
         mask_lat = None
-        for name, value, used in (("mask", mask, cfg.use_mask), ("depth", depth, cfg.use_depth)):
+        for name, value, used, given in (("mask", mask, cfg.use_mask, mask_given), ("depth", depth, cfg.use_depth, depth_given)):
             if value is not None and not used:
                 raise InvalidInputError(f"this model was built with use_{name}=False; pass {name}=None")
             if not used:
@@ -200,6 +203,8 @@ class Enhancer(nn.Module):
                 raise ShapeMismatchError(f"{name} has shape {tuple(value.shape)}, expected {(b, 1, height, width)}")
             value = value.to(z.dtype)
             if name == "depth":
+                if given is not None:  # items without geometry may hold anything (inf): not read
+                    value = torch.where(given[:, None, None, None], value, torch.ones_like(value))
                 if torch.isnan(value).any() or (value < 0).any():
                     raise InvalidInputError("depth must be >= 0 (inf = no hit) and not NaN")
                 value = cfg.depth_scale / (cfg.depth_scale + value)  # inf -> 0
@@ -208,10 +213,10 @@ class Enhancer(nn.Module):
             value, _ = _pad_to_multiple(value, cfg.total_downscale)
             lat = F.adaptive_avg_pool2d(value, (h, w))  # area average: soft mask coverage per latent cell
             flag = torch.ones_like(lat)
+            if given is not None:  # absent items: (0, 0) as for None
+                flag = flag * given.to(lat.dtype)[:, None, None, None]
+                lat = lat * flag
             if name == "mask":
-                if mask_given is not None:  # absent items: (0, 0) as for mask=None
-                    flag = flag * mask_given.to(lat.dtype)[:, None, None, None]
-                    lat = lat * flag
                 mask_lat = lat
             chans += [lat, flag]
         return (torch.cat(chans, dim=1) if chans else None), mask_lat

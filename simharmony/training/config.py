@@ -20,6 +20,7 @@ from typing import Literal
 
 from simharmony.data.flicker import FlickerConfig
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
+from simharmony.data.real import DEPTHLESS_STREAMS
 from simharmony.data.streams import stream_names
 from simharmony.errors import ConfigError
 from simharmony.models.backbone import EnhancerConfig
@@ -70,7 +71,8 @@ class TrainConfig(Config):
     ``identity_streams`` limits that to items of these streams ([] = any stream). ``maskless_streams``:
     streams whose items never give the model their mask, only their ``asset_mask`` if any (default: those whose mask is cut out with the
     target's help, :data:`~simharmony.data.item.TARGET_DERIVED_MASK_STREAMS`; [] = every item's mask, as
-    stages 1-3 of the shipped model were trained).
+    stages 1-3 of the shipped model were trained). ``depthless_streams``: streams whose items have no
+    geometry (their depth is all inf) and never give the model depth (default: the real-image streams).
     """
 
     data: str | list[str] = "data/default"
@@ -118,6 +120,7 @@ class TrainConfig(Config):
     identity_prob: float = 0.0
     identity_streams: list[str] = field(default_factory=list)
     maskless_streams: tuple[str, ...] = TARGET_DERIVED_MASK_STREAMS
+    depthless_streams: tuple[str, ...] = DEPTHLESS_STREAMS
     # bookkeeping
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
@@ -175,6 +178,7 @@ class TrainConfig(Config):
         require(0 <= self.temporal_prob <= 1, o, f"temporal_prob {self.temporal_prob} must be in [0, 1]")
         require(bool(self.features), o, "features must be 'substitute' or a path to a VGG16 .safetensors file")
         self.maskless_streams = stream_names(self.maskless_streams, o, "maskless_streams")
+        self.depthless_streams = stream_names(self.depthless_streams, o, "depthless_streams")
         bad = {k: v for k, v in self.stream_weights.items() if not all_finite(v) or v < 0}
         require(not bad, o, f"stream_weights must be finite and >= 0, got {bad}")
         require(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), o,

@@ -24,7 +24,8 @@ Batches (schedule in :class:`~simharmony.training.config.TrainConfig`):
 - mask and depth are dropped for the whole batch (and all its frames) with ``mask_dropout`` /
   ``depth_dropout``: the model sees "absent" exactly as at inference without them. Items of
   ``maskless_streams`` (masks cut out with the target's help) never get theirs: they get the object's own
-  ``asset_mask`` where they carry one, else none (``Enhancer(mask_given=)``).
+  ``asset_mask`` where they carry one, else none (``Enhancer(mask_given=)``). Items of
+  ``depthless_streams`` (real images: no geometry) never get depth (``Enhancer(depth_given=)``).
 
 Reproducibility: every random draw of step s comes from generators seeded by (seed, s, rank), batches
 from :class:`~simharmony.data.shards.MixingBatchSampler` with epoch = s (rank r takes batch r of that
@@ -56,6 +57,7 @@ from tqdm.auto import tqdm
 
 from simharmony.data.flicker import apply_flicker, apply_occluder, flicker_gains, occluder_alphas
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
+from simharmony.data.real import DEPTHLESS_STREAMS
 from simharmony.data.shards import ConcatShardDataset, MixingBatchSampler, ShardDataset, batch_model_mask, open_datasets
 from simharmony.errors import BackendUnavailableError, ConfigError, NonFiniteError
 from simharmony.models.enhancer import Enhancer
@@ -175,11 +177,13 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stream_flags(batch: dict[str, Any], cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """What a collated batch's streams change: ``identity_ok`` [B] (items of ``identity_streams``, when those
-    are set); on a batch with items of ``maskless_streams``, the model's ``mask`` (theirs replaced by their
+    are set); ``depth_given`` [B] on a batch with items of ``depthless_streams`` (False on those); on a batch with items of ``maskless_streams``, the model's ``mask`` (theirs replaced by their
     ``asset_mask``, :func:`~simharmony.data.shards.batch_model_mask`) and ``mask_given`` [B] (False where
     they have none)."""
     streams = batch["stream"]
     flags = {}
+    if set(cfg.depthless_streams) & set(streams):
+        flags["depth_given"] = torch.tensor([st not in cfg.depthless_streams for st in streams], device=device)
     if cfg.identity_prob > 0 and cfg.identity_streams:
         flags["identity_ok"] = torch.tensor([st in cfg.identity_streams for st in streams], device=device)
     if set(cfg.maskless_streams) & set(streams):
@@ -244,7 +248,8 @@ class StepModule(nn.Module):
             depth = batch["depth"][:, t, None] if use_depth else None
             past = ctx[:k] if (k and ctx) else None
             out, z = self.model(inp[:, t], past, mask=mask, depth=depth,
-                                mask_given=batch.get("mask_given") if use_mask else None)
+                                mask_given=batch.get("mask_given") if use_mask else None,
+                                depth_given=batch.get("depth_given") if use_depth else None)
             outs.append(out)
             ctx.insert(0, z if cfg.context_grad else z.detach())
             del ctx[max(k, 1):]
@@ -318,10 +323,11 @@ def eval_indices(n_items: int, limit: int) -> list[int]:
 
 @torch.no_grad()
 def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: str | torch.device = "cpu",
-             maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS) -> dict[str, Any]:
+             maskless_streams: Sequence[str] = TARGET_DERIVED_MASK_STREAMS,
+             depthless_streams: Sequence[str] = DEPTHLESS_STREAMS) -> dict[str, Any]:
     """Mean PSNR (dB, per-frame values averaged per item, then over items) of output vs target and of input vs
     target on up to ``items`` evenly spaced holdout items; sequences run in order with cached context (as the
-    Harmonizer does), depth given, and the mask (on items of ``maskless_streams`` their asset mask, if any,
+    Harmonizer does), depth given (except on ``depthless_streams``), and the mask (on items of ``maskless_streams`` their asset mask, if any,
     :func:`~simharmony.data.shards.batch_model_mask`). ``per_stream`` holds
     the same two means per stream."""
     from simharmony.metrics import psnr
@@ -333,12 +339,13 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
         inp = it["input"].permute(0, 3, 1, 2).to(device)
         mask, given = batch_model_mask(it, maskless_streams)
         give_mask = model.config.use_mask and bool(given)
+        give_depth = model.config.use_depth and it["stream"] not in depthless_streams
         ctx: list[torch.Tensor] = []
         outs = []
         for t in range(inp.shape[0]):
             out, z = model(inp[t : t + 1], ctx[: model.context_frames] or None,
                            mask=mask[t][None, None].to(device) if give_mask else None,
-                           depth=it["depth"][t][None, None].to(device) if model.config.use_depth else None)
+                           depth=it["depth"][t][None, None].to(device) if give_depth else None)
             outs.append(out[0].permute(1, 2, 0).float().cpu())
             ctx.insert(0, z)
         tgt = it["target"]
@@ -583,7 +590,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: bool, stop_after
 def _evaluate_ema(model: Enhancer, ema: EMA, holdout: ShardDataset, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
     m = Enhancer(model.config).to(device)
     ema.copy_to(m)
-    return evaluate(m, holdout, cfg.eval_items, device, cfg.maskless_streams)
+    return evaluate(m, holdout, cfg.eval_items, device, cfg.maskless_streams, cfg.depthless_streams)
 
 
 def _reduce_losses(losses: dict[str, torch.Tensor], d: _Dist) -> dict[str, float]:
