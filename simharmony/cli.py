@@ -128,6 +128,10 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
     preset = get_preset(args.preset)
     if args.cache_dir is not None:
         preset.cache_dir = args.cache_dir
+    if args.real_source:
+        from simharmony.data.real import RealSource
+
+        preset.real_sources = [RealSource(path=p, licence=args.real_licence) for p in args.real_source]
     started = time.perf_counter()
     record = generate_preset(preset, args.out, shard=_parse_shard(args.shard), progress=not args.quiet,
                              workers=args.workers)
@@ -235,13 +239,17 @@ def build_parser() -> argparse.ArgumentParser:
     dt = sub.add_parser("data", help="paired training data: generate presets, report PSNR in masks, contact sheet")
     dsub = dt.add_subparsers(dest="data_command", required=True)
     g = dsub.add_parser("generate", help="generate (or resume) a preset's shards")
-    g.add_argument("--preset", default="tiny", help="tiny, default, recon_extra, relight_street or holdout")
+    g.add_argument("--preset", default="tiny", help="tiny, default, recon_extra, relight_street, real or holdout")
     g.add_argument("--out", required=True, help="dataset folder")
     g.add_argument("--shard", default="0/1", help="i/n: make only this machine's share of the shards")
     g.add_argument("--workers", type=int, default=1,
                    help="chunks generated at once in separate processes, cores split between them (2 on 2 cores: "
                         "about 1.2x faster than 1; same items)")
     g.add_argument("--cache-dir", default=None, help="reconstruction cache (default $SIMHARMONY_RECON_CACHE or data/cache/recon)")
+    g.add_argument("--real-source", action="append", default=None, metavar="PATH",
+                   help="the real streams' images: a folder of photos or video frames, or a video (repeatable; "
+                        "default: the Udacity clip without its last 60 frames and the Debian photographs)")
+    g.add_argument("--real-licence", default="", help="licence recorded for --real-source images")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_data_generate)
     rp = dsub.add_parser("report", help="PSNR(input, target) inside the mask per stream, and generation times")

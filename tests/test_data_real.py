@@ -242,3 +242,17 @@ def test_bench_real_scenarios_report_and_bars(tmp_path, monkeypatch, one_torch_t
     empty = run_bench(cfg.__class__.from_dict({**cfg.to_dict(), "real_dir": str(tmp_path / "missing")}), tmp_path / "out2")
     assert not empty["real"]["real_composites"]["available"] and "not found" in empty["real"]["real_composites"]["reason"]
     assert empty["real"]["bars"] == {}
+
+
+def test_a_users_folder_as_the_real_corpus(corpus, tmp_path):
+    from simharmony.data.presets import DatasetPreset, generate_preset
+    from simharmony.data.shards import ShardDataset
+    from simharmony.data.streams import SceneSource
+
+    photos, out = corpus.sources[0].path, tmp_path / "ds"
+
+    preset = DatasetPreset(name="mine", streams={"real_isp": 2, "real_identity": 2}, shard_size=2, overrides={},
+                           scene=SceneSource(width=64, height=36), real_sources=[RealSource(path=photos, licence="CC0")])
+    generate_preset(preset, out, progress=False)
+    ds = ShardDataset(out)
+    assert len(ds) == 4 and {ds.load_item(i).metadata["licence"] for i in range(4)} == {"CC0"}

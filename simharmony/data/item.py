@@ -15,6 +15,27 @@ A :class:`PairItem` is one image (T = 1) or one short sequence (default T = 5) o
 - ``asset_mask`` optional [T, H, W] float32 in [0, 1]: the inserted object's own coverage, on items whose
   ``mask`` is cut out with the target's help (the shadow stream): the mask a simulator would give there.
 
+The mask means one thing in every stream: **the inserted object, as a simulator gives it** (its soft
+coverage; all zero = nothing was inserted). That is what models are given (:meth:`PairItem.model_mask`). Where
+a stream's ``mask`` field is cut out with the target's help (:data:`TARGET_DERIVED_MASK_STREAMS`), models get
+the object's ``asset_mask`` instead and ``mask`` only marks where the foreground metrics are taken. What
+differs between streams is only where the input is wrong:
+
+=================  ===================================  ============================================
+stream             model mask (the inserted object)     input differs from the target
+=================  ===================================  ============================================
+isp, real_isp      the re-rendered object / region      inside the mask only
+rpb, real_rpb      the Poisson-blended object / region  inside the mask only
+relight            the relit object (dilated 1 px)      inside the mask only
+shadow             the object (asset_mask, 1 px)        the object's edge and its missing cast shadow,
+                                                        outside the object (``mask`` = both)
+reinsert           the re-inserted object (opacity      inside (no shadow, reconstruction error) and
+                   > 0.3, 1 px)                         outside (the background's reconstruction error)
+novel_view         none (nothing inserted)              wherever the reconstruction is wrong
+real_identity      an already right region, or none     nowhere
+real_video         none (all zero)                      everywhere on flicker items, nowhere on clean ones
+=================  ===================================  ============================================
+
 Construction validates everything and raises the project's errors (ShapeMismatchError, NonFiniteError,
 InvalidInputError) naming the field and what was expected.
 """

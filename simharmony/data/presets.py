@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from simharmony.data.real import REAL_STREAMS
+from simharmony.data.real import REAL_STREAMS, RealCorpus, RealSource
 from simharmony.data.recon_streams import default_recon
 from simharmony.data.streams import _SEED_MAX, STREAMS, SYNTHETIC_STREAMS, SceneSource, tiny_configs
 from simharmony.errors import ConfigError
@@ -64,6 +64,8 @@ class DatasetPreset(Config):
       reconstruction streams (``cache_dir`` "" = ``$SIMHARMONY_RECON_CACHE`` or ``data/cache/recon``)
     - ``overrides``: {stream: {config field: value}} applied on top (e.g. ``items_per_scene``)
     - ``tiny``: use :func:`simharmony.data.streams.tiny_configs` (test sizes) instead of the fields above
+    - ``real_sources``: the real streams' images (:class:`~simharmony.data.real.RealSource`: folders of photos
+      or frames, videos); [] = :func:`~simharmony.data.real.default_corpus`
     """
 
     name: str = "default"
@@ -78,6 +80,7 @@ class DatasetPreset(Config):
     cache_dir: str = ""
     overrides: dict[str, dict] = field(default_factory=lambda: {k: dict(v) for k, v in DEFAULT_OVERRIDES.items()})
     tiny: bool = False
+    real_sources: list[RealSource] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.streams) - set(STREAMS))
@@ -106,7 +109,7 @@ class DatasetPreset(Config):
             cls = STREAMS[name][0]
             names = {f.name for f in dataclasses.fields(cls)}
             if name in REAL_STREAMS:  # real images: sized like the streets, no street settings
-                kw = {"width": self.scene.width, "height": self.scene.height}
+                kw = {"width": self.scene.width, "height": self.scene.height, "corpus": RealCorpus(sources=list(self.real_sources))}
                 kw.update({"seq_len": self.seq_len} if "seq_len" in names else {})
             else:
                 kw = {"scene": self.scene, "seq_len": self.seq_len, "sequence_prob": self.sequence_prob}
