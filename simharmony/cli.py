@@ -190,6 +190,7 @@ FEATURE_CLIS = (
     "simharmony.training.codec_trainer",
     "simharmony.viewer",
     "simharmony.integrations.nerfstudio",
+    "simharmony.utils.convert_weights",
 )
 
 
