@@ -79,7 +79,7 @@ def test_real_streams_make_valid_deterministic_items(corpus):
             md = x.metadata
             assert md["licence"] == "test" and md["source"] in ("photos", "clip") and md["has_depth"] is False
             assert np.isinf(x.depth).all() and x.size == (36, 64)
-        assert not np.array_equal(a[0].input, list(gen(cfg, seed=5, count=1))[0].input)
+        assert not np.array_equal(a[0].input, next(iter(gen(cfg, seed=5, count=1))).input)
 
 
 def test_real_isp_changes_only_inside_the_mask(corpus):

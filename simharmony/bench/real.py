@@ -169,14 +169,14 @@ def run_real(methods: list, cfg, out: Path, root: Path | None = None) -> dict[st
     clips, missing = composite_clips(root)
     if clips:
         per: dict[str, dict[str, float]] = {n: {} for n in names}
+        shown = {c.id for kind in ("objects/", "driving/") for c in [c for c in clips if c.id.startswith(kind)][:3]}
         for clip in clips:
             for m in methods:
                 o, _ = run_method(m, clip)
                 per[m.name][clip.id] = float(M.fmse(o, clip.target, clip.mask, empty="nan"))
-                if m is ours and len(sheet) < 6 and clip.id.endswith(("0", "4")):
-                    err = lambda x: to_uint8(np.clip(4 * np.abs(x[0] - clip.target[0]), 0, 1))  # noqa: E731
-                    sheet.append(side_by_side([to_uint8(clip.input[0]), to_uint8(o[0]), to_uint8(clip.target[0]),
-                                               err(clip.input), err(o)],
+                if m is ours and clip.id in shown:
+                    err_in, err_out = (to_uint8(np.clip(4 * np.abs(x[0] - clip.target[0]), 0, 1)) for x in (clip.input, o))
+                    sheet.append(side_by_side([to_uint8(clip.input[0]), to_uint8(o[0]), to_uint8(clip.target[0]), err_in, err_out],
                                               [clip.id, "ours", "target", "|input - target| x4", "|ours - target| x4"]))
         inp = np.array(list(per["identity"].values()))
         res = {}
@@ -269,8 +269,8 @@ def real_markdown(results: dict[str, Any], labels: dict[str, str]) -> list[str]:
     lines = ["## Real images (never trained on)", ""]
     comp = results.get("real_composites", {})
     if comp.get("available"):
-        lines += [f"Real composites with ground truth ({comp['clips']} held-out photos: ISP region mismatch inside a "
-                  "soft mask, mask given): fMSE in the mask (0-255 scale), lower is better.", "",
+        lines += [(f"Real composites with ground truth ({comp['clips']} held-out photos: ISP region mismatch inside a "
+                   "soft mask, mask given): fMSE in the mask (0-255 scale), lower is better."), "",
                   "| method | fMSE mean | fMSE median | objects (25) | driving (15) | better than input |",
                   "|---|---:|---:|---:|---:|---:|"]
         for n, r in comp["methods"].items():
@@ -284,9 +284,9 @@ def real_markdown(results: dict[str, Any], labels: dict[str, str]) -> list[str]:
         if not v.get("available"):
             lines += [f"Clean real video {w}x{h}: not available ({v.get('reason', 'not run')}).", ""]
             continue
-        lines += [f"Clean real video at {w}x{h} ({v['frames']} held-out Udacity frames, no mask, no depth): the output "
-                  f"should equal the input. Input's own flicker score {v['input']['flicker']:.5f}, warping error "
-                  f"{1e3 * v['input']['warping_error']:.3f}e-3.", "",
+        lines += [(f"Clean real video at {w}x{h} ({v['frames']} held-out Udacity frames, no mask, no depth): the output "
+                   f"should equal the input. Input's own flicker score {v['input']['flicker']:.5f}, warping error "
+                   f"{1e3 * v['input']['warping_error']:.3f}e-3."), "",
                   "| method | PSNR(out, in) median | worst | flicker score | warping error x1e3 | HF ratio | ms/frame |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for n, r in v["methods"].items():

@@ -506,9 +506,10 @@ def _run_real_only(cfg: BenchConfig, out: Path, extra_methods: dict[str, Method]
         "holdout": {}, "real": real, "timings_s": {"total_s": time.perf_counter() - started},
     }
     git = results["meta"]["git"]
+    dirty = " (uncommitted changes)" if git.get("dirty") else ""
     head = [f"# simharmony benchmark — preset `{cfg.preset}` (real images only)", "",
-            f"- revision `{git.get('short') or 'unknown'}`{' (uncommitted changes)' if git.get('dirty') else ''}, "
-            f"{results['meta']['date']}; {results['timings_s']['total_s']:.0f} s", ""]
+            f"- revision `{git.get('short') or 'unknown'}`{dirty}, {results['meta']['date']}; "
+            f"{results['timings_s']['total_s']:.0f} s", ""]
     labels = {m.name: m.label for m in methods}
     write_text_atomic(out / "results.json", json.dumps(finite_or_none(results), indent=1, allow_nan=False))
     write_text_atomic(out / "report.md", "\n".join(head + real_markdown(real, labels)))

@@ -284,8 +284,8 @@ def view_box(rng: np.random.Generator, src_hw: tuple[int, int], out_hw: tuple[in
     oh, ow = out_hw
     full_w = min(W, H * ow / oh)
     f = float(rng.uniform(*fraction))
-    w = max(min(int(round(full_w * f)), W), 8)
-    h = max(min(int(round(w * oh / ow)), H), 8)
+    w = max(min(round(full_w * f), W), 8)
+    h = max(min(round(w * oh / ow), H), 8)
     x0 = int(rng.integers(0, W - w + 1))
     y0 = int(rng.integers(0, H - h + 1))
     return x0, y0, w, h
