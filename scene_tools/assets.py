@@ -29,7 +29,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,12 +134,13 @@ class Asset:
             info = AssetInfo.from_dict(json.loads(meta.get("info", "")))
         except (json.JSONDecodeError, ValueError) as e:
             raise CorruptFileError(f"{path} has unreadable asset metadata: {e}") from e
+        # the checksum first: damaged data is reported as such, not as whatever value check it trips first
+        if meta.get("checksum") and meta["checksum"] != content_hash(tensors):
+            raise CorruptFileError(f"{path}: Gaussian data does not match its checksum (file damaged)")
         try:
             gaussians = GaussianScene(**{k: tensors[k] for k in _GAUSSIAN_FIELDS}, metadata={"asset_id": info.id})
         except ValueError as e:
             raise CorruptFileError(f"{path} holds invalid Gaussians: {e}") from e
-        if meta.get("checksum") and meta["checksum"] != content_hash(gaussians):
-            raise CorruptFileError(f"{path}: Gaussian data does not match its checksum (file damaged)")
         mesh = None
         if "mesh_vertices" in tensors and "mesh_faces" in tensors:
             import trimesh
@@ -150,11 +151,13 @@ class Asset:
         return cls(gaussians, info, mesh)
 
 
-def content_hash(gaussians: GaussianScene) -> str:
-    """sha256 hex digest of the Gaussian parameters (float32 little-endian bytes, fixed field order)."""
+def content_hash(gaussians: GaussianScene | Mapping[str, torch.Tensor]) -> str:
+    """sha256 hex digest of the Gaussian parameters (float32 little-endian bytes, fixed field order), of a
+    GaussianScene or of its tensors by name (as read from a file, before they are validated)."""
     h = hashlib.sha256()
     for name in _GAUSSIAN_FIELDS:
-        t = getattr(gaussians, name).detach().cpu().contiguous()
+        t = gaussians[name] if isinstance(gaussians, Mapping) else getattr(gaussians, name)
+        t = t.detach().cpu().contiguous()
         t = t.to(torch.int32) if name == "instance_ids" else t.to(torch.float32)
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())

@@ -7,24 +7,56 @@ Parameters are kept in their optimisation (raw) form, as in gsplat's trainers an
 - ``log_scales``[N, 3]     log of the per-axis standard deviations
 - ``logit_opacities`` [N]  logit of opacity
 - ``sh``        [N, K, 3]  spherical-harmonic colour coefficients, K = (degree + 1) ** 2
-- ``instance_ids`` [N]     int32, 0 for background, >0 for objects (vehicles, pedestrians, inserted assets)
+- ``instance_ids`` [N]     int32, 0 for background, >0 for objects (vehicles, pedestrians, inserted assets);
+                           any integer dtype is accepted, negative ids are not (there is no "none" id)
+
+Files: safetensors with metadata ``format``, ``version``, ``metadata`` (JSON) and ``checksum`` (sha256 of
+the tensors as stored, :func:`tensors_checksum`), verified on load; files written before the checksum
+existed still load (their contents are only validated).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from simharmony.errors import CorruptFileError, InvalidSceneError, NonFiniteError, ShapeMismatchError
+from simharmony.errors import (
+    CorruptFileError,
+    InvalidInputError,
+    InvalidSceneError,
+    NonFiniteError,
+    ShapeMismatchError,
+)
 from simharmony.utils.io import PathLike, load_tensors, save_tensors
 
 SH_C0 = 0.28209479177387814  # Y_0^0; rgb = SH_C0 * sh[:, 0] + 0.5
 FORMAT_VERSION = 1
 _TENSOR_FIELDS = ("means", "quats", "log_scales", "logit_opacities", "sh", "instance_ids")
+_ID_DTYPES = (torch.int32, torch.int64, torch.int16, torch.int8, torch.uint8)
+CHECKSUM_KEY = "checksum"  # safetensors metadata key of tensors_checksum, as asset files have
+
+
+def tensors_checksum(tensors: Mapping[str, torch.Tensor]) -> str:
+    """sha256 hex digest of named tensors exactly as stored: per name (sorted), its dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def verify_checksum(path: Any, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, str]) -> None:
+    """CorruptFileError if ``meta`` holds a checksum that ``tensors`` do not match (no checksum: old file, fine)."""
+    expected = meta.get(CHECKSUM_KEY)
+    if expected and expected != tensors_checksum(tensors):
+        raise CorruptFileError(f"{path}: tensor data does not match its checksum (file damaged or edited)")
 
 
 def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
@@ -63,7 +95,8 @@ class GaussianScene:
 
     # ------------------------------------------------------------------ checks
     def validate(self, allow_empty: bool = True) -> None:
-        """Check shapes and finiteness; raise :class:`InvalidSceneError` / :class:`NonFiniteError`."""
+        """Check shapes, finiteness and instance ids (integers >= 0); raise :class:`ShapeMismatchError`,
+        :class:`InvalidSceneError` or :class:`NonFiniteError`."""
         if self.means.ndim != 2 or self.means.shape[1] != 3:
             raise ShapeMismatchError(f"means must be [N, 3], got {tuple(self.means.shape)}")
         n = self.means.shape[0]
@@ -89,6 +122,14 @@ class GaussianScene:
                 raise NonFiniteError(f"{name} has NaN or inf values in {bad} Gaussian(s)")
         if n and (self.quats.norm(dim=-1) < 1e-12).any():
             raise InvalidSceneError("some quaternions have zero norm")
+        ids = self.instance_ids
+        if ids.dtype not in _ID_DTYPES:
+            raise InvalidSceneError(f"instance_ids must be integers (int32), got {ids.dtype}")
+        if n and int(ids.min()) < 0:
+            raise InvalidSceneError(
+                f"instance_ids must be >= 0 (0 = background, > 0 = objects); {int((ids < 0).sum())} Gaussian(s) "
+                f"have negative ids (min {int(ids.min())})"
+            )
 
     # ------------------------------------------------------------------ views
     def __len__(self) -> int:
@@ -189,9 +230,11 @@ class GaussianScene:
 
     # ------------------------------------------------------------------ storage
     def save(self, path: PathLike) -> None:
-        """Write ``path`` (.safetensors); metadata is stored as JSON in the safetensors header."""
-        meta = {"format": "simharmony.gaussians", "version": str(FORMAT_VERSION), "metadata": json.dumps(self.metadata)}
-        save_tensors(path, self.tensors(), meta)
+        """Write ``path`` (.safetensors); metadata is stored as JSON in the safetensors header, with a checksum."""
+        tensors = self.tensors()
+        meta = {"format": "simharmony.gaussians", "version": str(FORMAT_VERSION), "metadata": json.dumps(self.metadata),
+                CHECKSUM_KEY: tensors_checksum(tensors)}
+        save_tensors(path, tensors, meta)
 
     @classmethod
     def load(cls, path: PathLike, device: str = "cpu") -> "GaussianScene":
@@ -201,10 +244,14 @@ class GaussianScene:
         missing = [k for k in _TENSOR_FIELDS if k not in tensors]
         if missing:
             raise CorruptFileError(f"{path} lacks tensors {missing}")
+        verify_checksum(path, tensors, meta)
         try:
             metadata = json.loads(meta.get("metadata", "{}"))
         except json.JSONDecodeError as e:
             raise CorruptFileError(f"{path} has unreadable metadata: {e}") from e
-        return cls(**{k: tensors[k] for k in _TENSOR_FIELDS}, metadata=metadata)
+        try:
+            return cls(**{k: tensors[k] for k in _TENSOR_FIELDS}, metadata=metadata)
+        except InvalidInputError as e:  # e.g. negative instance ids in a file without a checksum: same error, named file
+            raise type(e)(f"{path}: {e}") from e
 
 

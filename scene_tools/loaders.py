@@ -22,7 +22,8 @@ transforms.json (read by :func:`load_transforms_json`, written by :func:`save_tr
 
 COLMAP text models (:func:`load_colmap_text`, :func:`save_colmap_text`): cameras.txt (PINHOLE,
 SIMPLE_PINHOLE; SIMPLE_RADIAL / RADIAL / OPENCV / FULL_OPENCV only with all distortion zero),
-images.txt (world-to-camera quaternion qw qx qy qz and translation, two lines per image),
+images.txt (world-to-camera quaternion qw qx qy qz and translation; each image line followed by its
+POINTS2D line, which may be empty or, in hand-made files, left out; image names must be unique),
 points3D.txt (optional) -> ``points`` / ``point_colors``. Binary models (.bin) are not read: convert them
 with ``colmap model_converter --output_type TXT``. Frames are sorted by image name.
 """
@@ -507,27 +508,71 @@ def _quat_to_R(q: np.ndarray) -> np.ndarray:
     ])
 
 
+_IMAGE_LINE = "'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME'"
+_POINTS2D_LINE = "a POINTS2D line ('X Y POINT3D_ID' triples, possibly empty)"
+
+
+def _image_fields(line: str, where: str) -> tuple[int, np.ndarray, np.ndarray, int, str] | None:
+    """(image id, q, t, camera id, name) if ``line`` is an image line (9 numeric fields, then the name,
+    which may contain spaces); None if it does not have that form. A line of 10 fields whose leading fields
+    are not numbers (and that is not a POINTS2D line) is a CorruptFileError: a non-numeric image entry."""
+    tok = line.split(maxsplit=9)
+    if len(tok) != 10 or not tok[9].strip():
+        return None
+    try:
+        return (int(tok[0]), np.array([float(x) for x in tok[1:5]]), np.array([float(x) for x in tok[5:8]]),
+                int(tok[8]), tok[9].strip())
+    except ValueError as e:
+        if _is_points2d(line):
+            return None
+        raise CorruptFileError(f"{where}: non-numeric image entry (expected {_IMAGE_LINE}): {line[:120]!r}") from e
+
+
+def _is_points2d(line: str) -> bool:
+    """True if ``line`` is a POINTS2D line: (X Y POINT3D_ID) triples of numbers, the ids integers (-1 = no
+    3D point), possibly none."""
+    tok = line.split()
+    if len(tok) % 3:
+        return False
+    try:
+        for i, x in enumerate(tok):
+            int(x) if i % 3 == 2 else float(x)
+    except ValueError:
+        return False
+    return True
+
+
 def _parse_images(path: Path) -> list[tuple[str, np.ndarray, int]]:
-    """-> [(name, c2w [4, 4] OpenCV, camera_id)]. Two lines per image; the 2D-points line may be empty."""
+    """-> [(name, c2w [4, 4] OpenCV, camera_id)].
+
+    Each image line may be followed by its POINTS2D line (COLMAP writes one per image, empty when the
+    image has no points); hand-made files often omit it. Lines are recognised by their form, not by
+    position: an image line has 10 fields (9 numbers, then the name), a POINTS2D line a multiple of 3
+    numbers and may come only right after an image line. Blank lines elsewhere are skipped; any other line
+    is a CorruptFileError naming it, and so is an image name that appears twice.
+    """
     out = []
-    lines = _data_lines(path)
-    i = 0
-    while i < len(lines):
-        n, line = lines[i]
-        tok = line.split(maxsplit=9)
-        if not tok:  # blank line between entries
-            i += 1
-            continue
+    seen: dict[str, int] = {}
+    expect_points = False  # the previous data line was an image line: a POINTS2D line may follow
+    for n, line in _data_lines(path):
         where = f"{path}:{n}"
-        if len(tok) != 10:
-            raise CorruptFileError(f"{where}: expected 'IMAGE_ID QW QX QY QZ TX TY TZ CAMERA_ID NAME', got {line!r}")
-        try:
-            q = np.array([float(x) for x in tok[1:5]])
-            t = np.array([float(x) for x in tok[5:8]])
-            cam_id = int(tok[8])
-        except ValueError as e:
-            raise CorruptFileError(f"{where}: non-numeric image entry {line!r}") from e
-        name = tok[9].strip()
+        if expect_points and _is_points2d(line):  # includes the empty POINTS2D line
+            expect_points = False
+            continue
+        if not line.strip():  # blank line between entries
+            continue
+        fields = _image_fields(line, where)
+        if fields is None:
+            if _is_points2d(line):
+                raise CorruptFileError(f"{where}: expected an image line ({_IMAGE_LINE}), got {line[:120]!r}, which "
+                                       "reads as a POINTS2D line without an image line before it")
+            raise CorruptFileError(
+                f"{where}: neither an image line ({_IMAGE_LINE}) nor {_POINTS2D_LINE}: {line[:120]!r}"
+            )
+        _, q, t, cam_id, name = fields
+        if name in seen:
+            raise CorruptFileError(f"{where}: image name {name!r} appears twice (also on line {seen[name]})")
+        seen[name] = n
         norm = np.linalg.norm(q)
         if not np.isfinite(norm) or abs(norm - 1.0) > 1e-3:
             raise InvalidCameraError(f"{where}: image {name!r} has a non-unit rotation quaternion (norm {norm:.6f})")
@@ -537,7 +582,7 @@ def _parse_images(path: Path) -> list[tuple[str, np.ndarray, int]]:
         c2w[:3, :3] = w2c[:3, :3].T
         c2w[:3, 3] = -w2c[:3, :3].T @ t
         out.append((name, check_pose(c2w, f"{where} image {name!r}"), cam_id))
-        i += 2  # skip the POINTS2D line (whatever it holds, possibly empty or missing at EOF)
+        expect_points = True
     if not out:
         raise CorruptFileError(f"{path}: no images")
     return out

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from scene_tools.assets import Asset, AssetBank
 from scene_tools.cameras import Intrinsics, Trajectory, check_pose, check_poses
-from scene_tools.gaussians import GaussianScene, sh_degree_from_k
+from scene_tools.gaussians import CHECKSUM_KEY, GaussianScene, sh_degree_from_k, tensors_checksum, verify_checksum
 from scene_tools.sh import eval_sh
 from scene_tools.transforms import matrix_to_quat, quat_multiply, quat_to_matrix
 from simharmony.errors import (
@@ -615,6 +615,8 @@ class Scene:
 
         Layout: ``scene.yaml`` (name, metadata, render config, intrinsics, objects), ``background.safetensors``,
         ``assets/<asset id>.safetensors``, ``tracks.safetensors`` (``track_<iid>_times`` / ``track_<iid>_poses``).
+        Every .safetensors file carries a sha256 checksum of its tensors, verified by :meth:`load` (scenes
+        saved before tracks and backgrounds had one still load).
         """
         folder = Path(folder)
         if folder.exists():
@@ -650,7 +652,8 @@ class Scene:
             objects.append({"instance_id": o.instance_id, "asset_id": o.asset.id,
                             "asset_file": f"assets/{o.asset.id}.safetensors"})
         if tracks:
-            save_tensors(folder / "tracks.safetensors", tracks, {"format": "simharmony.tracks"})
+            save_tensors(folder / "tracks.safetensors", tracks,
+                         {"format": "simharmony.tracks", CHECKSUM_KEY: tensors_checksum(tracks)})
         data = {
             "format": SCENE_FORMAT,
             "version": SCENE_FORMAT_VERSION,
@@ -685,13 +688,16 @@ class Scene:
         scene = cls(background, name=str(data.get("name", folder.name)), metadata=data.get("metadata") or {},
                     config=config, intrinsics=intr)
         if objects:
-            tracks, _ = load_tensors(folder / "tracks.safetensors")
+            tracks, tmeta = load_tensors(folder / "tracks.safetensors")
+            verify_checksum(folder / "tracks.safetensors", tracks, tmeta)
             assets: dict[str, Asset] = {}
             for entry in objects:
                 try:
                     iid, aid, afile = int(entry["instance_id"]), str(entry["asset_id"]), str(entry["asset_file"])
                 except (KeyError, TypeError, ValueError) as e:
                     raise CorruptFileError(f"{manifest}: bad object entry {entry!r}") from e
+                if iid < 1:  # inserted objects get ids above the background's (>= 0)
+                    raise CorruptFileError(f"{manifest}: object entry {entry!r} has instance id {iid}, expected >= 1")
                 if aid not in assets:
                     assets[aid] = Asset.load(folder / afile, device=device)
                 kt, kp = f"track_{iid}_times", f"track_{iid}_poses"

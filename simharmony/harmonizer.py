@@ -17,13 +17,22 @@ frame. Training on temporal batches must feed the same kind of context. ``reenco
 switches to E(clamp(D(z_out))), the paper's literal definition, at the cost of one encode per frame.
 
 A stream's context is reset when its resolution changes, on ``cut=True`` and on :meth:`Harmonizer.reset`.
+At most ``max_streams`` (default 64) streams keep a context: beyond that the least recently used stream's
+context is dropped, and that stream simply starts afresh on its next frame, as after a reset. (3,000 streams
+of the shipped model at 512x288 would otherwise hold about 350 MiB.)
+
+Inputs and outputs are checked: float frames must be in [0, 1] (within :data:`RANGE_TOLERANCE`); with
+``clip=True`` a renderer's overshoot up to :data:`CLIP_TOLERANCE` outside [0, 1] is clipped, while frames
+further out (a float frame holding 0..255 values, HDR radiance) are an :class:`InvalidInputError`. An output
+(image or context latent) with NaN or infinity is a :class:`NonFiniteError`, and no stream's context is
+updated by that call.
 """
 
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Callable, Hashable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +49,16 @@ from simharmony.errors import (
 )
 from simharmony.models.enhancer import Enhancer
 from simharmony.paths import ENHANCER_DIR
+
+RANGE_TOLERANCE = 1e-3
+"""Float frames may stray this far outside [0, 1] (rounding) without ``clip``; they are clamped."""
+CLIP_TOLERANCE = 0.25
+"""With ``clip=True``, float frames within [-CLIP_TOLERANCE, 1 + CLIP_TOLERANCE] are clipped to [0, 1]
+(3DGS renders overshoot by a few percent where SH colours are not clamped). A frame further out is not an
+overshoot but a frame of another range - 0..255 values in a float array, HDR radiance, [-1, 1] - and is
+rejected: clipping it would return a near-white (or black) frame as if enhanced."""
+DEFAULT_MAX_STREAMS = 64
+"""Streams whose context a Harmonizer keeps by default (least recently used ones are dropped beyond it)."""
 
 
 @dataclass
@@ -60,10 +79,12 @@ class Harmonizer:
     """Online enhancer over several independent streams. Deterministic; no gradients.
 
     model: an :class:`Enhancer`; device "cpu"/"cuda"; dtype torch.float32 or torch.bfloat16;
-    reencode_context: cache E(output image) instead of the output latent (see module docstring).
+    reencode_context: cache E(output image) instead of the output latent (see module docstring);
+    max_streams: how many streams keep a context (least recently used ones beyond it start afresh).
     """
 
-    def __init__(self, model: Enhancer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, reencode_context: bool = False):
+    def __init__(self, model: Enhancer, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 reencode_context: bool = False, max_streams: int = DEFAULT_MAX_STREAMS):
         if not isinstance(model, Enhancer):
             raise InvalidInputError(f"model must be an Enhancer, got {type(model).__name__}")
         device = torch.device(device)
@@ -71,12 +92,15 @@ class Harmonizer:
             raise BackendUnavailableError("device='cuda' requested but CUDA is not available; use device='cpu'")
         if dtype not in (torch.float32, torch.bfloat16):
             raise InvalidInputError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+            raise InvalidInputError(f"max_streams must be an integer >= 1, got {max_streams!r}")
         self.model = model.to(device=device, dtype=dtype).eval()
         self.device = device
         self.dtype = dtype
         self.reencode_context = reencode_context
         self.context_frames = model.config.context_frames
-        self._streams: dict[Hashable, _StreamState] = {}
+        self.max_streams = max_streams
+        self._streams: OrderedDict[Hashable, _StreamState] = OrderedDict()  # least recently used first
 
     @classmethod
     def from_pretrained(cls, path_or_model: str | os.PathLike | Enhancer = "default", **kwargs) -> Harmonizer:
@@ -116,7 +140,17 @@ class Harmonizer:
         if state is None or cut or state.size != size:  # resolution change = new context
             state = _StreamState(size=size, context=deque(maxlen=max(self.context_frames, 1)))
             self._streams[stream] = state
+        self._streams.move_to_end(stream)  # most recently used
         return state
+
+    def _evict(self, keep: Collection[Hashable]) -> None:
+        """Drop least recently used streams beyond ``max_streams``, never one of ``keep`` (this call's streams:
+        a single batch of more than ``max_streams`` streams keeps them all until a later call)."""
+        while len(self._streams) > self.max_streams:
+            oldest = next(iter(self._streams))
+            if oldest in keep:
+                break
+            del self._streams[oldest]
 
     # -- enhancement --------------------------------------------------------------------------------------
     def enhance(self, frame, mask=None, depth=None, stream: Hashable = "default", cut: bool = False, clip: bool = False):
@@ -125,7 +159,9 @@ class Harmonizer:
         frame: numpy [H, W, 3] uint8 or float in [0, 1]; torch [3, H, W] or [H, W, 3] uint8 or float.
         mask: optional [H, W] (or [H, W, 1] / [1, H, W]) bool, uint8 (0..255) or float in [0, 1].
         depth: optional [H, W] z-depth, >= 0, inf = no hit. cut: reset the stream's context first.
-        clip: accept finite float frames outside [0, 1] (3DGS renders overshoot) and clip them.
+        clip: accept finite float frames up to :data:`CLIP_TOLERANCE` outside [0, 1] (3DGS renders overshoot)
+        and clip them; frames further out raise InvalidInputError either way.
+        Raises NonFiniteError when the enhancer's output is not finite (the stream's context is kept as it was).
         """
         return self.enhance_batch({stream: frame}, masks={stream: mask}, depths={stream: depth},
                                   cuts={stream} if cut else None, clip=clip)[stream]
@@ -141,12 +177,24 @@ class Harmonizer:
         """Enhance one frame for each stream in ``frames`` ({stream: frame}); returns {stream: output}.
 
         Streams with the same frame size, context length and depth presence run as one batched forward
-        (streams with and without a mask together: ``Enhancer(mask_given=)``).
-        All inputs are validated before any stream's context is touched.
+        (streams with and without a mask together: ``Enhancer(mask_given=)``). ``masks`` / ``depths`` /
+        ``cuts`` may name only streams of ``frames`` (others raise InvalidInputError naming them).
+        All inputs are validated before any stream's context is touched, and outputs before any context is
+        updated: a non-finite output (NaN / inf in an image or latent) raises NonFiniteError naming its streams.
         """
         if not isinstance(frames, Mapping) or not frames:
             raise InvalidInputError("frames must be a non-empty mapping {stream: frame}")
         masks, depths, cuts = masks or {}, depths or {}, cuts or set()
+        for what, given in (("masks", masks), ("depths", depths)):
+            if not isinstance(given, Mapping):
+                raise InvalidInputError(f"{what} must be a mapping {{stream: value}} or None, got {type(given).__name__}")
+        if isinstance(cuts, (str, bytes)) or not isinstance(cuts, Collection):
+            raise InvalidInputError(f"cuts must be a set of stream ids or None, got {type(cuts).__name__} {cuts!r}")
+        for what, given in (("masks", masks), ("depths", depths), ("cuts", cuts)):
+            unknown = [s for s in given if s not in frames]
+            if unknown:
+                raise InvalidInputError(f"{what} names streams {unknown!r} that are not in frames "
+                                        f"(streams: {list(frames)!r})")
         prepared = {}
         for s, frame in frames.items():
             p = _prepare_frame(frame, self.device, clip)
@@ -159,7 +207,7 @@ class Harmonizer:
             state = self._state(s, tuple(p.x.shape[-2:]), s in cuts)
             key = (tuple(p.x.shape[-2:]), len(state.context), d is not None)
             groups.setdefault(key, []).append(s)
-        outputs = {}
+        results = []  # (names, states, out, z): contexts are updated only once every output is known finite
         with torch.inference_mode():
             for (hw, n_past, has_d), names in groups.items():
                 x = torch.stack([prepared[s][0].x for s in names]).to(self.dtype)
@@ -170,13 +218,31 @@ class Harmonizer:
                 out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv, mask_given=given)
                 if self.reencode_context:
                     z = self.model.encode(out)
+                results.append((names, states, out, z))
+            bad = [s for names, _, out, z in results for s in _non_finite_items(names, out, z)]
+            if bad:
+                raise NonFiniteError(f"the enhancer's output for streams {bad!r} contains NaN or infinite values "
+                                     "(the model or its config is broken); their contexts were not updated")
+            outputs = {}
+            for names, states, out, z in results:
                 if self.context_frames > 0:
                     feats = self.model.context_features(z)
                     for i, st in enumerate(states):
                         st.context.appendleft(z[i : i + 1].clone() if feats is None else [f[i : i + 1].clone() for f in feats])
                 for i, s in enumerate(names):
                     outputs[s] = prepared[s][0].restore(out[i].float())
+        self._evict(frames)
         return {s: outputs[s] for s in frames}
+
+
+def _non_finite_items(names: list[Hashable], out: torch.Tensor, z: torch.Tensor) -> list[Hashable]:
+    """The streams of a batched forward whose output image [B, 3, H, W] or latent [B, Cz, h, w] is not finite.
+    Cheap: one sum per tensor, which is finite whenever every element is (a NaN or an infinity makes it
+    NaN or infinite); only when it is not (or a huge latent overflowed it) does the exact per-item check run."""
+    if bool(torch.isfinite(out.sum(dtype=torch.float32) + z.sum(dtype=torch.float32))):
+        return []
+    ok = torch.isfinite(out.flatten(1)).all(1) & torch.isfinite(z.flatten(1)).all(1)
+    return [s for s, good in zip(names, ok.tolist()) if not good]
 
 
 def _batched_masks(masks: list[torch.Tensor | None], hw: tuple[int, int], dtype: torch.dtype,
@@ -210,7 +276,8 @@ def _check_finite(arr, what: str) -> None:
 
 def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared:
     """Frame of any accepted kind -> [3, H, W] float32 in [0, 1] on ``device`` plus the inverse conversion.
-    Float frames outside [0, 1] raise unless ``clip`` (they are clamped either way)."""
+    Float frames outside [0, 1] by more than RANGE_TOLERANCE (CLIP_TOLERANCE with ``clip``) raise; within
+    it they are clamped."""
     if isinstance(frame, np.ndarray):
         if frame.ndim != 3 or frame.shape[-1] != 3:
             raise ShapeMismatchError(f"numpy frame must be [H, W, 3], got shape {frame.shape}")
@@ -223,8 +290,7 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
 
         elif np.issubdtype(dtype, np.floating):
             _check_finite(frame, "frame")
-            if not clip:
-                _check_range(float(frame.min()), float(frame.max()))
+            _check_range(float(frame.min()), float(frame.max()), clip)
             x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).to(device).permute(2, 0, 1).clamp(0, 1)
 
             def restore(y):
@@ -244,8 +310,7 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
             x = x.to(device).float() / 255.0
         elif dtype.is_floating_point:
             _check_finite(frame, "frame")
-            if not clip:
-                _check_range(float(frame.min()), float(frame.max()))
+            _check_range(float(frame.min()), float(frame.max()), clip)
             x = x.to(device=device, dtype=torch.float32).clamp(0, 1)
         else:
             raise InvalidInputError(f"torch frame dtype must be uint8 or floating in [0, 1], got {dtype}")
@@ -263,9 +328,13 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
     raise InvalidInputError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
 
 
-def _check_range(lo: float, hi: float, tol: float = 1e-3) -> None:
+def _check_range(lo: float, hi: float, clip: bool = False) -> None:
+    tol = CLIP_TOLERANCE if clip else RANGE_TOLERANCE
     if lo < -tol or hi > 1 + tol:
-        raise InvalidInputError(f"float frames must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] (pass uint8 for 0..255)")
+        allowed = (f"clip=True clips overshoots up to {tol:g} outside [0, 1], not further" if clip else
+                   "pass clip=True to clip small renderer overshoots")
+        raise InvalidInputError(f"float frames must be in [0, 1], got values in [{lo:.4g}, {hi:.4g}] ({allowed}; "
+                                "pass uint8 for 0..255 values)")
 
 
 def _check_size(x: torch.Tensor) -> None:

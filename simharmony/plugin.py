@@ -26,10 +26,17 @@ The Harmonizer's streams are named by these ids. A camera's context is reset whe
 changes, after a teleport (the pose moved more than ``teleport_translation_m`` or turned more than
 ``teleport_rotation_deg`` since its previous frame; only when poses are known), after a failed frame,
 when ``enabled`` is toggled, and on :meth:`HarmonizedRenderer.reset`. The cache per camera is bounded by
-the model's K; at most ``max_cameras`` cameras are tracked (least recently used ones are dropped).
+the model's K; at most ``max_cameras`` cameras are tracked (least recently used ones are dropped). A
+Harmonizer the plugin builds itself keeps ``max_cameras`` streams (``Harmonizer(max_streams=)``); a given
+one keeps its own ``max_streams``, and a camera whose context it dropped simply starts afresh.
+
+Float frames: ``clip_input`` (default on) clips a renderer's small overshoot outside [0, 1] (up to
+``simharmony.harmonizer.CLIP_TOLERANCE`` = 0.25); a frame further out - e.g. a float frame holding
+0..255 values - is bad input (InvalidInputError), never clipped to white and returned as enhanced.
 
 Failure policy: errors of the *enhancer* - including bad frames from the callable (wrong shape or dtype,
-NaN, a mapping without ``"rgb"``) - are logged once per camera and error type on the
+NaN, a mapping without ``"rgb"``, float values far outside [0, 1] such as 0..255) and non-finite enhancer
+output (:class:`~simharmony.errors.NonFiniteError`) - are logged once per camera and error type on the
 ``simharmony.plugin`` logger, counted in ``stats()["failures"]``, and the raw frame is returned so the
 simulator keeps running; ``strict=True`` re-raises them instead. Errors raised by the render callable
 itself always propagate unchanged: they are the caller's, and hiding them would hide real bugs.
@@ -90,7 +97,7 @@ class PluginConfig(Config):
     strict: bool = False  # raise enhancer errors instead of logging once and returning the raw frame
     teleport_translation_m: float | None = 5.0  # pose jump that resets context; None = never on translation
     teleport_rotation_deg: float | None = 30.0  # turn that resets context; None = never on rotation
-    clip_input: bool = True  # clip finite float frames slightly outside [0, 1] (3DGS overshoot) before enhancing
+    clip_input: bool = True  # clip float frames up to CLIP_TOLERANCE (0.25) outside [0, 1] (3DGS overshoot); further out fails
     use_mask: bool | None = None  # pass the mask on; None = when the model accepts one
     use_depth: bool | None = None  # pass depth on; None = when the model accepts it
     keep_raw: bool = False  # mapping results also get "rgb_raw"
@@ -238,10 +245,10 @@ def _split(result: Any, keep_raw: bool) -> _Parts:
     )
 
 
-def _as_harmonizer(harmonizer: Harmonizer | Any) -> Harmonizer:
+def _as_harmonizer(harmonizer: Harmonizer | Any, max_streams: int) -> Harmonizer:
     if isinstance(harmonizer, Harmonizer):
         return harmonizer
-    return Harmonizer.from_pretrained(harmonizer)  # a path, "default" or an Enhancer
+    return Harmonizer.from_pretrained(harmonizer, max_streams=max_streams)  # a path, "default" or an Enhancer
 
 
 # ---------------------------------------------------------------------------------------------- plugin
@@ -276,7 +283,7 @@ class HarmonizedRenderer:
             raise ConfigError(f"unknown HarmonizedRenderer options {unknown}; valid: {[f.name for f in fields(PluginConfig)]}")
         self.config = replace(config, **options) if options else config
         self.render_fn = render_fn
-        self.harmonizer = _as_harmonizer(harmonizer)
+        self.harmonizer = _as_harmonizer(harmonizer, self.config.max_cameras)
         self.camera_key = camera_key
         self.pose_fn = pose_fn
         mcfg = self.harmonizer.model.config

@@ -256,7 +256,7 @@ def _colmap_model(tmp_path, cameras="1 PINHOLE 24 16 30 30 12 8\n", images=None)
         (None, "1 1 0 0 0 0 0 0 1 missing.png\n\n", MissingFileError, "missing.png"),
         (None, "1 1 0 0 x 0 0 0 1 a.png\n\n", CorruptFileError, "non-numeric"),
         ("1 PINHOLE 24 16 30 30 12 8\n2 PINHOLE 24 16 31 30 12 8\n",
-         "1 1 0 0 0 0 0 0 1 a.png\n\n2 1 0 0 0 0 0 0 2 a.png\n\n", InvalidCameraError, "share one camera"),
+         "1 1 0 0 0 0 0 0 1 a.png\n\n2 1 0 0 0 0 0 0 2 b.png\n\n", InvalidCameraError, "share one camera"),
     ],
 )
 def test_colmap_bad_input(tmp_path, cameras, images, error, match):

@@ -40,7 +40,7 @@ from simharmony.models.layers import (
     sinusoidal_embedding,
     zero_module,
 )
-from simharmony.utils.config import Config
+from simharmony.utils.config import Config, require_finite_fields
 
 
 def check_output_deadzone(value: float) -> None:
@@ -84,12 +84,16 @@ class EnhancerConfig(Config):
         self.ae_widths = tuple(self.ae_widths)
         self.channels = tuple(self.channels)
         self.temporal_levels = tuple(self.temporal_levels)
+        # every float field (depth_scale, anchor_*, output_deadzone) finite first: NaN passes "<= 0" checks
+        require_finite_fields(self)
         if self.codec_downscale < 1:
             raise ConfigError(f"codec_downscale must be >= 1, got {self.codec_downscale}")
         if self.codec == "autoencoder" and 2 ** len(self.ae_widths) != self.codec_downscale:
             raise ConfigError(f"ae_widths has {len(self.ae_widths)} stages (downscale {2 ** len(self.ae_widths)}) but codec_downscale={self.codec_downscale}")
         if not self.channels or any(c < 1 for c in self.channels):
             raise ConfigError(f"channels must be a non-empty list of positive ints, got {self.channels}")
+        if self.heads < 1:
+            raise ConfigError(f"heads must be >= 1, got {self.heads}")
         if any(c % self.heads for c in self.channels):
             raise ConfigError(f"every entry of channels {self.channels} must be divisible by heads={self.heads}")
         if any(not 0 <= lv < len(self.channels) for lv in self.temporal_levels):

@@ -74,7 +74,7 @@ from simharmony.models.enhancer import (
     register_format,
 )
 from simharmony.models.layers import CausalTemporalAttention, zero_module
-from simharmony.utils.config import Config
+from simharmony.utils.config import Config, require_finite_fields
 from simharmony.utils.io import load_yaml, save_tensors, save_yaml
 
 FORMAT = "simharmony-diffusers-enhancer"
@@ -137,6 +137,7 @@ class DiffusersEnhancerConfig(Config):
     output_deadzone: float = 0.0  # at inference, changes to the input smaller than this are dropped (Enhancer)
 
     def __post_init__(self) -> None:
+        require_finite_fields(self)  # alpha_bar, depth_scale, output_deadzone: NaN passes the range checks below
         check_output_deadzone(self.output_deadzone)
         u = self.unet_config
         for key in ("in_channels", "out_channels", "block_out_channels"):

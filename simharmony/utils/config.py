@@ -83,6 +83,41 @@ def all_finite(*values: Any) -> bool:
     return all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values)
 
 
+def require_finite_fields(config: Any) -> None:
+    """Raise ConfigError naming the first field annotated ``float`` (``float | None``, ``tuple[float, ...]``,
+    ``list[float]``) of the dataclass ``config`` that holds NaN, infinity or a non-number: YAML reads ``.nan``
+    and ``.inf`` as floats, and a NaN passes every ``<`` / ``>`` range check. Call it first in
+    ``__post_init__``; the range checks then only have to be about ranges."""
+    owner = type(config).__name__
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        tp = hints.get(f.name)
+        value = getattr(config, f.name)
+        if _is_float_type(tp):
+            require(value is None and _allows_none(tp) or all_finite(value), owner,
+                    f"{f.name} must be a finite number, got {value!r}")
+        elif _is_float_seq_type(tp) and isinstance(value, (list, tuple)):
+            require(all_finite(*value), owner, f"{f.name} must hold finite numbers, got {value!r}")
+
+
+def _allows_none(tp: Any) -> bool:
+    return typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def _is_float_type(tp: Any) -> bool:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return bool(args) and all(a in (float, int) for a in args) and float in args
+    return tp is float
+
+
+def _is_float_seq_type(tp: Any) -> bool:
+    if typing.get_origin(tp) not in (tuple, list):
+        return False
+    args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+    return bool(args) and all(a is float for a in args)
+
+
 def _to_plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}

@@ -18,8 +18,9 @@ from simharmony.viewer.app import ViewerApp, ViewerConfig, ViewerFrame
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from simharmony.viewer.server import serve
+    from simharmony.viewer.server import check_port, serve
 
+    check_port(args.host, args.port)  # a bad or taken port: a one-line error (exit 2) before loading anything
     model = None if args.model in ("none", "") else args.model
     app = ViewerApp.from_paths(args.scene, None if args.assets in ("none", "") else args.assets, model,
                                config=ViewerConfig(scale=args.scale), device=args.device)
@@ -40,7 +41,7 @@ def add_cli(subparsers: Any) -> None:
                    help="'default' (weights/enhancer; an untrained identity Enhancer with a warning while missing), "
                         "'untrained', 'none', or a folder saved with Enhancer.save_pretrained")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (1..65535, must be free)")
     p.add_argument("--scale", type=float, default=1.0, help="camera resolution factor (demo: 1.0 = 256x144)")
     p.add_argument("--device", default="cpu", help="torch device of the scene and enhancer")
     p.add_argument("--harmonize", action="store_true", help="start with the harmonizer on")

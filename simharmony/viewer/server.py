@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import numbers
+import socket
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from simharmony.errors import BackendUnavailableError, SimHarmonyError
+from simharmony.errors import BackendUnavailableError, InvalidInputError, SimHarmonyError
 from simharmony.viewer.app import ViewerApp, ViewerFrame
 
 log = logging.getLogger("simharmony.viewer")
@@ -49,10 +51,42 @@ def frame_markdown(frame: ViewerFrame, warning: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def check_port(host: str, port: int) -> int:
+    """``port`` as an int if the viewer can listen on ``host:port``, else InvalidInputError saying why.
+
+    The port must be an integer in 1..65535 and free: it is bound once (with SO_REUSEADDR, as the server
+    binds it) and released. viser would otherwise fail in its server thread on an invalid port (a traceback,
+    then a hang) and silently move on to the next port when this one is taken.
+    """
+    if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 1 <= port <= 65535:
+        raise InvalidInputError(f"port must be an integer in 1..65535, got {port!r}")
+    port = int(port)
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise InvalidInputError(f"cannot listen on host {host!r}: {e}") from e
+    for family, kind, proto, _, addr in infos:  # every address, as asyncio's create_server binds them
+        try:
+            s = socket.socket(family, kind, proto)
+        except OSError:  # an address family this machine lacks: the server skips it too
+            continue
+        with s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                raise InvalidInputError(f"cannot listen on {host}:{port} ({e.strerror or e}); is another server "
+                                        "using the port? pick another one (simharmony view --port N)") from e
+    return port
+
+
 class ViewerServer:
     """A viser server showing ``app``; ``url`` to open, :meth:`stop` to shut down.
 
-    host / port: where to listen (port 0 is not supported by viser 0.2.7: pick a free port).
+    host / port: where to listen; the port must be in 1..65535 and free (:func:`check_port`), else
+    InvalidInputError before anything starts (port 0 is not supported by viser 0.2.7: pick a free port).
     """
 
     def __init__(self, app: ViewerApp, host: str = "127.0.0.1", port: int = 8080, verbose: bool = False) -> None:
@@ -62,9 +96,12 @@ class ViewerServer:
             raise BackendUnavailableError(
                 "the viewer needs viser: pip install 'simharmony[viewer]' (or viser==0.2.7 next to nerfstudio)"
             ) from e
+        self.host, self.port = host, check_port(host, port)
         self.app = app
-        self.host, self.port = host, int(port)
         self.server = viser.ViserServer(host=host, port=self.port, verbose=verbose)
+        get_port = getattr(self.server, "get_port", None)
+        if get_port is not None:  # viser moves on to the next port if this one was taken in the meantime
+            self.port = int(get_port())
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._shown_count = 0
@@ -188,4 +225,4 @@ def serve(app: ViewerApp, host: str = "127.0.0.1", port: int = 8080, verbose: bo
         srv.stop()
 
 
-__all__ = ["PANEL_IMAGE_ALT", "ViewerServer", "frame_markdown", "serve"]
+__all__ = ["PANEL_IMAGE_ALT", "ViewerServer", "check_port", "frame_markdown", "serve"]
