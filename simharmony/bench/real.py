@@ -207,7 +207,7 @@ def run_real(methods: list, cfg, out: Path, root: Path | None = None) -> dict[st
                 t = int(np.argmin(p))
                 diff = to_uint8(np.clip(8 * np.abs(o[t] - clip.input[t]), 0, 1))
                 row = side_by_side([to_uint8(clip.input[t]), to_uint8(o[t]), diff],
-                                   [f"{clip.id} t={t} (worst frame)", "ours", "|ours - input| x8"])
+                                   [f"clean {clip.input.shape[2]}x{clip.input.shape[1]}, worst t={t}", "ours", "|ours - input| x8"])
                 sheet.append(cv2.resize(row, (sheet[0].shape[1] if sheet else row.shape[1],
                                               round(row.shape[0] * (sheet[0].shape[1] if sheet else row.shape[1]) / row.shape[1])),
                                         interpolation=cv2.INTER_AREA))
