@@ -43,7 +43,7 @@ def _psnr_np(a: np.ndarray, b: np.ndarray, cap: float) -> float:
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(ConfigError, match="unknown bench preset 'nope'.*full, smoke"):
+    with pytest.raises(ConfigError, match="unknown bench preset 'nope'.*full, real, smoke"):
         get_bench_preset("nope")
     args = _parser().parse_args(["bench", "--preset", "nope"])
     with pytest.raises(ConfigError, match="valid presets"):

@@ -96,7 +96,7 @@ def test_cli_tiny_generate_report_contact_sheet(tmp_path, capsys):
 
 def test_cli_bad_input(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "huge", "--out", str(tmp_path / "x")]) == 2
-    assert "valid presets: default, holdout, recon_extra, relight_street, tiny" in capsys.readouterr().err
+    assert "valid presets: default, holdout, real, recon_extra, relight_street, tiny" in capsys.readouterr().err
     assert main(["data", "generate", "--preset", "tiny", "--out", str(tmp_path / "x"), "--shard", "3/2"]) == 2
     assert "--shard" in capsys.readouterr().err
     assert main(["data", "report", str(tmp_path / "missing")]) == 2
