@@ -11,7 +11,7 @@
   too bright); another dataset seed of the training range. About 9 minutes on 2 cores.
 - ``real``: real-image training items (:mod:`simharmony.data.real`: ISP region mismatch, Poisson blending,
   identity pairs, real video with and without flicker) from the default real corpus, which holds out the
-  Udacity clip's last 60 frames; needs ``../shared/realdata`` and the Debian photo packages. ~4 minutes.
+  Udacity clip's last 60 frames; needs ``../shared/realdata`` and the Debian photo packages. ~1.5 minutes.
 - ``holdout``: >= 100 items per stream at 256x144 from :data:`HOLDOUT_SEED_RANGE`, disjoint from the
   training range, so no holdout street (layout, its objects = the re-insertion assets) and no lighting
   (street lighting and the relighting stream's object lighting seeds) is ever used in training. Another
@@ -155,7 +155,7 @@ def holdout_preset() -> DatasetPreset:
 
 
 # real-image training items (simharmony.data.real): the default corpus (the Udacity clip without its last 60
-# frames, the Debian photographs); about 4 minutes on 2 cores
+# frames, the Debian photographs); about 1.5 minutes on 2 cores
 REAL_COUNTS = {"real_isp": 800, "real_rpb": 300, "real_identity": 400, "real_video": 300}
 
 
