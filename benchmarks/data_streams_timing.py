@@ -32,7 +32,7 @@ def main() -> None:
     for name, cfg in preset.stream_configs().items():
         if args.streams and name not in args.streams:
             continue
-        from simharmony.data.streams import STREAMS
+        from simharmony.data.registry import STREAMS
 
         times = []
         for r in range(args.repeats):

@@ -45,8 +45,8 @@ import torch
 
 from simharmony import metrics as M
 from simharmony.bench.config import get_bench_preset
-from simharmony.bench.methods import Method, baseline_method, harmonizer_method
-from simharmony.bench.runner import clip_metrics, run_method
+from simharmony.bench.methods import Method, baseline_method, harmonizer_method, run_method
+from simharmony.bench.runner import clip_metrics
 from simharmony.bench.scenarios import Clip, cut_clips, flicker_clips, holdout_clips, scene_clips
 from simharmony.bench.stats import paired_difference
 from simharmony.data.shards import ShardDataset

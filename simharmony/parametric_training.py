@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
 from simharmony.data.shards import batch_model_mask
-from simharmony.data.streams import stream_names
+from simharmony.data.registry import stream_names
 from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError
 from simharmony.models.parametric import ParametricConfig, ParametricHarmonizer, load_state_checked
 from simharmony.training.checkpoint import truncate_metrics

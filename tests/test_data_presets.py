@@ -8,8 +8,9 @@ import pytest
 
 from simharmony.cli import main
 from simharmony.data.presets import HOLDOUT_SEED_RANGE, PRESETS, TRAIN_SEED_RANGE, DatasetPreset, get_preset
+from simharmony.data.registry import STREAMS, SYNTHETIC_STREAMS
 from simharmony.data.shards import ShardDataset, stream_seconds
-from simharmony.data.streams import STREAMS, SYNTHETIC_STREAMS, IspStreamConfig, tiny_scene
+from simharmony.data.streams import IspStreamConfig, tiny_scene
 from simharmony.errors import ConfigError
 
 

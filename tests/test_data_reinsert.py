@@ -8,7 +8,8 @@ import pytest
 
 from simharmony.data.item import PairItem
 from simharmony.data.recon_streams import ReinsertStreamConfig, resolve_cache_dir
-from simharmony.data.streams import STREAMS, psnr_in_mask, render_scene, tiny_configs, tiny_scene
+from simharmony.data.registry import STREAMS, tiny_configs
+from simharmony.data.streams import psnr_in_mask, render_scene, tiny_scene
 from simharmony.errors import ConfigError
 
 N = 3

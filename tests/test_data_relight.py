@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from simharmony.data.item import PairItem
-from simharmony.data.streams import STREAMS, RelightStreamConfig, coverage_mask, psnr_in_mask, tiny_configs
+from simharmony.data.registry import STREAMS, tiny_configs
+from simharmony.data.streams import RelightStreamConfig, coverage_mask, psnr_in_mask
 from simharmony.errors import ConfigError
 
 N = 3

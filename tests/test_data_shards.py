@@ -8,7 +8,7 @@ import pytest
 
 from simharmony.data import shards as S
 from simharmony.data.item import PairItem
-from simharmony.data.streams import STREAMS, tiny_configs
+from simharmony.data.registry import STREAMS, tiny_configs
 from simharmony.errors import (
     ConfigError,
     CorruptFileError,

@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 
 from simharmony.data.item import PairItem
+from simharmony.data.registry import STREAMS, tiny_configs
 from simharmony.data.streams import (
-    STREAMS,
     RpbStreamConfig,
     format_report,
     poisson_blend_foreground,
     psnr_in_mask,
     stream_report,
-    tiny_configs,
 )
 from simharmony.errors import ConfigError, InvalidInputError
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from simharmony.data.flicker import FlickerConfig
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
-from simharmony.data.streams import stream_names
+from simharmony.data.registry import stream_names
 from simharmony.errors import ConfigError
 from simharmony.paths import DEMO_SCENE_DIR
 from simharmony.utils.config import Config, all_finite, require

@@ -22,6 +22,7 @@ Methods (names as in the report):
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,5 +218,17 @@ def parametric_method(folder: str, device: str) -> Method | Unavailable:
     return method
 
 
+def run_method(method: Method, clip) -> tuple[np.ndarray, float]:
+    """Run ``method`` over a :class:`~simharmony.bench.scenarios.Clip`'s frames from a fresh state -> (outputs [T, H, W, 3] float32, ms per frame)."""
+    method.reset()
+    outs = []
+    t0 = time.perf_counter()
+    for t in range(clip.num_frames):
+        mask = None if clip.model_mask is None else clip.model_mask[t]
+        depth = None if clip.depth is None else clip.depth[t]
+        outs.append(method(clip.input[t], mask, depth))
+    return np.stack(outs), (time.perf_counter() - t0) * 1e3 / clip.num_frames
+
+
 __all__ = ["Method", "ModelInfo", "Unavailable", "baseline_method", "harmonizer_method", "load_harmonizer",
-           "parametric_method", "resolve_ours"]
+           "parametric_method", "resolve_ours", "run_method"]

@@ -156,7 +156,7 @@ def run_real(methods: list, cfg, out: Path, root: Path | None = None) -> dict[st
     """Run every method on the real scenarios; writes ``real_contact_sheet.png`` and ``real_tsai.png`` into
     ``out``. Returns {scenario: {"available": bool, "reason"?, "methods": {name: figures}, ...}}."""
     from simharmony import metrics as M
-    from simharmony.bench.runner import run_method
+    from simharmony.bench.methods import run_method
     from simharmony.data.real import realdata_dir
     from simharmony.visualize import contact_sheet, save_png, side_by_side, to_uint8
 

@@ -532,8 +532,6 @@ def write_plots(results: dict, out: Path) -> dict[str, Any]:
 
 def write_report(results: dict, media, out: str | Path, cfg: BenchConfig) -> dict[str, Any]:
     """Write every file of the report folder ``out``; returns {kind: relative path(s)} (also in results.json)."""
-    from simharmony.bench.runner import finite_or_none
-
     out = ensure_writable_dir(out)
     files: dict[str, Any] = {}
     files.update(write_media(media, out, cfg))
@@ -547,4 +545,20 @@ def write_report(results: dict, media, out: str | Path, cfg: BenchConfig) -> dic
     return files
 
 
-__all__ = ["bar_chart", "render_markdown", "write_media", "write_plots", "write_report"]
+def finite_or_none(x: Any) -> Any:
+    """JSON-safe numbers: NaN -> None, +-inf -> "inf" / "-inf" (strict JSON has neither)."""
+    if isinstance(x, float):
+        if math.isnan(x):
+            return None
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+    if isinstance(x, dict):
+        return {str(k): finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [finite_or_none(v) for v in x]
+    if isinstance(x, np.generic):
+        return finite_or_none(x.item())
+    return x
+
+
+__all__ = ["bar_chart", "finite_or_none", "render_markdown", "write_media", "write_plots", "write_report"]

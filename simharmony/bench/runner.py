@@ -18,7 +18,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -42,8 +41,10 @@ from simharmony.bench.methods import (
     load_harmonizer,
     parametric_method,
     resolve_ours,
+    run_method,
 )
 from simharmony.bench.real import run_real
+from simharmony.bench.report import finite_or_none, write_report
 from simharmony.bench.scenarios import Clip, cut_clips, flicker_clips, holdout_clips, make_smoke_holdout, scene_clips
 from simharmony.bench.stats import CLASSICAL, INPUT, quality_bar, worst_clips
 from simharmony.errors import ConfigError, MissingFileError
@@ -166,18 +167,6 @@ def temporal_metrics(frames: np.ndarray, clip: Clip) -> dict[str, float]:
     if clip.flow is not None:
         res["warping_error"] = float(M.warping_error(frames, clip.flow, clip.flow_valid, empty="nan"))
     return res
-
-
-def run_method(method: Method, clip: Clip) -> tuple[np.ndarray, float]:
-    """Run ``method`` over the clip's frames from a fresh state -> (outputs [T, H, W, 3] float32, ms per frame)."""
-    method.reset()
-    outs = []
-    t0 = time.perf_counter()
-    for t in range(clip.num_frames):
-        mask = None if clip.model_mask is None else clip.model_mask[t]
-        depth = None if clip.depth is None else clip.depth[t]
-        outs.append(method(clip.input[t], mask, depth))
-    return np.stack(outs), (time.perf_counter() - t0) * 1e3 / clip.num_frames
 
 
 # --------------------------------------------------------------------------------------------------
@@ -391,8 +380,6 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     import cv2
     import torch
 
-    from simharmony.bench.report import write_report
-
     started = time.perf_counter()
     out = Path(out_dir) if out_dir is not None else Path("outputs") / "bench" / cfg.preset
     default_threads = torch.get_num_threads()
@@ -514,22 +501,6 @@ def _run_real_only(cfg: BenchConfig, out: Path, extra_methods: dict[str, Method]
     write_text_atomic(out / "results.json", json.dumps(finite_or_none(results), indent=1, allow_nan=False))
     write_text_atomic(out / "report.md", "\n".join(head + real_markdown(real, labels)))
     return results
-
-
-def finite_or_none(x: Any) -> Any:
-    """JSON-safe numbers: NaN -> None, +-inf -> "inf" / "-inf" (strict JSON has neither)."""
-    if isinstance(x, float):
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-    if isinstance(x, dict):
-        return {str(k): finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [finite_or_none(v) for v in x]
-    if isinstance(x, np.generic):
-        return finite_or_none(x.item())
-    return x
 
 
 __all__ = ["Media", "build_methods", "clip_metrics", "evaluate", "finite_or_none", "measure_speed", "run_bench",

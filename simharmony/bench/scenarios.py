@@ -89,8 +89,9 @@ def make_smoke_holdout(cfg: BenchConfig) -> Path:
     ``cfg.smoke_items_per_stream`` items of each of ``cfg.smoke_streams`` from the tiny stream configs
     (48x32 tiny streets) with ``cfg.smoke_seq_len``-frame sequences, half of the items sequences on average.
     """
+    from simharmony.data.registry import tiny_configs
     from simharmony.data.shards import generate_dataset
-    from simharmony.data.streams import ITEMS_REVISION, tiny_configs
+    from simharmony.data.streams import ITEMS_REVISION
 
     cache = Path(cfg.cache_dir)
     base = tiny_configs(str(cache / "recon"))

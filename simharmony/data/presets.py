@@ -31,7 +31,8 @@ from typing import Any
 
 from simharmony.data.real import REAL_STREAMS, RealCorpus, RealSource
 from simharmony.data.recon_streams import default_recon
-from simharmony.data.streams import _SEED_MAX, STREAMS, SYNTHETIC_STREAMS, SceneSource, tiny_configs
+from simharmony.data.registry import STREAMS, SYNTHETIC_STREAMS, tiny_configs
+from simharmony.data.streams import _SEED_MAX, SceneSource
 from simharmony.errors import ConfigError
 from simharmony.utils.config import Config
 from simharmony.utils.io import PathLike

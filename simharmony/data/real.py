@@ -50,6 +50,7 @@ import numpy as np
 from simharmony.data.flicker import FlickerConfig, apply_flicker, flicker_gains
 from simharmony.data.isp import IspRanges, apply_isp, sample_isp_params
 from simharmony.data.item import PairItem
+from simharmony.data.streams import _box, poisson_blend_foreground, soft_mask
 from simharmony.errors import ConfigError, FileFormatError, InvalidInputError, MissingFileError
 from simharmony.utils.config import Config, all_finite, require
 
@@ -305,8 +306,6 @@ def object_mask(rng: np.random.Generator, height: int, width: int, area: tuple[f
     """A soft mask [H, W] float32 in [0, 1] shaped like an inserted object: an organic blob (smooth noise
     thresholded inside an ellipse) or a vehicle-like rounded box standing on a random ground line, covering
     a fraction ``area`` of the image, with a soft edge of Gaussian ``sigma`` pixels (interior exactly 1)."""
-    from simharmony.data.streams import soft_mask
-
     target_area = float(rng.uniform(*area)) * height * width
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     if rng.uniform() < 0.5:  # organic blob
@@ -562,8 +561,6 @@ def generate_real_isp(config: RealIspStreamConfig | None = None, seed: int = 0, 
 
 def generate_real_rpb(config: RealRpbStreamConfig | None = None, seed: int = 0, count: int | None = None) -> Iterator[PairItem]:
     """``real_rpb`` items (module docstring), deterministic in ``seed``; endless if ``count`` is None."""
-    from simharmony.data.streams import _box, poisson_blend_foreground
-
     cfg = config or RealRpbStreamConfig()
     rng = _start(seed, count)
     views = _Sampler(cfg, rng)

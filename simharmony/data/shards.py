@@ -262,7 +262,7 @@ def generate_dataset(
     made with another seed, shard size, counts or configs raises ConfigError. Returns the dataset record
     (dataset.yaml contents).
     """
-    from simharmony.data.streams import STREAMS
+    from simharmony.data.registry import STREAMS
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed={seed!r} must be an integer >= 0")
@@ -338,7 +338,7 @@ def stream_seconds(out_dir: PathLike) -> dict[str, dict[str, float]]:
 
 def _generate_chunk(plan: ShardPlan, cfg: Config, seed: int, shard_dir: Path, on_item: Callable[[int], Any]) -> None:
     """Generate one chunk and write it as a shard, with its generation time beside it."""
-    from simharmony.data.streams import STREAMS
+    from simharmony.data.registry import STREAMS
 
     started = time.perf_counter()
     gen = STREAMS[plan.stream][1](cfg, chunk_seed(seed, plan.stream, plan.chunk), plan.count)

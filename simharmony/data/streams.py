@@ -1,10 +1,11 @@
 """Paired data streams (DESIGN.md section 5): ISP modification, PBR shadows, Random Poisson Blending,
 relighting (the reconstruction streams ``reinsert`` and ``novel_view`` are in
-:mod:`simharmony.data.recon_streams` and registered in :data:`STREAMS` at the end of this module).
+:mod:`simharmony.data.recon_streams`; every stream, the real ones of :mod:`simharmony.data.real` included,
+is registered in :data:`simharmony.data.registry.STREAMS`).
 
 Each stream has a ``@dataclass`` Config with documented ranges and a generator
 ``generate_<stream>(config, seed, count=None) -> Iterator[PairItem]`` that is deterministic in ``seed``
-(``count=None`` = endless; use ``count`` or ``itertools.islice``). :data:`STREAMS` maps stream names to
+(``count=None`` = endless; use ``count`` or ``itertools.islice``). ``registry.STREAMS`` maps stream names to
 ``(ConfigClass, generator)``. Every stream renders procedural streets with Mitsuba
 (:func:`scene_tools.pbr.render_street`) under random daylight (:func:`scene_tools.street.random_lighting`),
 one T-frame ego sequence per scene (T = ``seq_len``), and makes ``items_per_scene`` items from it: each an
@@ -50,7 +51,7 @@ import numpy as np
 from simharmony.data.isp import IspRanges, apply_isp, sample_isp_params
 from simharmony.data.item import PairItem
 from simharmony.errors import ConfigError, InvalidInputError
-from simharmony.utils.config import Config, require
+from simharmony.utils.config import Config
 
 _SEED_MAX = 2**31 - 1
 
@@ -649,7 +650,7 @@ def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, c
 
 
 # --------------------------------------------------------------------------------------------------
-# Registry and report
+# Report
 # --------------------------------------------------------------------------------------------------
 
 # Bumped when a stream's items change for the same config and seed (2: shadow items carry asset_mask; 3:
@@ -657,55 +658,6 @@ def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, c
 # background is reconstructed without the object, so its shadow is missing from the input), so caches of
 # generated items (the bench's smoke holdout) are made anew.
 ITEMS_REVISION = 4
-STREAMS: dict[str, tuple[type, Callable[..., Iterator[PairItem]]]] = {
-    "isp": (IspStreamConfig, generate_isp),
-    "shadow": (ShadowStreamConfig, generate_shadow),
-    "rpb": (RpbStreamConfig, generate_rpb),
-    "relight": (RelightStreamConfig, generate_relight),
-}
-
-
-def tiny_configs(cache_dir: str = "") -> dict[str, Config]:
-    """Per-stream configs on 48x32 tiny streets (3 frames per sequence): for tests. ``cache_dir``: where the
-    reconstruction streams cache their reconstructions ("" = their default)."""
-    from simharmony.data.recon_streams import tiny_recon_configs
-
-    common = {"scene": tiny_scene(), "seq_len": 3, "min_object_pixels": 12, "sequence_prob": 0.3}
-    return {
-        "isp": IspStreamConfig(**common),
-        "shadow": ShadowStreamConfig(**common, shadow_min_pixels=2),
-        "rpb": RpbStreamConfig(**common),
-        "relight": RelightStreamConfig(**common),
-        **tiny_recon_configs(cache_dir),
-    }
-
-
-# The reconstruction-based streams live in their own module (they import this one); register them here so
-# STREAMS lists every stream. The package __init__ imports this module first, so the cycle resolves.
-from simharmony.data.recon_streams import (
-    NovelViewStreamConfig,
-    ReinsertStreamConfig,
-    generate_novel_view,
-    generate_reinsert,
-)
-
-from simharmony.data.real import REAL_STREAMS  # noqa: E402
-
-STREAMS["reinsert"] = (ReinsertStreamConfig, generate_reinsert)
-STREAMS["novel_view"] = (NovelViewStreamConfig, generate_novel_view)
-# the streams rendered from procedural streets (the holdout and tiny presets cover these), then the real ones
-SYNTHETIC_STREAMS: tuple[str, ...] = tuple(STREAMS)
-STREAMS.update(REAL_STREAMS)
-
-
-def stream_names(value: str | Iterable[str], owner: str, field_name: str) -> tuple[str, ...]:
-    """A config field that names streams (one name or several) as a tuple; ConfigError naming unknown ones."""
-    names = (value,) if isinstance(value, str) else tuple(value)
-    unknown = sorted(set(names) - set(STREAMS))
-    require(not unknown, owner, f"{field_name} names unknown streams {unknown}; valid: {sorted(STREAMS)}")
-    return names
-
-
 def psnr_in_mask(inp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
     """PSNR (dB) of ``inp`` vs ``target`` [..., H, W, 3] inside ``mask`` [..., H, W], pooled over all frames:
     :func:`simharmony.metrics.fpsnr` of the frames stacked into one image; inf if identical inside the

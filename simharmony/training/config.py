@@ -21,7 +21,7 @@ from typing import Literal
 from simharmony.data.flicker import FlickerConfig
 from simharmony.data.item import TARGET_DERIVED_MASK_STREAMS
 from simharmony.data.real import DEPTHLESS_STREAMS
-from simharmony.data.streams import stream_names
+from simharmony.data.registry import stream_names
 from simharmony.errors import ConfigError
 from simharmony.models.backbone import EnhancerConfig
 from simharmony.training.losses import PAPER_PATCH_RANGE
