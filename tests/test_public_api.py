@@ -33,3 +33,33 @@ def test_unknown_attribute_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'Harmoniser'"):
         simharmony.Harmoniser  # noqa: B018
+
+
+def test_no_import_cycles_at_module_level():
+    """Data flows one way: no simharmony module imports (at top level) one that imports it back."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    graph: dict[str, set[str]] = {}
+    for path in (root / "simharmony").rglob("*.py"):
+        mod = ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        deps = set()
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("simharmony"):
+                deps.add(node.module)
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("simharmony")}
+        graph[mod] = deps
+    done: set[str] = set()
+
+    def visit(mod: str, stack: tuple[str, ...]) -> None:
+        assert mod not in stack, f"import cycle: {' -> '.join(stack[stack.index(mod):] + (mod,))}"
+        if mod in done:
+            return
+        for dep in graph.get(mod, ()):
+            visit(dep, stack + (mod,))
+        done.add(mod)
+
+    for mod in graph:
+        visit(mod, ())
