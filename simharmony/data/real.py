@@ -61,7 +61,6 @@ EVAL_ONLY_NAMES = ("ddad_test_scene", "real_composites_tsai", "real_object_masks
 UDACITY_FRAMES = 221
 UDACITY_HOLDOUT_FRAMES = 60  # the last 60 frames of the clip: the clean-real-video holdout
 MAX_SOURCE_SIDE = 1920  # sources are downscaled to this on load (a 4K wallpaper costs 12x the decode otherwise)
-_SEED_MAX = 2**31 - 1
 
 
 def realdata_dir() -> Path:
