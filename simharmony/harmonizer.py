@@ -30,6 +30,7 @@ updated by that call.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Hashable, Mapping
@@ -289,8 +290,7 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
                 return (y * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
         elif np.issubdtype(dtype, np.floating):
-            _check_finite(frame, "frame")
-            _check_range(float(frame.min()), float(frame.max()), clip)
+            _check_float_frame(frame, clip)
             x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).to(device).permute(2, 0, 1).clamp(0, 1)
 
             def restore(y):
@@ -309,8 +309,7 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
         if dtype == torch.uint8:
             x = x.to(device).float() / 255.0
         elif dtype.is_floating_point:
-            _check_finite(frame, "frame")
-            _check_range(float(frame.min()), float(frame.max()), clip)
+            _check_float_frame(frame, clip)
             x = x.to(device=device, dtype=torch.float32).clamp(0, 1)
         else:
             raise InvalidInputError(f"torch frame dtype must be uint8 or floating in [0, 1], got {dtype}")
@@ -326,6 +325,15 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
         _check_size(x)
         return _Prepared(x.contiguous(), restore)
     raise InvalidInputError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
+
+
+def _check_float_frame(frame, clip: bool) -> None:
+    """A float frame must be finite and (within tolerance) in [0, 1]; one min and one max pass, since a NaN or
+    an infinity shows in them (this runs on every frame of the render hook)."""
+    lo, hi = float(frame.min()), float(frame.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise NonFiniteError("frame contains NaN or infinite values")
+    _check_range(lo, hi, clip)
 
 
 def _check_range(lo: float, hi: float, clip: bool = False) -> None:

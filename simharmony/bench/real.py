@@ -39,21 +39,6 @@ CLEAN_SIZES = ((512, 288, 60), (1024, 576, 20))  # (W, H, frames) of the clean-v
 TSAI_WIDTH = 512
 
 
-def _isp_composite(photo: np.ndarray, mask: np.ndarray, rng: np.random.Generator, min_change: float = 0.02) -> tuple[np.ndarray, dict]:
-    """``photo`` [H, W, 3] in [0, 1] with a random ISP inside the soft ``mask`` [H, W]: (composite, params)."""
-    from simharmony.data.isp import apply_isp, sample_isp_params
-    from simharmony.data.real import srgb_eotf
-
-    linear = srgb_eotf(photo)
-    for _attempt in range(8):
-        params = sample_isp_params(rng)
-        comp = mask[..., None] * apply_isp(linear, params) + (1 - mask[..., None]) * photo
-        change = float((np.abs(comp - photo).mean(-1) * mask).sum() / max(float(mask.sum()), 1e-6))
-        if change >= min_change:
-            break
-    return np.clip(comp, 0, 1).astype(np.float32), params.to_dict()
-
-
 def _read_rgb(path: Path) -> np.ndarray:
     from simharmony.data.real import read_image
 
@@ -75,7 +60,7 @@ def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
 
 def composite_clips(root: Path) -> tuple[list[Clip], list[str]]:
     """The ``real_composites`` clips (module docstring) and the reasons for sources that are missing."""
-    from simharmony.data.real import UDACITY_FRAMES, UDACITY_HOLDOUT_FRAMES, object_mask
+    from simharmony.data.real import UDACITY_FRAMES, UDACITY_HOLDOUT_FRAMES, isp_region_mismatch, object_mask
     from simharmony.data.streams import soft_mask
 
     clips, missing = [], []
@@ -91,7 +76,7 @@ def composite_clips(root: Path) -> tuple[list[Clip], list[str]]:
             missing.append(f"{mask_file}: missing")
             continue
         mask = soft_mask(_read_mask(mask_file, photo.shape[:2]), 1.0)
-        comp, _ = _isp_composite(photo, mask, rng)
+        comp, _, _ = isp_region_mismatch(photo, mask, rng)
         clips.append(Clip(id=f"objects/{p.stem}", group="real_composites", input=comp[None], target=photo[None],
                           mask=mask[None], model_mask=mask[None]))
     frames_dir = root / "udacity_highway" / "frames"
@@ -102,7 +87,7 @@ def composite_clips(root: Path) -> tuple[list[Clip], list[str]]:
         rng = np.random.default_rng([COMPOSITE_SEED, 1, i])
         photo = cv2.resize(_read_rgb(p), (512, 288), interpolation=cv2.INTER_AREA)
         mask = object_mask(rng, 288, 512, area=(0.03, 0.2))
-        comp, _ = _isp_composite(photo, mask, rng)
+        comp, _, _ = isp_region_mismatch(photo, mask, rng)
         clips.append(Clip(id=f"driving/{p.stem}", group="real_composites", input=comp[None], target=photo[None],
                           mask=mask[None], model_mask=mask[None]))
     return clips, missing
@@ -206,11 +191,9 @@ def run_real(methods: list, cfg, out: Path, root: Path | None = None) -> dict[st
             if m is ours:
                 t = int(np.argmin(p))
                 diff = to_uint8(np.clip(8 * np.abs(o[t] - clip.input[t]), 0, 1))
-                row = side_by_side([to_uint8(clip.input[t]), to_uint8(o[t]), diff],
-                                   [f"clean {clip.input.shape[2]}x{clip.input.shape[1]}, worst t={t}", "ours", "|ours - input| x8"])
-                sheet.append(cv2.resize(row, (sheet[0].shape[1] if sheet else row.shape[1],
-                                              round(row.shape[0] * (sheet[0].shape[1] if sheet else row.shape[1]) / row.shape[1])),
-                                        interpolation=cv2.INTER_AREA))
+                sheet.append(side_by_side([to_uint8(clip.input[t]), to_uint8(o[t]), diff],
+                                          [f"clean {clip.input.shape[2]}x{clip.input.shape[1]}, worst t={t}", "ours",
+                                           "|ours - input| x8"]))
         results[clip.group] = {"available": True, "frames": clip.num_frames, "input": ref, "methods": res}
     if not clips:
         for w, _, _ in CLEAN_SIZES:
@@ -224,18 +207,20 @@ def run_real(methods: list, cfg, out: Path, root: Path | None = None) -> dict[st
             outs = [run_method(m, clip)[0][0] for m in show]
             panels = [to_uint8(clip.input[0])] + [to_uint8(o) for o in outs] + [to_uint8(np.repeat(clip.mask[0][..., None], 3, -1))]
             rows.append(side_by_side(panels, [clip.id] + [m.name for m in show] + ["mask"]))
-        width = max(r.shape[1] for r in rows)
-        rows = [cv2.resize(r, (width, round(r.shape[0] * width / r.shape[1])), interpolation=cv2.INTER_AREA) for r in rows]
-        save_png(out / "real_tsai.png", contact_sheet(rows, max_rows=len(rows)))
+        save_png(out / "real_tsai.png", contact_sheet(_same_width(rows), max_rows=len(rows)))
         results["real_composites_tsai"] = {"available": True, "clips": len(clips), "missing": missing, "file": "real_tsai.png"}
     else:
         results["real_composites_tsai"] = {"available": False, "reason": "; ".join(missing)}
     if sheet:
-        width = max(r.shape[1] for r in sheet)
-        sheet = [cv2.resize(r, (width, round(r.shape[0] * width / r.shape[1])), interpolation=cv2.INTER_AREA) for r in sheet]
-        save_png(out / "real_contact_sheet.png", contact_sheet(sheet, max_rows=len(sheet)))
+        save_png(out / "real_contact_sheet.png", contact_sheet(_same_width(sheet), max_rows=len(sheet)))
     results["bars"] = real_bars(results)
     return results
+
+
+def _same_width(rows: list[np.ndarray]) -> list[np.ndarray]:
+    """Picture rows of different widths scaled (aspect kept) to the widest one, so they stack."""
+    width = max(r.shape[1] for r in rows)
+    return [cv2.resize(r, (width, round(r.shape[0] * width / r.shape[1])), interpolation=cv2.INTER_AREA) for r in rows]
 
 
 def real_bars(results: dict[str, Any], method: str = "ours") -> dict[str, Any]:

@@ -111,7 +111,8 @@ class DatasetPreset(Config):
             names = {f.name for f in dataclasses.fields(cls)}
             if name in REAL_STREAMS:  # real images: sized like the streets, no street settings
                 kw = {"width": self.scene.width, "height": self.scene.height, "corpus": RealCorpus(sources=list(self.real_sources))}
-                kw.update({"seq_len": self.seq_len} if "seq_len" in names else {})
+                if "seq_len" in names:
+                    kw["seq_len"] = self.seq_len
             else:
                 kw = {"scene": self.scene, "seq_len": self.seq_len, "sequence_prob": self.sequence_prob}
             if "recon" in names:

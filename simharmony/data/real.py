@@ -48,7 +48,7 @@ import cv2
 import numpy as np
 
 from simharmony.data.flicker import FlickerConfig, apply_flicker, flicker_gains
-from simharmony.data.isp import IspRanges, apply_isp, sample_isp_params
+from simharmony.data.isp import IspParams, IspRanges, apply_isp, sample_isp_params
 from simharmony.data.item import PairItem
 from simharmony.data.streams import _box, poisson_blend_foreground, soft_mask
 from simharmony.errors import ConfigError, FileFormatError, InvalidInputError, MissingFileError
@@ -210,10 +210,15 @@ def read_image(path: str | Path, max_side: int = MAX_SOURCE_SIDE) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     else:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(_fit_max_side(img, max_side))
+
+
+def _fit_max_side(img: np.ndarray, max_side: int) -> np.ndarray:
+    """``img`` downscaled (area) so its longer side is at most ``max_side``; unchanged if it already is."""
     scale = max_side / max(img.shape[:2])
-    if scale < 1:
-        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    return np.ascontiguousarray(img)
+    if scale >= 1:
+        return img
+    return cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
 
 
 def read_video(path: str | Path, start: int = 0, stop: int = 0, max_side: int = MAX_SOURCE_SIDE) -> list[np.ndarray]:
@@ -232,11 +237,7 @@ def read_video(path: str | Path, start: int = 0, stop: int = 0, max_side: int = 
             if not ok:
                 break
             if i >= start:
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                scale = max_side / max(rgb.shape[:2])
-                if scale < 1:
-                    rgb = cv2.resize(rgb, (round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-                frames.append(rgb)
+                frames.append(_fit_max_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side))
             i += 1
     finally:
         cap.release()
@@ -265,10 +266,9 @@ def _load_source_cached(path: str, kind: str, start: int, stop: int) -> tuple[tu
     return tuple(f.name for f in files), tuple(frames)
 
 
-def load_source(source: RealSource) -> tuple[list[str], list[np.ndarray]]:
-    """(frame names, frames [H, W, 3] uint8 RGB) of a source, cached per process."""
-    names, frames = _load_source_cached(source.path, source.resolved_kind, source.start, source.stop)
-    return list(names), list(frames)
+def load_source(source: RealSource) -> tuple[tuple[str, ...], tuple[np.ndarray, ...]]:
+    """(frame names, frames [H, W, 3] uint8 RGB) of a source, cached per process (do not modify the frames)."""
+    return _load_source_cached(source.path, source.resolved_kind, source.start, source.stop)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -539,6 +539,22 @@ def _mask_change(inp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float
     return float((np.abs(inp - target).mean(-1) * mask).sum() / max(float(mask.sum()), 1e-6))
 
 
+def isp_region_mismatch(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                        ranges: IspRanges | None = None, min_change: float = 0.02) -> tuple[np.ndarray, IspParams, float]:
+    """``image`` [H, W, 3] in [0, 1] (display sRGB) re-rendered through a random ISP (``ranges``) in linear
+    light and blended back inside the soft ``mask`` [H, W]; parameters are redrawn (up to 8 times) until the
+    mean absolute change inside the mask is at least ``min_change``. Returns (composite clipped to [0, 1],
+    the ISP parameters, that change)."""
+    linear = srgb_eotf(image)
+    for _attempt in range(8):
+        params = sample_isp_params(rng, ranges)
+        comp = mask[..., None] * apply_isp(linear, params) + (1 - mask[..., None]) * image
+        change = _mask_change(comp, image, mask)
+        if change >= min_change:
+            break
+    return np.clip(comp, 0, 1).astype(np.float32), params, change
+
+
 def generate_real_isp(config: RealIspStreamConfig | None = None, seed: int = 0, count: int | None = None) -> Iterator[PairItem]:
     """``real_isp`` items (module docstring), deterministic in ``seed``; endless if ``count`` is None."""
     cfg = config or RealIspStreamConfig()
@@ -547,13 +563,7 @@ def generate_real_isp(config: RealIspStreamConfig | None = None, seed: int = 0, 
     for index in _counter(count):
         target, prov = views.view()
         mask = object_mask(rng, cfg.height, cfg.width, cfg.mask_area, cfg.mask_sigma)
-        linear = srgb_eotf(target)
-        for _attempt in range(8):
-            params = sample_isp_params(rng, cfg.isp)
-            inp = mask[..., None] * apply_isp(linear, params) + (1 - mask[..., None]) * target
-            change = _mask_change(inp, target, mask)
-            if change >= cfg.min_change:
-                break
+        inp, params, change = isp_region_mismatch(target, mask, rng, cfg.isp, cfg.min_change)
         yield _item("real_isp", seed, index, inp[None], target[None], mask[None], prov,
                     {"isp": params.to_dict(), "mean_abs_change_in_mask": round(change, 6)})
 
@@ -632,5 +642,5 @@ __all__ = [
     "DEPTHLESS_STREAMS", "EVAL_ONLY_NAMES", "REAL_STREAMS", "RealCorpus", "RealIdentityStreamConfig",
     "RealIspStreamConfig", "RealRpbStreamConfig", "RealSource", "RealVideoStreamConfig", "default_corpus",
     "dis_flow", "generate_real_identity", "generate_real_isp", "generate_real_rpb", "generate_real_video",
-    "load_source", "object_mask", "read_image", "read_video", "realdata_dir", "srgb_eotf", "udacity_holdout_source",
+    "isp_region_mismatch", "load_source", "object_mask", "read_image", "read_video", "realdata_dir", "srgb_eotf", "udacity_holdout_source",
 ]
