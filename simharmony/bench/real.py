@@ -137,15 +137,18 @@ def _per_frame_psnr(out: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return np.minimum(np.asarray(M.psnr(out, ref, reduction="none"), np.float64), 100.0)
 
 
-def run_real(methods: list, cfg, out: Path, root: Path | None = None) -> dict[str, Any]:
-    """Run every method on the real scenarios; writes ``real_contact_sheet.png`` and ``real_tsai.png`` into
-    ``out``. Returns {scenario: {"available": bool, "reason"?, "methods": {name: figures}, ...}}."""
+def run_real(methods: list, real_dir: str | Path, out: Path) -> dict[str, Any]:
+    """Run every method on the real scenarios read from ``real_dir`` ("" = :func:`~simharmony.data.real.realdata_dir`);
+    writes ``real_contact_sheet.png`` and ``real_tsai.png`` into ``out`` (created if missing). Returns
+    {scenario: {"available": bool, "reason"?, "methods": {name: figures}, ...}}."""
     from simharmony import metrics as M
     from simharmony.bench.methods import run_method
     from simharmony.data.real import realdata_dir
+    from simharmony.utils.io import ensure_writable_dir
     from simharmony.visualize import contact_sheet, save_png, side_by_side, to_uint8
 
-    root = Path(root) if root is not None else realdata_dir()
+    root = Path(real_dir) if real_dir else realdata_dir()
+    out = ensure_writable_dir(out)
     names = [m.name for m in methods]
     results: dict[str, Any] = {}
     ours = next((m for m in methods if m.name == "ours"), None)

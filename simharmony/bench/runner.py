@@ -49,7 +49,6 @@ from simharmony.bench.scenarios import Clip, cut_clips, flicker_clips, holdout_c
 from simharmony.bench.stats import CLASSICAL, INPUT, quality_bar, worst_clips
 from simharmony.errors import ConfigError, MissingFileError
 from simharmony.paths import REPO_ROOT
-from simharmony.utils.io import ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -439,7 +438,7 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     real = {}
     if cfg.real:
         t0 = time.perf_counter()
-        real = run_real(methods, cfg, ensure_writable_dir(out), Path(cfg.real_dir) if cfg.real_dir else None)
+        real = run_real(methods, cfg.real_dir, out)
         timings["real_s"] = time.perf_counter() - t0
 
     unavailable_metrics = {
@@ -482,8 +481,7 @@ def _run_real_only(cfg: BenchConfig, out: Path, extra_methods: dict[str, Method]
     from simharmony.utils.io import write_text_atomic
 
     methods, missing, model_info = build_methods(cfg, extra_methods)
-    out = ensure_writable_dir(out)
-    real = run_real(methods, cfg, out, Path(cfg.real_dir) if cfg.real_dir else None)
+    real = run_real(methods, cfg.real_dir, out)
     results = {
         "meta": {"preset": cfg.preset, "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                  "git": git_revision(), "machine": machine_info(cfg), "config": cfg.to_dict(),
