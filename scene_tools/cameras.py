@@ -68,9 +68,14 @@ class Intrinsics(Config):
 
     def scaled(self, factor: float) -> "Intrinsics":
         """Intrinsics of the same camera at ``factor`` times the resolution."""
-        w, h = round(self.width * factor), round(self.height * factor)
-        sx, sy = w / self.width, h / self.height
-        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, w, h)
+        return self.resized(round(self.width * factor), round(self.height * factor))
+
+    def resized(self, width: int, height: int) -> "Intrinsics":
+        """Intrinsics of the same camera with its image resampled to ``width`` x ``height`` (axes scale apart)."""
+        if (width, height) == (self.width, self.height):
+            return self
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
 
 
 def check_pose(c2w: np.ndarray, name: str = "pose") -> np.ndarray:
@@ -137,26 +142,92 @@ opencv_to_opengl = opengl_to_opencv
 
 @dataclass
 class Trajectory:
-    """A camera path: ``poses`` [N, 4, 4] camera-to-world (OpenCV), shared ``intrinsics``, ``times`` [N] seconds."""
+    """A camera path: ``poses`` [N, 4, 4] camera-to-world (OpenCV), ``intrinsics``, ``times`` [N] seconds.
+
+    A capture from a camera rig has several cameras: ``frame_intrinsics`` then holds each frame's camera
+    (all of one image size, which is ``intrinsics``'s, the first frame's) and ``cameras`` names each
+    frame's camera. Single-camera trajectories leave both ``None``.
+    """
 
     poses: np.ndarray
     intrinsics: Intrinsics
     times: np.ndarray | None = None
+    frame_intrinsics: tuple[Intrinsics, ...] | None = None
+    cameras: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         self.poses = check_poses(self.poses)
+        n = len(self.poses)
         if self.times is None:
-            self.times = np.arange(len(self.poses), dtype=np.float64) / 10.0
+            self.times = np.arange(n, dtype=np.float64) / 10.0
         self.times = np.asarray(self.times, dtype=np.float64)
-        if self.times.shape != (len(self.poses),):
-            raise ShapeMismatchError(f"times must have shape [{len(self.poses)}], got {self.times.shape}")
+        if self.times.shape != (n,):
+            raise ShapeMismatchError(f"times must have shape [{n}], got {self.times.shape}")
+        if self.frame_intrinsics is not None:
+            fi = tuple(self.frame_intrinsics)
+            if len(fi) != n or not all(isinstance(k, Intrinsics) for k in fi):
+                raise InvalidCameraError(f"frame_intrinsics must be {n} Intrinsics, one per pose")
+            bad = [i for i, k in enumerate(fi) if (k.width, k.height) != (self.intrinsics.width, self.intrinsics.height)]
+            if bad:
+                raise ShapeMismatchError(
+                    f"frame {bad[0]}'s camera is {fi[bad[0]].width}x{fi[bad[0]].height} but the trajectory's images "
+                    f"are {self.intrinsics.width}x{self.intrinsics.height}; every camera of a rig must give one size"
+                )
+            self.frame_intrinsics = None if all(k == self.intrinsics for k in fi) and self.cameras is None else fi
+        if self.cameras is not None:
+            self.cameras = tuple(str(c) for c in self.cameras)
+            if len(self.cameras) != n:
+                raise InvalidCameraError(f"cameras must name {n} frames, got {len(self.cameras)} names")
+            if self.frame_intrinsics is None:
+                self.frame_intrinsics = (self.intrinsics,) * n
+
+    def intrinsics_at(self, i: int) -> Intrinsics:
+        """The camera of frame ``i``."""
+        return self.intrinsics if self.frame_intrinsics is None else self.frame_intrinsics[i]
+
+    @property
+    def Ks(self) -> np.ndarray:
+        """[N, 3, 3] float64 intrinsic matrices, one per frame."""
+        if self.frame_intrinsics is None:
+            return np.repeat(self.intrinsics.K[None], len(self), 0)
+        return np.stack([k.K for k in self.frame_intrinsics])
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        """Each frame's camera name (one camera, unnamed: ``"camera"``)."""
+        return self.cameras if self.cameras is not None else ("camera",) * len(self)
+
+    def camera_groups(self) -> list[tuple[str, list[int]]]:
+        """[(camera name, frame indices)] per camera, in order of first appearance."""
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(self.camera_names):
+            groups.setdefault(name, []).append(i)
+        return list(groups.items())
+
+    def by_camera(self) -> dict[str, "Trajectory"]:
+        """One single-camera trajectory per camera of a rig."""
+        out = {}
+        for name, idx in self.camera_groups():
+            fi = tuple(self.intrinsics_at(i) for i in idx)
+            out[name] = Trajectory(self.poses[idx], fi[0], self.times[idx], fi)
+        return out
+
+    def scaled(self, factor: float) -> "Trajectory":
+        """The same trajectory with every camera at ``factor`` times the resolution."""
+        if factor == 1.0:
+            return self
+        fi = None if self.frame_intrinsics is None else tuple(k.scaled(factor) for k in self.frame_intrinsics)
+        return Trajectory(self.poses, self.intrinsics.scaled(factor), self.times, fi, self.cameras)
 
     def __len__(self) -> int:
         return len(self.poses)
 
     def __getitem__(self, idx) -> "Trajectory":
         idx = np.atleast_1d(np.arange(len(self))[idx])
-        return Trajectory(self.poses[idx], self.intrinsics, self.times[idx])
+        fi = None if self.frame_intrinsics is None else tuple(self.frame_intrinsics[i] for i in idx)
+        cams = None if self.cameras is None else tuple(self.cameras[i] for i in idx)
+        return Trajectory(self.poses[idx], self.intrinsics_at(int(idx[0])) if len(idx) else self.intrinsics,
+                          self.times[idx], fi, cams)
 
     @property
     def viewmats(self) -> np.ndarray:
@@ -182,14 +253,19 @@ class Trajectory:
         left = -right / norm
         poses = self.poses.copy()
         poses[:, :3, 3] += meters * left
-        return Trajectory(poses, self.intrinsics, self.times.copy())
+        return Trajectory(poses, self.intrinsics, self.times.copy(), self.frame_intrinsics, self.cameras)
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "intrinsics": self.intrinsics.to_dict(),
             "times": self.times.tolist(),
             "poses": [p[:3].tolist() for p in self.poses],  # 3x4 rows; last row is implied
         }
+        if self.frame_intrinsics is not None:
+            out["frame_intrinsics"] = [k.to_dict() for k in self.frame_intrinsics]
+        if self.cameras is not None:
+            out["cameras"] = list(self.cameras)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Trajectory":
@@ -197,11 +273,14 @@ class Trajectory:
             intr = Intrinsics.from_dict(data["intrinsics"])
             poses = np.asarray(data["poses"], dtype=np.float64)
             times = np.asarray(data["times"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError) as e:
+            fi = data.get("frame_intrinsics")
+            fi = None if fi is None else tuple(Intrinsics.from_dict(k) for k in fi)
+            cams = data.get("cameras")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise InvalidCameraError(f"trajectory data is incomplete or malformed: {e!r}") from e
         if poses.ndim == 3 and poses.shape[1:] == (3, 4):
             poses = np.concatenate([poses, np.tile([[[0.0, 0.0, 0.0, 1.0]]], (len(poses), 1, 1))], axis=1)
-        return cls(poses, intr, times)
+        return cls(poses, intr, times, fi, cams)
 
     def save(self, path) -> None:
         from simharmony.utils.io import save_yaml

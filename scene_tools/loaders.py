@@ -1,13 +1,20 @@
-"""Capture loaders: nerfstudio / instant-ngp ``transforms.json`` and COLMAP text models -> :class:`PosedImages`.
+"""Capture loaders: nerfstudio / instant-ngp ``transforms.json`` and COLMAP models -> :class:`PosedImages`.
+
+Every loader brings a capture to pinhole images of one size: distorted lenses are undistorted once, on
+load (:mod:`scene_tools.lens`), and the cameras of a rig are resampled to the first camera's size with
+their own intrinsics (``Trajectory.frame_intrinsics``) and names (``Trajectory.cameras``).
+``downscale`` divides the size; ``max_views`` keeps that many frames, evenly spread, before reading any.
 
 transforms.json (read by :func:`load_transforms_json`, written by :func:`save_transforms_json`):
 
 - Intrinsics ``fl_x, fl_y, cx, cy, w, h`` at the top level or per frame; ``camera_angle_x`` (and
   ``camera_angle_y``) when focal lengths are missing (instant-ngp / Blender); ``cx, cy`` default to the
-  image centre and ``w, h`` to the first image's size. Pixel centres are at +0.5 (nerfstudio, COLMAP
-  and OpenCV agree), so the numbers are used as they are.
-- All frames must share one camera; several cameras are a later extension. Non-zero distortion
-  (``k1..k4, p1, p2``) is refused: undistortion is future work.
+  image centre and ``w, h`` to the image's size. Pixel centres are at +0.5 (nerfstudio and COLMAP agree),
+  so the numbers are used as they are.
+- ``camera_model`` OPENCV (default) with distortion ``k1, k2, k3, p1, p2``, or PINHOLE / SIMPLE_PINHOLE.
+  Fisheye models, and ``k4`` (an r^8 term OpenCV lacks), are refused.
+- Frames with their own intrinsics form their own camera, named by an optional per-frame ``camera``;
+  frames on the top-level camera must all have one image size.
 - ``transform_matrix`` is camera-to-world in the OpenGL convention and is converted to OpenCV.
   nerfstudio's ``applied_transform`` and its dataparser's auto-orientation / centring / scaling are
   **not** applied: poses are used exactly as stored in the frames.
@@ -17,15 +24,15 @@ transforms.json (read by :func:`load_transforms_json`, written by :func:`save_tr
   ``.safetensors`` file with one [H, W] tensor in metres. ``.npy`` and other pickle-capable formats are
   refused on purpose. Images with an alpha channel give the alpha as the mask when no mask is given.
 - Frames keep the json order; an optional per-frame ``time`` becomes the trajectory times.
-- ``ply_file_path`` (nerfstudio's sparse point cloud) becomes ``points`` / ``point_colors``.
+- ``ply_file_path`` (nerfstudio's sparse point cloud, or lidar points) becomes ``points`` / ``point_colors``.
 - Our extension: ``instance_file_path``, a 16-bit PNG of instance ids (ignored by other readers).
 
-COLMAP text models (:func:`load_colmap_text`, :func:`save_colmap_text`): cameras.txt (PINHOLE,
-SIMPLE_PINHOLE; SIMPLE_RADIAL / RADIAL / OPENCV / FULL_OPENCV only with all distortion zero),
-images.txt (world-to-camera quaternion qw qx qy qz and translation; each image line followed by its
-POINTS2D line, which may be empty or, in hand-made files, left out; image names must be unique),
-points3D.txt (optional) -> ``points`` / ``point_colors``. Binary models (.bin) are not read: convert them
-with ``colmap model_converter --output_type TXT``. Frames are sorted by image name.
+COLMAP models (:func:`load_colmap`, :func:`save_colmap_text`): text (cameras.txt, images.txt, optional
+points3D.txt, parsed here with line-exact errors) or binary (cameras.bin, images.bin, points3D.bin, read by
+pycolmap; images without a pose are skipped). Cameras SIMPLE_PINHOLE, PINHOLE, SIMPLE_RADIAL, RADIAL,
+OPENCV, FULL_OPENCV; fisheye models are refused. images.txt: world-to-camera quaternion qw qx qy qz and
+translation; each image line followed by its POINTS2D line, which may be empty or, in hand-made files, left
+out; image names must be unique. Frames are sorted by image name.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from scene_tools.cameras import Intrinsics, Trajectory, check_pose, opencv_to_opengl, opengl_to_opencv
+from scene_tools.lens import LensDistortion, Undistorter, colmap_camera
 from scene_tools.views import PosedImages
 from simharmony.errors import (
     CorruptFileError,
@@ -165,29 +173,33 @@ def _num(d: dict, key: str, where: str) -> float:
     return float(v)
 
 
-def _camera_from(d: dict, fallback: dict, where: str, size: tuple[int, int] | None) -> tuple[float, ...]:
-    """(fx, fy, cx, cy, w, h) from a frame dict with the top level as fallback."""
+_FISHEYE_MODELS = ("OPENCV_FISHEYE", "FISHEYE", "EQUIRECTANGULAR", "FISHEYE624")
+
+
+def _camera_from(d: dict, fallback: dict, where: str, size: tuple[int, int]) -> tuple[Intrinsics, LensDistortion]:
+    """A frame's camera (its keys, the top level's as fallback); ``size`` is its image's (w, h)."""
     get = lambda k: d[k] if k in d else fallback.get(k)  # noqa: E731
     merged = {k: get(k) for k in (*_INTR_KEYS, "camera_angle_x", "camera_angle_y", *_DIST_KEYS)}
     merged = {k: v for k, v in merged.items() if v is not None}
-    for k in _DIST_KEYS:
-        if k in merged and _num(merged, k, where) != 0.0:
-            raise InvalidCameraError(
-                f"{where}: unsupported distortion ({k}={merged[k]}); only undistorted pinhole images are "
-                "supported (undistortion is future work)"
-            )
+    coeffs = {k: _num(merged, k, where) for k in _DIST_KEYS if k in merged}
     model = d.get("camera_model", fallback.get("camera_model", "OPENCV"))
+    if model in _FISHEYE_MODELS:
+        raise InvalidCameraError(f"{where}: camera_model {model} is a fisheye/omnidirectional lens, which is not "
+                                 "supported (only pinhole and OPENCV radial-tangential lenses)")
     if model not in ("OPENCV", "PINHOLE", "SIMPLE_PINHOLE"):
-        raise InvalidCameraError(
-            f"{where}: unsupported camera_model {model!r}; expected OPENCV/PINHOLE without "
-            "distortion"
-        )
+        raise InvalidCameraError(f"{where}: unknown camera_model {model!r}; expected OPENCV, PINHOLE or SIMPLE_PINHOLE")
+    if model != "OPENCV" and any(coeffs.values()):
+        raise InvalidCameraError(f"{where}: camera_model {model} has no distortion but the frame gives {coeffs}")
+    if coeffs.get("k4", 0.0) != 0.0:
+        raise InvalidCameraError(f"{where}: k4={coeffs['k4']} (an r^8 radial term) has no OpenCV equivalent; only "
+                                 "k1, k2, k3, p1, p2 are supported for OPENCV lenses")
+    dist = LensDistortion(k1=coeffs.get("k1", 0.0), k2=coeffs.get("k2", 0.0), p1=coeffs.get("p1", 0.0),
+                          p2=coeffs.get("p2", 0.0), k3=coeffs.get("k3", 0.0))
     if "w" in merged and "h" in merged:
         w, h = _num(merged, "w", where), _num(merged, "h", where)
-    elif size is not None:
-        w, h = float(size[0]), float(size[1])
-    else:
-        raise CorruptFileError(f"{where}: image size unknown (no 'w'/'h')")
+        if (int(w), int(h)) != size:
+            raise ShapeMismatchError(f"{where}: image is {size[0]}x{size[1]} but its camera's w/h say {int(w)}x{int(h)}")
+    w, h = float(size[0]), float(size[1])
     if "fl_x" in merged:
         fx = _num(merged, "fl_x", where)
     elif "camera_angle_x" in merged:
@@ -207,7 +219,7 @@ def _camera_from(d: dict, fallback: dict, where: str, size: tuple[int, int] | No
     cy = _num(merged, "cy", where) if "cy" in merged else h / 2.0
     if fx <= 0 or fy <= 0:
         raise InvalidCameraError(f"{where}: focal lengths must be positive, got fl_x={fx}, fl_y={fy}")
-    return fx, fy, cx, cy, w, h
+    return Intrinsics(fx, fy, cx, cy, int(w), int(h)), dist
 
 
 def _check_downscale(downscale: int) -> int:
@@ -216,10 +228,54 @@ def _check_downscale(downscale: int) -> int:
     return int(downscale)
 
 
+def pick_views(n: int, max_views: int | None) -> list[int]:
+    """Indices of at most ``max_views`` of ``n`` views, evenly spread (all of them for None)."""
+    if max_views is None or max_views >= n:
+        return list(range(n))
+    if isinstance(max_views, bool) or not isinstance(max_views, (int, np.integer)) or max_views < 1:
+        raise InvalidInputError(f"max_views must be a positive integer or None, got {max_views!r}")
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, int(max_views))})
+
+
+class FramePrep:
+    """Brings every frame of a capture to one pinhole image size: undistorts it once (per-camera maps are
+    cached), then resamples it to the first camera's undistorted size divided by ``downscale``.
+
+    A rig's cameras of another size are resampled to that size too, their intrinsics scaled per axis,
+    so one capture stacks into [N, H, W, 3] with per-frame intrinsics.
+    """
+
+    def __init__(self, downscale: int = 1) -> None:
+        self.downscale = _check_downscale(downscale)
+        self.out_size: tuple[int, int] | None = None  # (w, h)
+        self._cams: dict[tuple[Intrinsics, LensDistortion], tuple[Undistorter | None, Intrinsics]] = {}
+
+    def camera(self, intr: Intrinsics, dist: LensDistortion) -> Intrinsics:
+        """The output pinhole camera of a (distorted) input camera."""
+        key = (intr, dist)
+        if key not in self._cams:
+            und = None if dist.is_zero else Undistorter(intr, dist)
+            pinhole = und.intrinsics if und is not None else intr
+            if self.out_size is None:
+                self.out_size = (max(1, round(pinhole.width / self.downscale)),
+                                 max(1, round(pinhole.height / self.downscale)))
+            self._cams[key] = (und, pinhole.resized(*self.out_size))
+        return self._cams[key][1]
+
+    def __call__(self, intr: Intrinsics, dist: LensDistortion, arr: np.ndarray, nearest: bool = False) -> np.ndarray:
+        """One frame's image / mask (bilinear then area) or depth / ids (``nearest``) in the output camera."""
+        self.camera(intr, dist)
+        und = self._cams[(intr, dist)][0]
+        if und is not None:
+            arr = und(arr, nearest)
+        return _resize(arr, self.out_size, nearest)
+
+
 def load_transforms_json(
     path_or_folder: PathLike,
     downscale: int = 1,
     *,
+    max_views: int | None = None,
     depth_unit_scale: float = 1e-3,
     progress: bool = True,
 ) -> PosedImages:
@@ -229,12 +285,14 @@ def load_transforms_json(
         path_or_folder: the transforms.json file or the folder holding it.
         downscale: integer factor; images and masks are area-averaged, depth and ids nearest-sampled,
             intrinsics scaled to match.
+        max_views: read at most this many frames, evenly spread over the file's order (None: all).
         depth_unit_scale: metres per unit of 16-bit depth PNGs (nerfstudio's default: millimetres).
         progress: show a tqdm bar while reading images.
 
     Returns:
-        PosedImages with images [N, H, W, 3], poses in OpenCV convention, and masks / depths /
-        instance_ids / points where the file provides them (for all frames or none).
+        PosedImages with images [N, H, W, 3] undistorted to pinhole, poses in OpenCV convention, per-frame
+        intrinsics and camera names for a rig, and masks / depths / instance_ids / points where the file
+        provides them (for all frames or none).
     """
     downscale = _check_downscale(downscale)
     path = Path(path_or_folder)
@@ -252,11 +310,13 @@ def load_transforms_json(
     if not frames:
         raise CorruptFileError(f"{path}: 'frames' is empty")
     base = path.parent
+    prep = FramePrep(downscale)
 
-    images, masks, depths, ids, poses, times, names = [], [], [], [], [], [], []
-    camera = None
-    size = None
-    for i, fr in enumerate(tqdm(frames, desc=f"loading {path.name}", disable=not progress, leave=False)):
+    images, masks, depths, ids, poses, times, names, intrs, cams = [], [], [], [], [], [], [], [], []
+    shared_size = None  # the image size of frames on the top-level camera
+    distinct: list[tuple[Intrinsics, LensDistortion]] = []
+    for i in tqdm(pick_views(len(frames), max_views), desc=f"loading {path.name}", disable=not progress, leave=False):
+        fr = frames[i]
         if not isinstance(fr, dict):
             raise CorruptFileError(f"{path}: frame {i} is not an object")
         where = f"{path} frame {i}"
@@ -266,66 +326,48 @@ def load_transforms_json(
         where = f"{path} frame {i} ({fr['file_path']})"
         img_path = _resolve_image(base, str(fr["file_path"]), where)
         rgb, alpha = read_image(img_path)
-        if size is None:
-            size = (rgb.shape[1], rgb.shape[0])
-        elif (rgb.shape[1], rgb.shape[0]) != size:
-            raise ShapeMismatchError(
-                f"{where}: image is {rgb.shape[1]}x{rgb.shape[0]} but earlier frames are "
-                f"{size[0]}x{size[1]}"
-            )
-        cam = _camera_from(fr, meta, where, size)
-        if camera is None:
-            camera = cam
-            if (int(cam[4]), int(cam[5])) != size:
-                raise ShapeMismatchError(
-                    f"{where}: image is {size[0]}x{size[1]} but w/h say "
-                    f"{int(cam[4])}x{int(cam[5])}"
-                )
-        elif not np.allclose(cam, camera, rtol=1e-6, atol=1e-9):
-            raise InvalidCameraError(
-                f"{where}: intrinsics {cam} differ from frame 0 {camera}; all frames must share one camera "
-                "(several cameras are a later extension)"
-            )
+        size = (rgb.shape[1], rgb.shape[0])
+        own_camera = any(k in fr for k in (*_INTR_KEYS, "camera_angle_x", "camera_angle_y", "camera_model"))
+        if not own_camera:
+            if shared_size is None:
+                shared_size = size
+            elif size != shared_size:
+                raise ShapeMismatchError(f"{where}: image is {size[0]}x{size[1]} but earlier frames of the same camera "
+                                         f"are {shared_size[0]}x{shared_size[1]}")
+        intr, dist = _camera_from(fr, meta, where, size)
+        if (intr, dist) not in distinct:
+            distinct.append((intr, dist))
+        cam_name = fr.get("camera")
+        cams.append(str(cam_name) if cam_name is not None else
+                    "camera" if not own_camera else f"camera_{distinct.index((intr, dist))}")
+        intrs.append(prep.camera(intr, dist))
         try:
             m = np.asarray(fr["transform_matrix"], dtype=np.float64)
         except (TypeError, ValueError) as e:
             raise CorruptFileError(f"{where}: transform_matrix is not a numeric matrix") from e
         poses.append(opengl_to_opencv(check_pose(m, f"{where} transform_matrix")))
 
+        def same_size(arr: np.ndarray, what: str) -> np.ndarray:
+            if (arr.shape[1], arr.shape[0]) != size:
+                raise ShapeMismatchError(f"{where}: {what} is {arr.shape[1]}x{arr.shape[0]}, image is {size[0]}x{size[1]}")
+            return arr
+
         if "mask_path" in fr:
             mk = _read_gray(base / str(fr["mask_path"]), f"{where}: mask")
             mk = mk.astype(np.float32) / (65535.0 if mk.dtype == np.uint16 else 255.0)
-        elif alpha is not None:
-            mk = alpha
         else:
-            mk = None
-        if mk is not None and (mk.shape[1], mk.shape[0]) != size:
-            raise ShapeMismatchError(f"{where}: mask is {mk.shape[1]}x{mk.shape[0]}, image is {size[0]}x{size[1]}")
-        masks.append(mk)
+            mk = alpha
+        masks.append(None if mk is None else prep(intr, dist, same_size(mk, "mask")))
         dp = _read_depth(base / str(fr["depth_file_path"]), depth_unit_scale) if "depth_file_path" in fr else None
-        if dp is not None and (dp.shape[1], dp.shape[0]) != size:
-            raise ShapeMismatchError(f"{where}: depth is {dp.shape[1]}x{dp.shape[0]}, image is {size[0]}x{size[1]}")
-        depths.append(dp)
-        inst = None
-        if "instance_file_path" in fr:
-            inst = _read_gray(base / str(fr["instance_file_path"]), f"{where}: instance ids")
-        if inst is not None and (inst.shape[1], inst.shape[0]) != size:
-            raise ShapeMismatchError(
-                f"{where}: instance ids are {inst.shape[1]}x{inst.shape[0]}, image is "
-                f"{size[0]}x{size[1]}"
-            )
-        ids.append(inst)
+        depths.append(None if dp is None else prep(intr, dist, same_size(dp, "depth"), nearest=True))
+        inst = _read_gray(base / str(fr["instance_file_path"]), f"{where}: instance ids") \
+            if "instance_file_path" in fr else None
+        ids.append(None if inst is None else prep(intr, dist, same_size(inst, "instance ids"), nearest=True))
         times.append(fr.get("time"))
         names.append(Path(str(fr["file_path"])).stem)
-        images.append(rgb)
+        images.append(prep(intr, dist, rgb))
 
-    fx, fy, cx, cy, w, h = camera
-    intr = Intrinsics(fx, fy, cx, cy, int(w), int(h))
-    if downscale > 1:
-        intr = intr.scaled(1.0 / downscale)
-    out_size = (intr.width, intr.height)
-
-    def stack(items: list, what: str, nearest: bool) -> np.ndarray | None:
+    def stack(items: list, what: str) -> np.ndarray | None:
         present = [x is not None for x in items]
         if not any(present):
             return None
@@ -334,7 +376,7 @@ def load_transforms_json(
                 f"{path}: {what} given for some frames but not all (frame "
                 f"{present.index(False)} lacks it)"
             )
-        return np.stack([_resize(x, out_size, nearest) for x in items])
+        return np.stack(items)
 
     traj_times = None
     if all(t is not None for t in times):
@@ -344,12 +386,13 @@ def load_transforms_json(
         from scene_tools.ply import load_points_ply
 
         points, colors = load_points_ply(base / str(meta["ply_file_path"]))
+    rig = len(set(cams)) > 1
     return PosedImages(
-        images=np.stack([_resize(x, out_size) for x in images]),
-        trajectory=Trajectory(np.stack(poses), intr, traj_times),
-        masks=stack(masks, "masks", nearest=False),
-        depths=stack(depths, "depths", nearest=True),
-        instance_ids=None if (s := stack(ids, "instance ids", nearest=True)) is None else s.astype(np.int32),
+        images=np.stack(images),
+        trajectory=Trajectory(np.stack(poses), intrs[0], traj_times, tuple(intrs), tuple(cams) if rig else None),
+        masks=stack(masks, "masks"),
+        depths=stack(depths, "depths"),
+        instance_ids=None if (s := stack(ids, "instance ids")) is None else s.astype(np.int32),
         points=points,
         point_colors=colors,
         names=names,
@@ -375,7 +418,8 @@ def save_transforms_json(
 ) -> Path:
     """Write ``folder``/transforms.json plus images/, masks/, depths/, instances/ and sparse_pc.ply.
 
-    Poses are written in the OpenGL convention with global intrinsics (nerfstudio style), every file
+    Poses are written in the OpenGL convention with global intrinsics (nerfstudio style; a rig's frames
+    also carry their own intrinsics and camera name), every file
     atomically. ``image_format`` "png" (lossless to 8 bits: round trip within 1/255) or "jpg".
     ``depth_format`` "safetensors" (exact float32, inf kept) or "png" (16-bit millimetres as nerfstudio
     reads them; depth beyond 65.535 m or inf is written as 0 = no depth). Instance ids go to 16-bit
@@ -402,6 +446,10 @@ def save_transforms_json(
     for i, name in enumerate(tqdm(_safe_names(images), desc="saving frames", disable=not progress, leave=False)):
         fr: dict[str, Any] = {"file_path": f"images/{name}.{fmt}", "transform_matrix": gl[i].tolist(),
                               "time": float(images.trajectory.times[i])}
+        if images.trajectory.frame_intrinsics is not None:  # a rig: each frame names its camera
+            k = images.trajectory.intrinsics_at(i)
+            fr.update({"fl_x": k.fx, "fl_y": k.fy, "cx": k.cx, "cy": k.cy, "w": k.width, "h": k.height,
+                       "camera": images.trajectory.camera_names[i]})
         write_image(folder / fr["file_path"], images.images[i])
         if images.masks is not None:
             fr["mask_path"] = f"masks/{name}.png"
@@ -435,18 +483,9 @@ def save_transforms_json(
 
 
 # ---------------------------------------------------------------------------------------------- COLMAP
-_COLMAP_PINHOLE = {"PINHOLE": 4, "SIMPLE_PINHOLE": 3}
-_COLMAP_DISTORTED = {"SIMPLE_RADIAL": 4, "RADIAL": 5, "OPENCV": 8, "FULL_OPENCV": 12}
-_COLMAP_OTHER = ("OPENCV_FISHEYE", "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "THIN_PRISM_FISHEYE", "FOV",
-                 "RAD_TAN_THIN_PRISM_FISHEYE")
-
-
 def _data_lines(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
-        hint = ""
-        if path.with_suffix(".bin").is_file():
-            hint = " (found a binary model: convert it with `colmap model_converter --output_type TXT`)"
-        raise MissingFileError(f"COLMAP file not found: {path}{hint}")
+        raise MissingFileError(f"COLMAP file not found: {path}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -454,7 +493,7 @@ def _data_lines(path: Path) -> list[tuple[int, str]]:
     return [(n, line) for n, line in enumerate(text.splitlines(), start=1) if not line.lstrip().startswith("#")]
 
 
-def _parse_cameras(path: Path) -> dict[int, tuple[float, float, float, float, int, int]]:
+def _parse_cameras(path: Path) -> dict[int, tuple[Intrinsics, LensDistortion]]:
     cams = {}
     for n, line in _data_lines(path):
         tok = line.split()
@@ -463,37 +502,12 @@ def _parse_cameras(path: Path) -> dict[int, tuple[float, float, float, float, in
         where = f"{path}:{n}"
         if len(tok) < 4:
             raise CorruptFileError(f"{where}: expected 'CAMERA_ID MODEL WIDTH HEIGHT PARAMS...', got {line!r}")
-        model = tok[1]
         try:
             cam_id, w, h = int(tok[0]), int(tok[2]), int(tok[3])
             params = [float(x) for x in tok[4:]]
         except ValueError as e:
             raise CorruptFileError(f"{where}: non-numeric camera entry {line!r}") from e
-        if model in _COLMAP_PINHOLE:
-            need = _COLMAP_PINHOLE[model]
-        elif model in _COLMAP_DISTORTED:
-            need = _COLMAP_DISTORTED[model]
-        elif model in _COLMAP_OTHER:
-            raise InvalidCameraError(f"{where}: camera model {model} (fisheye/FOV) is not supported; only pinhole")
-        else:
-            raise InvalidCameraError(f"{where}: unknown camera model {model!r}")
-        if len(params) != need:
-            raise CorruptFileError(f"{where}: camera model {model} needs {need} parameters, got {len(params)}")
-        if model in ("PINHOLE", "OPENCV", "FULL_OPENCV"):
-            fx, fy, cx, cy, dist = *params[:4], params[4:]
-        else:  # SIMPLE_PINHOLE, SIMPLE_RADIAL, RADIAL: f cx cy [k...]
-            fx, fy, cx, cy, dist = params[0], params[0], params[1], params[2], params[3:]
-        if any(d != 0 for d in dist):
-            raise InvalidCameraError(
-                f"{where}: unsupported distortion for camera {cam_id} ({model} with {dist}); undistort the images "
-                "first (e.g. `colmap image_undistorter`): undistortion is future work"
-            )
-        if fx <= 0 or fy <= 0 or w <= 0 or h <= 0:
-            raise InvalidCameraError(
-                f"{where}: camera {cam_id} needs positive focal lengths and size, got f=({fx}, "
-                f"{fy}), {w}x{h}"
-            )
-        cams[cam_id] = (fx, fy, cx, cy, w, h)
+        cams[cam_id] = colmap_camera(tok[1], w, h, params, f"{where} (camera {cam_id})")
     if not cams:
         raise CorruptFileError(f"{path}: no cameras")
     return cams
@@ -607,25 +621,72 @@ def _parse_points(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return p, np.asarray(cols, dtype=np.float32).reshape(-1, 3) / 255.0
 
 
-def load_colmap_text(
+def _read_colmap_binary(folder: Path):
+    """(cameras, [(name, c2w, camera id)], points, colours) of a binary model, read by pycolmap."""
+    import pycolmap
+
+    try:
+        rec = pycolmap.Reconstruction(str(folder))
+    except (ValueError, RuntimeError) as e:
+        raise CorruptFileError(f"cannot read the COLMAP binary model in {folder}: {e}") from e
+    cams = {cid: colmap_camera(c.model.name, c.width, c.height, c.params, f"{folder}/cameras.bin (camera {cid})")
+            for cid, c in rec.cameras.items()}
+    entries = []
+    for im in rec.images.values():
+        if not im.has_pose:  # in the model but not registered
+            continue
+        w2c = np.eye(4)
+        w2c[:3] = im.cam_from_world().matrix()
+        entries.append((im.name, check_pose(np.linalg.inv(w2c), f"{folder}/images.bin image {im.name!r}"), im.camera_id))
+    if not entries:
+        raise CorruptFileError(f"the COLMAP binary model in {folder} has no registered images")
+    pts = rec.points3D
+    points = np.array([p.xyz for p in pts.values()], np.float32).reshape(-1, 3)
+    colors = np.array([p.color for p in pts.values()], np.float32).reshape(-1, 3) / 255.0
+    if not np.isfinite(points).all():
+        raise CorruptFileError(f"{folder}: points contain NaN or inf")
+    return cams, entries, (points if len(points) else None), (colors if len(points) else None)
+
+
+def load_colmap(
     folder: PathLike,
     images_dir: PathLike | None = None,
     downscale: int = 1,
     *,
+    max_views: int | None = None,
     progress: bool = True,
 ) -> PosedImages:
-    """Load a COLMAP text model (cameras.txt, images.txt, optional points3D.txt) and its images.
+    """Load a COLMAP model, text (cameras/images/points3D.txt) or binary (.bin, read by pycolmap), and its images.
 
     ``images_dir`` defaults to the first existing of ``folder/images``, ``folder/../images`` and
-    ``folder/../../images`` (the ``sparse/0`` layout). All images must use one set of intrinsics.
-    Frames are sorted by image name; ``names`` are the image names without extension.
+    ``folder/../../images`` (the ``sparse/0`` layout). Distorted cameras (SIMPLE_RADIAL, RADIAL, OPENCV,
+    FULL_OPENCV) are undistorted on load to pinhole cameras; several cameras give a rig trajectory (per-frame
+    intrinsics, cameras named ``camera_<id>``), all resampled to the first camera's size. Frames are sorted
+    by image name; ``names`` are the image names without extension; ``max_views`` keeps that many, evenly
+    spread.
     """
     downscale = _check_downscale(downscale)
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"COLMAP model folder not found: {folder}")
-    cams = _parse_cameras(folder / "cameras.txt")
-    entries = sorted(_parse_images(folder / "images.txt"), key=lambda e: e[0])
+    points = colors = None
+    if (folder / "cameras.txt").is_file():
+        cams = _parse_cameras(folder / "cameras.txt")
+        entries = _parse_images(folder / "images.txt")
+        if (folder / "points3D.txt").is_file():
+            points, colors = _parse_points(folder / "points3D.txt")
+    elif (folder / "cameras.bin").is_file():
+        for f in ("images.bin", "points3D.bin"):
+            if not (folder / f).is_file():
+                raise MissingFileError(f"COLMAP binary model {folder} lacks {f}")
+        cams, entries, points, colors = _read_colmap_binary(folder)
+    else:
+        raise MissingFileError(f"no COLMAP model in {folder} (expected cameras.txt or cameras.bin)")
+    entries = sorted(entries, key=lambda e: e[0])
+    entries = [entries[i] for i in pick_views(len(entries), max_views)]
+    for name, _, cam_id in entries:
+        if cam_id not in cams:
+            raise CorruptFileError(f"{folder}: image {name!r} uses camera {cam_id}, which the model does not have")
     if images_dir is None:
         candidates = [folder / "images", folder.parent / "images", folder.parent.parent / "images"]
         found = [c for c in candidates if c.is_dir()]
@@ -639,40 +700,29 @@ def load_colmap_text(
     if not images_dir.is_dir():
         raise MissingFileError(f"images folder not found: {images_dir}")
 
-    cam0 = None
-    for name, _, cam_id in entries:
-        if cam_id not in cams:
-            raise CorruptFileError(f"{folder / 'images.txt'}: image {name!r} uses camera {cam_id}, not in cameras.txt")
-        if cam0 is None:
-            cam0 = cams[cam_id]
-        elif cams[cam_id] != cam0:
-            raise InvalidCameraError(
-                f"image {name!r} uses camera {cam_id} with intrinsics {cams[cam_id]} != {cam0}; all images must share "
-                "one camera (several cameras are a later extension)"
-            )
-    fx, fy, cx, cy, w, h = cam0
-    intr = Intrinsics(fx, fy, cx, cy, w, h)
-    if downscale > 1:
-        intr = intr.scaled(1.0 / downscale)
-    imgs, masks, any_alpha = [], [], False
-    for name, _, _ in tqdm(entries, desc="loading COLMAP images", disable=not progress, leave=False):
+    prep = FramePrep(downscale)
+    imgs, masks, intrs, any_alpha = [], [], [], False
+    for name, _, cam_id in tqdm(entries, desc="loading COLMAP images", disable=not progress, leave=False):
+        intr, dist = cams[cam_id]
         rgb, alpha = read_image(images_dir / name)
-        if rgb.shape[:2] != (h, w):
+        if rgb.shape[:2] != (intr.height, intr.width):
             raise ShapeMismatchError(
-                f"image {images_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its camera "
-                f"is {w}x{h}"
+                f"image {images_dir / name} is {rgb.shape[1]}x{rgb.shape[0]} but its camera {cam_id} "
+                f"is {intr.width}x{intr.height}"
             )
-        imgs.append(_resize(rgb, (intr.width, intr.height)))
-        masks.append(None if alpha is None else _resize(alpha, (intr.width, intr.height)))
+        intrs.append(prep.camera(intr, dist))
+        imgs.append(prep(intr, dist, rgb))
+        masks.append(None if alpha is None else prep(intr, dist, alpha))
         any_alpha |= alpha is not None
+    h, w = imgs[0].shape[:2]
     if any_alpha:
-        masks = [np.ones((intr.height, intr.width), np.float32) if m is None else m for m in masks]
-    points = colors = None
-    if (folder / "points3D.txt").is_file():
-        points, colors = _parse_points(folder / "points3D.txt")
+        masks = [np.ones((h, w), np.float32) if m is None else m for m in masks]
+    cam_ids = [e[2] for e in entries]
+    rig = len(set(cam_ids)) > 1
     return PosedImages(
         images=np.stack(imgs),
-        trajectory=Trajectory(np.stack([e[1] for e in entries]), intr),
+        trajectory=Trajectory(np.stack([e[1] for e in entries]), intrs[0], None, tuple(intrs),
+                              tuple(f"camera_{c}" for c in cam_ids) if rig else None),
         masks=np.stack(masks) if any_alpha else None,
         points=points,
         point_colors=colors,

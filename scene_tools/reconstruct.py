@@ -296,7 +296,7 @@ def _merge_inputs(images: PosedImages | Sequence[PosedImages]) -> tuple[PosedIma
                 raise ShapeMismatchError(f"capture {j}: {name} must be {list(imgs.shape[:3])}, got {list(np.asarray(v).shape)}")
         if p.masks is not None and not np.all(np.isfinite(p.masks)):
             raise NonFiniteError(f"capture {j}: masks contain NaN or inf")
-    Ks = np.concatenate([np.repeat(p.trajectory.intrinsics.K[None], len(p), 0) for p in parts])
+    Ks = np.concatenate([p.trajectory.Ks for p in parts])
     if len(parts) == 1:
         return parts[0], Ks
 
@@ -307,7 +307,8 @@ def _merge_inputs(images: PosedImages | Sequence[PosedImages]) -> tuple[PosedIma
 
     h, w = next(iter(sizes))
     traj = Trajectory(np.concatenate([p.trajectory.poses for p in parts]), parts[0].trajectory.intrinsics,
-                      np.concatenate([p.trajectory.times for p in parts]))
+                      np.concatenate([p.trajectory.times for p in parts]),
+                      tuple(p.trajectory.intrinsics_at(i) for p in parts for i in range(len(p))))
     pts = [p.points for p in parts if p.points is not None]
     cols = [p.point_colors if p.point_colors is not None else np.full_like(p.points, 0.5) for p in parts if p.points is not None]
     merged = PosedImages(

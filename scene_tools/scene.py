@@ -329,7 +329,7 @@ class FrameSequence(StackedFrames):
 
     @property
     def trajectory(self) -> Trajectory:
-        return Trajectory(self.poses, self[0].intrinsics, self.times)
+        return Trajectory(self.poses, self[0].intrinsics, self.times, tuple(f.intrinsics for f in self))
 
     def to_posed_images(self):
         """A :class:`~scene_tools.views.PosedImages` (numpy) with rgb, depth and instance ids."""
@@ -436,14 +436,22 @@ class Scene:
         self._state = _State()
 
     def render(self, trajectory: Trajectory, progress: bool = True) -> FrameSequence:
-        """Render every pose of ``trajectory`` at its times; equals ``reset()`` then ``render_frame`` per pose."""
+        """Render every pose of ``trajectory`` at its times; equals ``reset()`` then ``render_frame`` per pose.
+
+        A rig's trajectory (several ``cameras``) is rendered camera by camera, each its own sequence; the
+        frames come back in the trajectory's order.
+        """
         if not isinstance(trajectory, Trajectory):
             raise InvalidInputError(f"render expects a Trajectory, got {type(trajectory).__name__}")
-        self.reset()
-        frames = FrameSequence()
-        for i in tqdm(range(len(trajectory)), desc=f"render {self.name}", disable=not progress, leave=False):
-            frames.append(self.render_frame(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics))
-        return frames
+        frames: list[FrameRender | None] = [None] * len(trajectory)
+        bar = tqdm(total=len(trajectory), desc=f"render {self.name}", disable=not progress, leave=False)
+        for _, idx in trajectory.camera_groups():  # a rig's cameras are separate sequences (flow within one)
+            self.reset()
+            for i in idx:
+                frames[i] = self.render_frame(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics_at(i))
+                bar.update()
+        bar.close()
+        return FrameSequence(frames)
 
     def render_frame(
         self, pose: np.ndarray, time: float | None = None, intrinsics: Intrinsics | None = None

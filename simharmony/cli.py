@@ -70,7 +70,7 @@ def _cmd_render_street(args: argparse.Namespace) -> int:
 
 
 def _load_images(path: Path):
-    from scene_tools.loaders import load_colmap_text, load_transforms_json
+    from scene_tools.loaders import load_colmap, load_transforms_json
     from scene_tools.pbr import StreetFrames
 
     if (path / "frames.yaml").is_file():
@@ -78,9 +78,9 @@ def _load_images(path: Path):
     if path.suffix == ".json" or (path / "transforms.json").is_file():
         return load_transforms_json(path)
     for sub in (path, path / "sparse" / "0", path / "sparse"):
-        if (sub / "cameras.txt").is_file():
-            return load_colmap_text(sub)
-    raise SimHarmonyError(f"{path}: not a street frames folder, transforms.json or COLMAP text model")
+        if (sub / "cameras.txt").is_file() or (sub / "cameras.bin").is_file():
+            return load_colmap(sub)
+    raise SimHarmonyError(f"{path}: not a street frames folder, transforms.json or COLMAP model")
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:

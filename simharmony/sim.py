@@ -214,9 +214,8 @@ class Simulator:
         if "ego_trajectory" not in scene.metadata:
             raise CorruptFileError(f"{scene_dir}/scene.yaml has no ego_trajectory in its metadata")
         traj = Trajectory.from_dict(scene.metadata["ego_trajectory"])
-        intr = traj.intrinsics.scaled(scale) if scale != 1.0 else traj.intrinsics
-        sim = cls(scene, harmonizer, intrinsics=intr, device=device, **kwargs)
-        sim.trajectory = Trajectory(traj.poses, intr, traj.times)
+        sim = cls(scene, harmonizer, intrinsics=traj.scaled(scale).intrinsics, device=device, **kwargs)
+        sim.trajectory = traj.scaled(scale)
         return sim
 
     @staticmethod
@@ -294,15 +293,29 @@ class Simulator:
         )
 
     def render(self, trajectory: Trajectory, progress: bool | None = None) -> SimSequence:
-        """Render every pose of ``trajectory`` at its times (after :meth:`reset`), harmonized in order."""
+        """Render every pose of ``trajectory`` at its times (after :meth:`reset`), harmonized in order.
+
+        A rig's trajectory is rendered camera by camera, each as stream ``"<camera_id>/<camera>"``; the
+        frames come back in the trajectory's order.
+        """
         if not isinstance(trajectory, Trajectory):
             raise InvalidInputError(f"render expects a scene_tools Trajectory, got {type(trajectory).__name__}")
-        self.reset()
-        seq = SimSequence()
         show = self.progress if progress is None else progress
-        for i in tqdm(range(len(trajectory)), desc="simulate", unit="frame", disable=not show, leave=False):
-            seq.append(self.step(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics))
-        return seq
+        frames: list[SimFrame | None] = [None] * len(trajectory)
+        groups = trajectory.camera_groups()
+        ego = self.camera_id
+        bar = tqdm(total=len(trajectory), desc="simulate", unit="frame", disable=not show, leave=False)
+        try:
+            for name, idx in groups:  # each camera of a rig is its own stream with its own temporal context
+                self.camera_id = ego if len(groups) == 1 else f"{ego}/{name}"
+                self.reset()
+                for i in idx:
+                    frames[i] = self.step(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics_at(i))
+                    bar.update()
+        finally:
+            self.camera_id = ego
+            bar.close()
+        return SimSequence(frames)
 
 
 def _now() -> float:

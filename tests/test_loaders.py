@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from scene_tools.cameras import Intrinsics, Trajectory, look_at
-from scene_tools.loaders import load_colmap_text, load_transforms_json, save_colmap_text, save_transforms_json
+from scene_tools.loaders import load_colmap, load_transforms_json, save_colmap_text, save_transforms_json
 from scene_tools.views import PosedImages
 from simharmony.errors import (
     CorruptFileError,
@@ -153,9 +153,11 @@ def _good_meta(tmp_path, n=2):
         (lambda m, p: m.update(fl_x=0.0), InvalidCameraError, "positive"),
         (lambda m, p: m.update(fl_x=-3.0), InvalidCameraError, "positive"),
         (lambda m, p: m.pop("fl_x"), CorruptFileError, "focal"),
-        (lambda m, p: m.update(k1=0.1), InvalidCameraError, "distortion"),
+        (lambda m, p: m.update(k4=0.1), InvalidCameraError, "k4"),
+        (lambda m, p: m.update(camera_model="PINHOLE", k1=0.1), InvalidCameraError, "no distortion"),
+        (lambda m, p: m.update(camera_model="KANNALA"), InvalidCameraError, "unknown camera_model"),
         (lambda m, p: m.update(camera_model="OPENCV_FISHEYE"), InvalidCameraError, "camera_model"),
-        (lambda m, p: m["frames"][1].update(fl_x=31.0), InvalidCameraError, "share one camera"),
+        (lambda m, p: m["frames"][1].update(fl_x=31.0, w=W + 4), ShapeMismatchError, "frame 1.*w/h"),
         (lambda m, p: m["frames"][1].update(transform_matrix=(np.eye(4) * 1.1).tolist()), InvalidCameraError,
          "frame 1.*(orthonormal|last row)"),
         (lambda m, p: m["frames"][1].update(transform_matrix=[[1, 2], [3, 4]]), ShapeMismatchError, "frame 1"),
@@ -207,7 +209,7 @@ def test_colmap_hand_written(tmp_path):
     (model / "points3D.txt").write_text("# pts\n1 1.0 2.0 3.0 255 0 128 0.5 1 0 2 1\n2 -1 0 4 0 0 0 0.1\n")
     _write_png(tmp_path / "images" / "a.png", np.full((H, W, 3), 0.25))
     _write_png(tmp_path / "images" / "b.png", np.full((H, W, 3), 0.75))
-    p = load_colmap_text(model, progress=False)
+    p = load_colmap(model, progress=False)
     assert p.names == ["a", "b"]  # sorted by image name
     assert np.allclose(p.images[0], 64 / 255) and np.allclose(p.images[1], 191 / 255)
     intr = p.trajectory.intrinsics
@@ -227,7 +229,7 @@ def test_colmap_round_trip(tmp_path):
     src = _posed(3, extras=False)
     src.points = np.random.default_rng(2).normal(size=(5, 3)).astype(np.float32)
     save_colmap_text(src, tmp_path, progress=False)
-    back = load_colmap_text(tmp_path, progress=False)
+    back = load_colmap(tmp_path, progress=False)
     assert back.names == src.names
     assert np.abs(back.trajectory.poses - src.trajectory.poses).max() < 1e-12
     assert back.trajectory.intrinsics == src.trajectory.intrinsics
@@ -244,7 +246,8 @@ def _colmap_model(tmp_path, cameras="1 PINHOLE 24 16 30 30 12 8\n", images=None)
 @pytest.mark.parametrize(
     "cameras, images, error, match",
     [
-        ("1 OPENCV 24 16 30 30 12 8 0.1 0 0 0\n", None, InvalidCameraError, "unsupported distortion"),
+        ("1 OPENCV 24 16 30 30 12 8 0.1 0 0 0\n", None, None, None),  # undistorted on load
+        ("1 OPENCV 24 16 30 30 12 8 0.1 0 0\n", None, CorruptFileError, "needs 8 parameters"),
         ("1 RADIAL 24 16 30 12 8 0 0\n", None, None, None),  # zero distortion is fine
         ("1 OPENCV_FISHEYE 24 16 30 30 12 8 0 0 0 0\n", None, InvalidCameraError, "fisheye"),
         ("1 WEIRD 24 16 30\n", None, InvalidCameraError, "unknown camera model"),
@@ -255,25 +258,30 @@ def _colmap_model(tmp_path, cameras="1 PINHOLE 24 16 30 30 12 8\n", images=None)
         (None, "1 1 0 0 0 0 0 0 7 a.png\n\n", CorruptFileError, "camera 7"),
         (None, "1 1 0 0 0 0 0 0 1 missing.png\n\n", MissingFileError, "missing.png"),
         (None, "1 1 0 0 x 0 0 0 1 a.png\n\n", CorruptFileError, "non-numeric"),
-        ("1 PINHOLE 24 16 30 30 12 8\n2 PINHOLE 24 16 31 30 12 8\n",
-         "1 1 0 0 0 0 0 0 1 a.png\n\n2 1 0 0 0 0 0 0 2 b.png\n\n", InvalidCameraError, "share one camera"),
+        (None, "1 1 0 0 0 0 0 0 2 a.png\n\n", CorruptFileError, "uses camera 2"),
     ],
 )
 def test_colmap_bad_input(tmp_path, cameras, images, error, match):
     _colmap_model(tmp_path, cameras or "1 PINHOLE 24 16 30 30 12 8\n", images)
     if error is None:
-        assert len(load_colmap_text(tmp_path, progress=False)) == 1
+        assert len(load_colmap(tmp_path, progress=False)) == 1
     else:
         with pytest.raises(error, match=match):
-            load_colmap_text(tmp_path, progress=False)
+            load_colmap(tmp_path, progress=False)
 
 
 def test_colmap_missing_files(tmp_path):
     with pytest.raises(MissingFileError):
-        load_colmap_text(tmp_path / "nope")
+        load_colmap(tmp_path / "nope")
     (tmp_path / "cameras.bin").write_bytes(b"\0")
-    with pytest.raises(MissingFileError, match="model_converter"):
-        load_colmap_text(tmp_path)
+    with pytest.raises(MissingFileError, match="lacks images.bin"):
+        load_colmap(tmp_path)
+    for name in ("images.bin", "points3D.bin"):
+        (tmp_path / name).write_bytes(b"\0")
+    with pytest.raises(CorruptFileError, match="binary model"):
+        load_colmap(tmp_path)
+    for name in ("cameras.bin", "images.bin", "points3D.bin"):
+        (tmp_path / name).unlink()
     _colmap_model(tmp_path)
     with pytest.raises(MissingFileError, match="images folder"):
-        load_colmap_text(tmp_path, images_dir=tmp_path / "elsewhere")
+        load_colmap(tmp_path, images_dir=tmp_path / "elsewhere")

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from scene_tools.loaders import load_colmap_text, load_transforms_json, save_colmap_text, save_transforms_json
+from scene_tools.loaders import load_colmap, load_transforms_json, save_colmap_text, save_transforms_json
 from scene_tools.pbr import render_street
 from scene_tools.reconstruct import ReconstructionConfig, reconstruct
 from scene_tools.street import EgoConfig, StreetConfig, generate_street
@@ -36,7 +36,7 @@ def test_reconstruction_runs_from_exported_captures(tiny_frames, tmp_path, fmt):
         loaded = load_transforms_json(tmp_path / "cap", progress=False)
     else:
         save_colmap_text(images, tmp_path / "cap", progress=False)
-        loaded = load_colmap_text(tmp_path / "cap", progress=False)
+        loaded = load_colmap(tmp_path / "cap", progress=False)
     np.testing.assert_allclose(loaded.trajectory.poses, images.trajectory.poses, atol=1e-6)
     # a loaded capture has no depth in the COLMAP case: reconstruction must still start (random init)
     result = reconstruct(loaded, _tiny_recon(), progress=False)

@@ -205,21 +205,21 @@ def _image_line(i: int, name: str, tx: float) -> str:
 def test_images_txt_without_points2d_lines_keeps_every_image(tmp_path):
     lines = [_image_line(1, "a.png", 0.0), _image_line(2, "b.png", 1.0), _image_line(3, "c.png", 2.0)]
     _colmap(tmp_path, "# hand-made\n" + "\n".join(lines) + "\n")
-    from scene_tools.loaders import load_colmap_text
+    from scene_tools.loaders import load_colmap
 
-    p = load_colmap_text(tmp_path, progress=False)
+    p = load_colmap(tmp_path, progress=False)
     assert p.names == ["a", "b", "c"]
     assert np.allclose(p.trajectory.poses[:, 0, 3], [0.0, -1.0, -2.0])
 
 
 def test_images_txt_mixing_present_empty_and_missing_points2d_lines(tmp_path):
-    from scene_tools.loaders import load_colmap_text
+    from scene_tools.loaders import load_colmap
 
     text = "\n".join([_image_line(1, "a.png", 0.0), "10.5 3.0 -1 12.0 6.5 7",  # with points
                       _image_line(2, "b.png", 1.0),  # none at all
                       _image_line(3, "c.png", 2.0), ""]) + "\n"  # an empty POINTS2D line, as COLMAP writes it
     _colmap(tmp_path, text)
-    assert load_colmap_text(tmp_path, progress=False).names == ["a", "b", "c"]
+    assert load_colmap(tmp_path, progress=False).names == ["a", "b", "c"]
 
 
 @pytest.mark.parametrize("text, match", [
@@ -231,11 +231,11 @@ def test_images_txt_mixing_present_empty_and_missing_points2d_lines(tmp_path):
     ("1 1 0 0 0 0 0 0 1\n", "expected an image line"),  # no name
 ])
 def test_images_txt_lines_that_are_neither_kind_raise(tmp_path, text, match):
-    from scene_tools.loaders import load_colmap_text
+    from scene_tools.loaders import load_colmap
 
     _colmap(tmp_path, text, names=("a.png",))
     with pytest.raises(CorruptFileError, match=match):
-        load_colmap_text(tmp_path, progress=False)
+        load_colmap(tmp_path, progress=False)
 
 
 # ---------------------------------------------------------------------------------------------- 5. port

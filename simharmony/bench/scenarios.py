@@ -270,10 +270,8 @@ def demo_street_layout(scene):
 
 
 def _scaled(traj, scale: float, num_frames: int):
-    from scene_tools.cameras import Trajectory
-
     traj = traj[: max(1, min(num_frames, len(traj)))]
-    return Trajectory(traj.poses, traj.intrinsics.scaled(scale) if scale != 1.0 else traj.intrinsics, traj.times)
+    return traj.scaled(scale)
 
 
 def pbr_ground_truth(layout, trajectory, spp: int, cache_dir: str | Path, progress: bool = True):
