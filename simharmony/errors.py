@@ -57,3 +57,8 @@ class UnknownAssetError(SimHarmonyError, KeyError):
 
 class BackendUnavailableError(SimHarmonyError, RuntimeError):
     """A requested backend (CUDA, gsplat, Mitsuba variant, optional extra) is not available here."""
+
+
+class ReconstructionFailedError(SimHarmonyError, RuntimeError):
+    """Structure from motion or reconstruction ran on well-formed input but could not succeed
+    (for instance too few images registered)."""

@@ -245,3 +245,130 @@ def test_rig_reconstruction_uses_each_frames_camera():
     cfg = ReconstructionConfig(iterations=3, sh_degree=0, init="points", heldout_every=4, eval_every=3, device="cpu")
     res = reconstruct(pi, cfg, progress=False)
     assert res.heldout_psnr is not None and np.isfinite(res.heldout_psnr)
+
+
+# ------------------------------------------------------------------------------------- structure from motion
+def _texture(seed: int = 0, n: int = 512) -> np.ndarray:
+    """Colour blobs at three scales: enough corners for SIFT."""
+    rng = np.random.default_rng(seed)
+    tex = np.zeros((n, n, 3), np.float32)
+    for s in (4, 16, 64):
+        small = rng.random((n // s + 1, n // s + 1, 3)).astype(np.float32)
+        tex += cv2.resize(small, (n, n), interpolation=cv2.INTER_CUBIC)[:n, :n] / 3
+    return np.clip(tex, 0, 1)
+
+
+def _corridor_frames(poses: np.ndarray, intr: Intrinsics, tex: np.ndarray) -> np.ndarray:
+    """Ray-cast a textured box corridor (walls y = +-3, floor z = 0, ceiling z = 4, end wall x = 40) -> [N, H, W, 3]."""
+    u, v = np.meshgrid(np.arange(intr.width) + 0.5, np.arange(intr.height) + 0.5)
+    rays = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u)], -1)
+    planes = ((1, 3.0, (0, 2)), (1, -3.0, (0, 2)), (2, 0.0, (0, 1)), (2, 4.0, (0, 1)), (0, 40.0, (1, 2)))
+    out = []
+    for c2w in poses:
+        d, o = rays @ c2w[:3, :3].T, c2w[:3, 3]
+        best = np.full(u.shape, np.inf)
+        uv = np.zeros((*u.shape, 2))
+        for axis, val, (a, b) in planes:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                t = (val - o[axis]) / d[..., axis]
+            hit = (t > 1e-6) & (t < best)
+            p = o + t[..., None] * d
+            best = np.where(hit, t, best)
+            uv = np.where(hit[..., None], np.stack([p[..., a] + 7 * axis + val, p[..., b] + 3 * axis], -1), uv)
+        px = ((uv * 40) % tex.shape[0]).astype(np.float32)  # 40 texels per metre
+        out.append(cv2.remap(tex, px[..., 0], px[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP))
+    return np.stack(out)
+
+
+def _corridor_video(path, n: int = 12) -> tuple[np.ndarray, Intrinsics]:
+    intr = Intrinsics.from_fov(70.0, 320, 240)
+    poses = np.stack([look_at([0.5 * i, 0.6 * np.sin(i / 3), 1.6 + 0.1 * np.cos(i / 2)],
+                              [0.5 * i + 10, 0.5 * np.sin(i / 5), 1.5]) for i in range(n)])
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (intr.width, intr.height))
+    for f in _corridor_frames(poses, intr, _texture()):
+        writer.write(np.round(f[..., ::-1] * 255).astype(np.uint8))
+    writer.release()
+    return poses, intr
+
+
+def _similarity_residual(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS distance between point sets after the best similarity transform of ``a`` onto ``b`` (Umeyama)."""
+    ma, mb = a.mean(0), b.mean(0)
+    xa, xb = a - ma, b - mb
+    U, S, Vt = np.linalg.svd(xb.T @ xa / len(a))
+    D = np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))])
+    R = U @ D @ Vt
+    s = np.trace(np.diag(S) @ D) / xa.var(0).sum()
+    return float(np.sqrt((((s * xa @ R.T) - xb) ** 2).sum(1).mean()))
+
+
+def test_capture_from_video_recovers_the_trajectory(tmp_path):
+    from scene_tools.capture import CaptureConfig, capture, load_capture
+
+    poses, intr = _corridor_video(tmp_path / "drive.mp4")
+    res = capture(tmp_path / "drive.mp4", tmp_path / "cap", CaptureConfig(num_threads=2), progress=False)
+    assert res.num_images == 12 and res.num_registered == 12 and res.num_points > 200
+    meta = json.loads((tmp_path / "cap" / "capture.json").read_text())
+    assert meta["num_registered"] == 12 and meta["video"] and meta["config"]["matching"] == "auto"
+    cap = load_capture(tmp_path / "cap", progress=False)
+    assert len(cap) == 12 and cap.names == [f"{i:05d}" for i in range(12)] and cap.points is not None
+    assert abs(cap.trajectory.intrinsics.fx / intr.fx - 1) < 0.05  # focal length solved from the video alone
+    path_length = np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1).sum()
+    err = _similarity_residual(cap.trajectory.positions, poses[:, :3, 3])
+    assert err < 0.02 * path_length, f"camera centres off by {err:.3f} m on a {path_length:.1f} m path"
+    shuffled = cap.trajectory.positions[np.random.default_rng(0).permutation(12)]
+    assert _similarity_residual(shuffled, poses[:, :3, 3]) > 0.1 * path_length  # the measure can fail
+    half = load_capture(tmp_path / "cap", downscale=2, max_views=6, progress=False)
+    assert half.images.shape == (6, 120, 160, 3)
+
+
+def test_capture_bad_input(tmp_path):
+    from scene_tools.capture import CaptureConfig, capture
+    from simharmony.errors import (
+        ConfigError,
+        CorruptFileError,
+        FileFormatError,
+        InvalidInputError,
+        MissingFileError,
+        ReconstructionFailedError,
+    )
+
+    cfg = CaptureConfig(num_threads=2)
+    with pytest.raises(MissingFileError):
+        capture(tmp_path / "nope", tmp_path / "o1", cfg, progress=False)
+    (tmp_path / "two").mkdir()
+    for i in range(2):
+        _write(tmp_path / "two" / f"{i}.png", _texture(i)[:120, :160])
+    with pytest.raises(InvalidInputError, match="at least 3 images, got 2"):
+        capture(tmp_path / "two", tmp_path / "o2", cfg, progress=False)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all" * 100)
+    with pytest.raises(CorruptFileError, match="broken.mp4"):
+        capture(tmp_path / "broken.mp4", tmp_path / "o3", cfg, progress=False)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(InvalidInputError, match="neither a folder of images nor a video"):
+        capture(tmp_path / "notes.txt", tmp_path / "o4", cfg, progress=False)
+    (tmp_path / "mixed").mkdir()
+    for i, size in enumerate([(160, 120), (160, 120), (200, 120)]):
+        _write(tmp_path / "mixed" / f"{i}.png", _texture(i)[: size[1], : size[0]])
+    with pytest.raises(ShapeMismatchError, match="several sizes"):
+        capture(tmp_path / "mixed", tmp_path / "o5", CaptureConfig(camera_mode="single"), progress=False)
+    (tmp_path / "noise").mkdir()  # unrelated pictures: nothing matches, SfM must fail and say so
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        _write(tmp_path / "noise" / f"{i}.png", rng.random((120, 160, 3)))
+    with pytest.raises(ReconstructionFailedError, match="(no model|of 4 images registered)"):
+        capture(tmp_path / "noise", tmp_path / "o6", cfg, progress=False)
+    (tmp_path / "bad_image").mkdir()
+    for i in range(3):
+        _write(tmp_path / "bad_image" / f"{i}.png", _texture(i)[:120, :160])
+    (tmp_path / "bad_image" / "3.jpg").write_bytes(b"\xff\xd8 truncated")
+    with pytest.raises(CorruptFileError, match="3.jpg"):
+        capture(tmp_path / "bad_image", tmp_path / "o7", cfg, progress=False)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(FileFormatError, match="not empty"):
+        capture(tmp_path / "two", tmp_path / "full", cfg, progress=False)
+    with pytest.raises(ConfigError, match="camera_model"):
+        CaptureConfig(camera_model="OPENCV_FISHEYE")
+    # nothing half-written: no output folders and no partial folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("o", ".o"))) == []

@@ -1,0 +1,325 @@
+"""Structure from motion for captures without poses: a folder of photos, or a video, to a COLMAP model.
+
+``capture(source, out_dir)`` runs COLMAP through pycolmap: SIFT features, matching (sequential for video,
+exhaustive for a few unordered photos), incremental mapping. It writes, all at once when it succeeds:
+
+- ``out_dir/images/``: the frames of a video (JPEG, quality 95); a folder source is read where it is;
+- ``out_dir/database.db``: COLMAP's features and matches;
+- ``out_dir/sparse/0/``: the largest model, binary, as COLMAP writes it (poses, cameras, sparse points);
+- ``out_dir/capture.json``: the source, the config, how many images registered and which did not, timings.
+
+:func:`load_capture` then reads it as :class:`~scene_tools.views.PosedImages` (undistorted, pinhole).
+Lenses are solved as ``camera_model`` (SIMPLE_RADIAL by default): one camera for the whole capture when all
+images share a size, else one per image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import cv2
+from tqdm.auto import tqdm
+
+from scene_tools.lens import COLMAP_DISTORTED_MODELS, COLMAP_PINHOLE_MODELS
+from scene_tools.views import PosedImages
+from simharmony.errors import (
+    CorruptFileError,
+    FileFormatError,
+    InvalidInputError,
+    MissingFileError,
+    ReconstructionFailedError,
+    ShapeMismatchError,
+)
+from simharmony.utils.config import Config, require, require_finite_fields
+from simharmony.utils.io import PathLike, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+MIN_IMAGES = 3
+
+
+@dataclass
+class CaptureConfig(Config):
+    """How :func:`capture` runs structure from motion. Defaults suit a forward-driving dash camera."""
+
+    matching: Literal["auto", "sequential", "exhaustive"] = "auto"  # auto: sequential for video or > 60 images
+    sequential_overlap: int = 15  # neighbours matched per frame in sequential matching
+    camera_model: str = "SIMPLE_RADIAL"  # COLMAP model solved for the lens (undistorted on load)
+    camera_mode: Literal["auto", "single", "per_image"] = "auto"  # auto: single when all images share a size
+    max_image_size: int = 1024  # features are extracted at most this large (longest side, pixels)
+    max_num_features: int = 4096
+    init_min_tri_angle: float = 4.0  # degrees; COLMAP's 16 rarely finds a pair when driving straight ahead
+    min_registered_fraction: float = 0.5  # fewer registered images than this fraction is an error
+    num_threads: int = -1  # -1: all cores
+    seed: int = 0
+
+    # video sources
+    video_every: int = 1  # keep every n-th frame
+    video_max_frames: int | None = None
+    video_max_size: int | None = None  # resize frames so the longest side is at most this (None: as decoded)
+
+    def __post_init__(self) -> None:
+        require_finite_fields(self)
+        own = "CaptureConfig"
+        require(self.matching in ("auto", "sequential", "exhaustive"), own,
+                f"matching must be auto, sequential or exhaustive, got {self.matching!r}")
+        require(self.camera_mode in ("auto", "single", "per_image"), own,
+                f"camera_mode must be auto, single or per_image, got {self.camera_mode!r}")
+        supported = (*COLMAP_PINHOLE_MODELS, *COLMAP_DISTORTED_MODELS)
+        require(self.camera_model in supported, own, f"camera_model must be one of {supported}, got {self.camera_model!r}")
+        require(self.sequential_overlap >= 1, own, f"sequential_overlap must be >= 1, got {self.sequential_overlap}")
+        require(self.max_image_size >= 64, own, f"max_image_size must be >= 64, got {self.max_image_size}")
+        require(self.max_num_features >= 64, own, f"max_num_features must be >= 64, got {self.max_num_features}")
+        require(0.0 < self.init_min_tri_angle < 90.0, own,
+                f"init_min_tri_angle must be in (0, 90), got {self.init_min_tri_angle}")
+        require(0.0 <= self.min_registered_fraction <= 1.0, own,
+                f"min_registered_fraction must be in [0, 1], got {self.min_registered_fraction}")
+        require(self.video_every >= 1, own, f"video_every must be >= 1, got {self.video_every}")
+        require(self.video_max_frames is None or self.video_max_frames >= MIN_IMAGES, own,
+                f"video_max_frames must be None or >= {MIN_IMAGES}, got {self.video_max_frames}")
+        require(self.video_max_size is None or self.video_max_size >= 64, own,
+                f"video_max_size must be None or >= 64, got {self.video_max_size}")
+
+
+@dataclass
+class CaptureResult:
+    """What :func:`capture` returns: where the model is, how many images registered, and how long it took."""
+
+    out_dir: Path
+    model_dir: Path
+    images_dir: Path
+    num_images: int
+    num_registered: int
+    unregistered: list[str]
+    num_points: int
+    seconds: dict[str, float]
+
+    @property
+    def registered_fraction(self) -> float:
+        return self.num_registered / max(self.num_images, 1)
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def list_images(folder: PathLike) -> list[Path]:
+    """Image files directly in ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"image folder not found: {folder}")
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def extract_video_frames(video: PathLike, out_dir: PathLike, *, every: int = 1, max_frames: int | None = None,
+                         max_size: int | None = None, progress: bool = True) -> list[Path]:
+    """Decode ``video`` into ``out_dir/00000.jpg, ...`` (every ``every``-th frame, at most ``max_frames``,
+    the longest side at most ``max_size``). A file that cannot be decoded is a CorruptFileError."""
+    video = Path(video)
+    if not video.is_file():
+        raise MissingFileError(f"video not found: {video}")
+    cap = cv2.VideoCapture(str(video))
+    try:
+        if not cap.isOpened():
+            raise CorruptFileError(f"cannot decode video {video} (not a video, or a codec OpenCV's FFmpeg lacks)")
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
+        bar = tqdm(total=total, desc=f"decoding {video.name}", unit="frame", disable=not progress, leave=False)
+        index = 0
+        while max_frames is None or len(paths) < max_frames:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            bar.update()
+            if index % every == 0:
+                if max_size is not None and max(frame.shape[:2]) > max_size:
+                    s = max_size / max(frame.shape[:2])
+                    frame = cv2.resize(frame, (round(frame.shape[1] * s), round(frame.shape[0] * s)),
+                                       interpolation=cv2.INTER_AREA)
+                path = out_dir / f"{len(paths):05d}.jpg"
+                if not cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]):
+                    raise FileFormatError(f"cannot write frame {path}")
+                paths.append(path)
+            index += 1
+        bar.close()
+    finally:
+        cap.release()
+    if not paths:
+        raise CorruptFileError(f"video {video} has no decodable frames")
+    return paths
+
+
+def _image_sizes(paths: list[Path], progress: bool) -> dict[Path, tuple[int, int]]:
+    sizes = {}
+    for p in tqdm(paths, desc="checking images", disable=not progress, leave=False):
+        img = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if img is None:
+            raise CorruptFileError(f"cannot decode image {p} (corrupt or unsupported format)")
+        sizes[p] = (img.shape[1], img.shape[0])
+    return sizes
+
+
+# ---------------------------------------------------------------------------------------------- SfM
+def _prepare_output(out_dir: Path) -> Path:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise FileFormatError(f"output folder {out_dir} exists and is not empty; choose a new one or remove it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+
+
+def capture(source: PathLike, out_dir: PathLike, config: CaptureConfig | None = None, *,
+            progress: bool = True) -> CaptureResult:
+    """Poses, lens and sparse points for a video or a folder of images, by COLMAP structure from motion.
+
+    Raises MissingFileError / CorruptFileError for a missing source, an undecodable video or image;
+    InvalidInputError for fewer than 3 images; ShapeMismatchError for mixed sizes with ``camera_mode="single"``;
+    ReconstructionFailedError when no model is found or fewer than ``min_registered_fraction`` of the images
+    register (saying how many did). Nothing is left in ``out_dir`` unless it succeeds.
+    """
+    import pycolmap
+
+    config = config or CaptureConfig()
+    source, out_dir = Path(source), Path(out_dir)
+    if not source.exists():
+        raise MissingFileError(f"capture source not found: {source}")
+    is_video = source.is_file()
+    if is_video and source.suffix.lower() not in VIDEO_SUFFIXES:
+        raise InvalidInputError(f"{source} is neither a folder of images nor a video ({', '.join(VIDEO_SUFFIXES)})")
+    work = _prepare_output(out_dir)
+    seconds: dict[str, float] = {}
+    glog_level = pycolmap.logging.minloglevel
+    if not log.isEnabledFor(logging.DEBUG):  # COLMAP's per-image INFO lines drown the progress bars
+        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+    try:
+        t0 = time.perf_counter()
+        if is_video:
+            paths = extract_video_frames(source, work / "images", every=config.video_every,
+                                         max_frames=config.video_max_frames, max_size=config.video_max_size,
+                                         progress=progress)
+            images_dir = work / "images"
+        else:
+            paths = list_images(source)
+            images_dir = source.resolve()
+        if len(paths) < MIN_IMAGES:
+            raise InvalidInputError(f"{source}: structure from motion needs at least {MIN_IMAGES} images, got "
+                                    f"{len(paths)}")
+        sizes = _image_sizes(paths, progress)
+        mixed = len(set(sizes.values())) > 1
+        if mixed and config.camera_mode == "single":
+            raise ShapeMismatchError(f"{source}: images have several sizes {sorted(set(sizes.values()))} but "
+                                     "camera_mode='single' needs one; use camera_mode='per_image'")
+        single = config.camera_mode == "single" or (config.camera_mode == "auto" and not mixed)
+        seconds["decode"] = time.perf_counter() - t0
+
+        pycolmap.set_random_seed(config.seed)
+        threads = config.num_threads if config.num_threads > 0 else (os.cpu_count() or 1)
+        database = work / "database.db"
+        stages = tqdm(total=3, desc="structure from motion: features", disable=not progress, leave=False)
+        t0 = time.perf_counter()
+        reader = pycolmap.ImageReaderOptions()
+        reader.camera_model = config.camera_model
+        extraction = pycolmap.FeatureExtractionOptions()
+        extraction.num_threads = threads
+        extraction.max_image_size = config.max_image_size
+        extraction.sift.max_num_features = config.max_num_features
+        names = [p.name for p in paths]
+        pycolmap.extract_features(database, images_dir, image_names=names,
+                                  camera_mode=pycolmap.CameraMode.SINGLE if single else pycolmap.CameraMode.PER_IMAGE,
+                                  reader_options=reader, extraction_options=extraction, device=pycolmap.Device.cpu)
+        seconds["features"] = time.perf_counter() - t0
+        stages.update()
+
+        t0 = time.perf_counter()
+        sequential = config.matching == "sequential" or (config.matching == "auto" and (is_video or len(paths) > 60))
+        stages.set_description(f"structure from motion: {'sequential' if sequential else 'exhaustive'} matching")
+        matching = pycolmap.FeatureMatchingOptions()
+        matching.num_threads = threads
+        if sequential:
+            pairing = pycolmap.SequentialPairingOptions()
+            pairing.overlap = config.sequential_overlap
+            pycolmap.match_sequential(database, matching_options=matching, pairing_options=pairing,
+                                      device=pycolmap.Device.cpu)
+        else:
+            pycolmap.match_exhaustive(database, matching_options=matching, device=pycolmap.Device.cpu)
+        seconds["matching"] = time.perf_counter() - t0
+        stages.update()
+
+        t0 = time.perf_counter()
+        stages.set_description("structure from motion: mapping")
+        mapper = pycolmap.IncrementalPipelineOptions()
+        mapper.num_threads = threads
+        mapper.random_seed = config.seed
+        mapper.mapper.init_min_tri_angle = config.init_min_tri_angle
+        registered_bar = tqdm(total=len(paths), desc="mapping images", disable=not progress, leave=False)
+        models = pycolmap.incremental_mapping(database, images_dir, work / "sparse_all", options=mapper,
+                                              next_image_callback=lambda: registered_bar.update())
+        registered_bar.close()
+        seconds["mapping"] = time.perf_counter() - t0
+        stages.update()
+        stages.close()
+        if not models:
+            raise ReconstructionFailedError(f"{source}: structure from motion found no model: no pair of the "
+                                            f"{len(paths)} images had enough matches with parallax to start")
+        best = max(models.values(), key=lambda r: r.num_reg_images())
+        registered = {best.images[i].name for i in best.reg_image_ids()}
+        need = max(MIN_IMAGES, int(round(config.min_registered_fraction * len(paths))))
+        if len(registered) < need:
+            raise ReconstructionFailedError(
+                f"{source}: only {len(registered)} of {len(paths)} images registered in the largest model "
+                f"({len(models)} model(s) found); need at least {need} "
+                f"(min_registered_fraction={config.min_registered_fraction})"
+            )
+        (work / "sparse" / "0").mkdir(parents=True)
+        best.write_binary(str(work / "sparse" / "0"))
+        shutil.rmtree(work / "sparse_all")
+        result = CaptureResult(out_dir=out_dir, model_dir=out_dir / "sparse" / "0",
+                               images_dir=out_dir / "images" if is_video else images_dir, num_images=len(paths),
+                               num_registered=len(registered), unregistered=sorted(set(names) - registered),
+                               num_points=best.num_points3D(), seconds=seconds)
+        write_text_atomic(work / "capture.json", json.dumps({
+            "source": str(source.resolve()), "video": is_video,
+            "images_dir": "images" if is_video else str(images_dir), "num_images": len(paths),
+            "num_registered": len(registered), "unregistered": result.unregistered, "num_points": result.num_points,
+            "num_models": len(models), "seconds": seconds, "config": config.to_dict(),
+        }, indent=2))
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    finally:
+        pycolmap.logging.minloglevel = glog_level
+    log.info("capture %s: %d of %d images registered, %d points", source, result.num_registered, len(paths),
+             result.num_points)
+    return result
+
+
+def load_capture(out_dir: PathLike, downscale: int = 1, *, max_views: int | None = None,
+                 progress: bool = True) -> PosedImages:
+    """The registered images of a :func:`capture` folder, undistorted, with their poses and sparse points."""
+    from scene_tools.loaders import load_colmap
+
+    out_dir = Path(out_dir)
+    meta_path = out_dir / "capture.json"
+    if not meta_path.is_file():
+        raise MissingFileError(f"{out_dir} is not a capture folder (no capture.json); run `simharmony capture` first")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        images_dir = out_dir / meta["images_dir"] if meta["video"] else Path(meta["images_dir"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CorruptFileError(f"cannot read {meta_path}: {e!r}") from e
+    return load_colmap(out_dir / "sparse" / "0", images_dir=images_dir, downscale=downscale, max_views=max_views,
+                       progress=progress)
+
+
+__all__ = ["CaptureConfig", "CaptureResult", "capture", "extract_video_frames", "list_images", "load_capture"]
