@@ -15,7 +15,7 @@ class PosedImages:
     """Images with their cameras.
 
     - ``images``       [N, H, W, 3] float32 sRGB in [0, 1]
-    - ``trajectory``   N poses (camera-to-world, OpenCV) and shared intrinsics of size W x H
+    - ``trajectory``   N poses (camera-to-world, OpenCV) and intrinsics of size W x H (per frame for a rig)
     - ``masks``        [N, H, W] float32 in [0, 1], optional: pixels to fit (1) or ignore (0)
     - ``depths``       [N, H, W] float32 z-depth in metres, optional; inf where nothing was hit
     - ``instance_ids`` [N, H, W] int32, optional; 0 is background
@@ -73,6 +73,29 @@ class PosedImages:
     @property
     def width(self) -> int:
         return self.images.shape[2]
+
+    def downscaled(self, factor: int) -> "PosedImages":
+        """The same views at 1/``factor`` size: images and masks area-averaged, depths and ids nearest-sampled."""
+        if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+            raise InvalidInputError(f"downscale factor must be a positive integer, got {factor!r}")
+        if factor == 1:
+            return self
+        import cv2
+
+        size = (max(1, round(self.width / factor)), max(1, round(self.height / factor)))
+
+        def each(a: np.ndarray | None, nearest: bool = False) -> np.ndarray | None:
+            if a is None:
+                return None
+            mode = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
+            src = a.astype(np.float32) if a.dtype == np.int32 else a
+            return np.stack([cv2.resize(x, size, interpolation=mode) for x in src]).astype(a.dtype)
+
+        t = self.trajectory
+        fi = None if t.frame_intrinsics is None else tuple(k.resized(*size) for k in t.frame_intrinsics)
+        traj = Trajectory(t.poses, t.intrinsics.resized(*size), t.times, fi, t.cameras)
+        return PosedImages(each(self.images), traj, each(self.masks), each(self.depths, True),
+                           each(self.instance_ids, True), self.points, self.point_colors, self.names)
 
     def subset(self, idx) -> "PosedImages":
         """A subset of views by index array, slice or boolean mask."""

@@ -3,7 +3,8 @@
     simharmony demo                     render the shipped demo street (README main job)
     simharmony build-demo-scene         rebuild weights/demo_street from scratch (Mitsuba + reconstruction)
     simharmony render-street            render a procedural Mitsuba street to a frames folder
-    simharmony reconstruct              train 3DGS on a frames folder, transforms.json or COLMAP text model
+    simharmony capture                  poses for a video or photos by structure from motion (COLMAP)
+    simharmony reconstruct              train 3DGS on street frames, a capture, transforms.json or a COLMAP model
     simharmony assets                   list / query an asset bank
     simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/recon_extra/relight_street/holdout)
     simharmony simulate                 drive the demo street through the render hook: raw | harmonized video
@@ -25,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from simharmony.errors import SimHarmonyError
+from simharmony.errors import MissingFileError, SimHarmonyError
 from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
 
 
@@ -69,18 +70,24 @@ def _cmd_render_street(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_images(path: Path):
-    from scene_tools.loaders import load_colmap, load_transforms_json
+def _load_images(path: Path, downscale: int = 1, max_views: int | None = None):
+    """A capture for ``reconstruct``: street frames, a ``simharmony capture`` folder, transforms.json or a
+    COLMAP model (text or binary; also under sparse/0 or sparse)."""
+    from scene_tools.capture import load_capture
+    from scene_tools.loaders import load_colmap, load_transforms_json, pick_views
     from scene_tools.pbr import StreetFrames
 
     if (path / "frames.yaml").is_file():
-        return StreetFrames.load(path).to_posed_images()
+        images = StreetFrames.load(path).to_posed_images()
+        return images.subset(pick_views(len(images), max_views)).downscaled(downscale)
+    if (path / "capture.json").is_file():
+        return load_capture(path, downscale, max_views=max_views)
     if path.suffix == ".json" or (path / "transforms.json").is_file():
-        return load_transforms_json(path)
+        return load_transforms_json(path, downscale, max_views=max_views)
     for sub in (path, path / "sparse" / "0", path / "sparse"):
         if (sub / "cameras.txt").is_file() or (sub / "cameras.bin").is_file():
-            return load_colmap(sub)
-    raise SimHarmonyError(f"{path}: not a street frames folder, transforms.json or COLMAP model")
+            return load_colmap(sub, downscale=downscale, max_views=max_views)
+    raise MissingFileError(f"{path}: not a street frames folder, capture folder, transforms.json or COLMAP model")
 
 
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
@@ -89,10 +96,32 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     cfg = ReconstructionConfig.load(args.config) if args.config else ReconstructionConfig()
     if args.iterations is not None:
         cfg.iterations = args.iterations
-    result = reconstruct(_load_images(Path(args.data)), cfg, output_dir=args.out)
+    images = _load_images(Path(args.data), args.downscale, args.max_views)
+    print(f"reconstruct: {len(images)} views at {images.width}x{images.height}"
+          f"{' from a ' + str(len(images.trajectory.by_camera())) + '-camera rig' if images.trajectory.cameras else ''}"
+          f"; initialisation: {'sparse points' if images.points is not None and cfg.init in ('auto', 'points') else cfg.init}")
+    result = reconstruct(images, cfg, output_dir=args.out)
     held = "n/a" if result.heldout_psnr is None else f"{result.heldout_psnr:.2f} dB"
     print(f"{len(result.scene)} Gaussians; train PSNR {result.train_psnr:.2f} dB; held-out PSNR {held}; "
           f"{result.seconds / 60:.1f} min; scene at {args.out}/scene.safetensors")
+    return 0
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    from scene_tools.capture import CaptureConfig, capture
+
+    cfg = CaptureConfig.load(args.config) if args.config else CaptureConfig()
+    for key in ("matching", "camera_model", "video_every", "video_max_frames", "video_max_size"):
+        if getattr(args, key) is not None:
+            setattr(cfg, key, getattr(args, key))
+    cfg = CaptureConfig.from_dict(cfg.to_dict())  # re-validate the overrides
+    res = capture(args.source, args.out, cfg, progress=not args.quiet)
+    print(f"capture: {res.num_registered} of {res.num_images} images registered ({100 * res.registered_fraction:.0f}%), "
+          f"{res.num_points} sparse points, {sum(res.seconds.values()) / 60:.1f} min; model at {res.model_dir}")
+    if res.unregistered:
+        shown = ", ".join(res.unregistered[:8]) + (" ..." if len(res.unregistered) > 8 else "")
+        print(f"not registered: {shown}")
+    print(f"next: simharmony reconstruct --data {args.out} --out RUN_DIR --downscale 2")
     return 0
 
 
@@ -225,12 +254,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--shift", type=float, default=0.0, help="lateral shift of the ego trajectory in metres")
     r.set_defaults(func=_cmd_render_street)
 
-    c = sub.add_parser("reconstruct", help="train 3DGS on a frames folder, transforms.json or COLMAP text model")
+    c = sub.add_parser("reconstruct", help="train 3DGS on street frames, a capture folder, transforms.json or a COLMAP model")
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--config", default=None, help="ReconstructionConfig YAML")
     c.add_argument("--iterations", type=int, default=None)
+    c.add_argument("--downscale", type=int, default=1, help="divide the image size by this integer on load")
+    c.add_argument("--max-views", type=int, default=None, help="use at most this many views, evenly spread")
     c.set_defaults(func=_cmd_reconstruct)
+
+    cp = sub.add_parser("capture", help="poses, lens and sparse points for a video or a folder of photos "
+                                        "(structure from motion with COLMAP)")
+    cp.add_argument("source", help="a video file or a folder of images")
+    cp.add_argument("--out", required=True, help="new folder for the frames, COLMAP model and capture.json")
+    cp.add_argument("--config", default=None, help="CaptureConfig YAML")
+    cp.add_argument("--matching", choices=["auto", "sequential", "exhaustive"], default=None)
+    cp.add_argument("--camera-model", default=None, help="COLMAP lens model to solve (default SIMPLE_RADIAL)")
+    cp.add_argument("--every", dest="video_every", type=int, default=None, help="video: keep every n-th frame")
+    cp.add_argument("--max-frames", dest="video_max_frames", type=int, default=None, help="video: at most this many")
+    cp.add_argument("--max-size", dest="video_max_size", type=int, default=None,
+                    help="video: longest side of the extracted frames, pixels")
+    cp.add_argument("--quiet", action="store_true")
+    cp.set_defaults(func=_cmd_capture)
 
     a = sub.add_parser("assets", help="list assets in a bank")
     a.add_argument("--bank", default=str(DEMO_ASSETS_DIR))

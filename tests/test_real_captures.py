@@ -372,3 +372,24 @@ def test_capture_bad_input(tmp_path):
         CaptureConfig(camera_model="OPENCV_FISHEYE")
     # nothing half-written: no output folders and no partial folders left behind
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("o", ".o"))) == []
+
+
+def test_cli_capture_then_reconstruct(tmp_path, capsys):
+    from simharmony.cli import main
+
+    _corridor_video(tmp_path / "drive.mp4")
+    assert main(["capture", str(tmp_path / "drive.mp4"), "--out", str(tmp_path / "cap"), "--quiet"]) == 0
+    assert "12 of 12 images registered" in capsys.readouterr().out
+    cfg = tmp_path / "recon.yaml"
+    cfg.write_text("sh_degree: 0\nheldout_every: 4\neval_every: 5\nlog_every: 5\ncheckpoint_every: 5\ndevice: cpu\n")
+    assert main(["reconstruct", "--data", str(tmp_path / "cap"), "--out", str(tmp_path / "run"), "--config", str(cfg),
+                 "--iterations", "5", "--downscale", "4", "--max-views", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "8 views at 80x60" in out and "initialisation: sparse points" in out and "held-out PSNR" in out
+    # the same capture folder again is refused with a clear message, not overwritten
+    assert main(["capture", str(tmp_path / "drive.mp4"), "--out", str(tmp_path / "cap"), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["reconstruct", "--data", str(tmp_path / "cap"), "--out", str(tmp_path / "r2"), "--downscale", "0"]) == 2
+    assert "downscale must be a positive integer" in capsys.readouterr().err
+    assert main(["reconstruct", "--data", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2
+    assert "not a street frames folder, capture folder" in capsys.readouterr().err
