@@ -322,4 +322,75 @@ def load_capture(out_dir: PathLike, downscale: int = 1, *, max_views: int | None
                        progress=progress)
 
 
-__all__ = ["CaptureConfig", "CaptureResult", "capture", "extract_video_frames", "list_images", "load_capture"]
+# ---------------------------------------------------------------------------------------------- metric frame
+def align_to_ground(images: PosedImages, camera_height_m: float = 1.5, *, seed: int = 0) -> tuple[PosedImages, dict]:
+    """Move a structure-from-motion capture (arbitrary orientation and scale) into the project's street frame:
+    z up, the road at z = 0 under the first camera, metres.
+
+    Up starts as the mean of the cameras' up axes (a vehicle camera is roughly level); the road is the plane
+    with most sparse points below the cameras (RANSAC, normal within 20 degrees of up), which then gives the
+    exact up; the scale makes the cameras' median height above it ``camera_height_m`` (the one assumption:
+    1.5 m suits a car's windscreen camera). Needs the capture's sparse points. Returns the moved capture and
+    ``{"scale", "up", "camera_height_sfm", "ground_inliers"}``.
+    """
+    if images.points is None or len(images.points) < 20:
+        raise InvalidInputError("align_to_ground needs the capture's sparse points (at least 20)")
+    if not (camera_height_m > 0):
+        raise InvalidInputError(f"camera_height_m must be positive, got {camera_height_m}")
+    import numpy as np
+
+    poses, pts = images.trajectory.poses, images.points.astype(np.float64)
+    cams = poses[:, :3, 3]
+    up = -poses[:, :3, 1].mean(0)  # OpenCV cameras: y points down
+    up /= np.linalg.norm(up)
+    height = (cams - cams.mean(0)) @ up
+    below = pts[(pts - cams.mean(0)) @ up < height.min()]
+    if len(below) < 10:
+        raise ReconstructionFailedError("no sparse points below the cameras: cannot find the road to set the scale")
+    rng = np.random.default_rng(seed)
+    spread = np.median(np.abs((below - cams.mean(0)) @ up))
+    best, best_in = None, None
+    for _ in range(500):
+        a, b, c = below[rng.choice(len(below), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        if np.linalg.norm(n) < 1e-12:
+            continue
+        n /= np.linalg.norm(n)
+        if n @ up < 0:
+            n = -n
+        if n @ up < np.cos(np.deg2rad(20.0)):
+            continue
+        inliers = np.abs((below - a) @ n) < 0.03 * spread
+        if best_in is None or inliers.sum() > best_in.sum():
+            best, best_in = (n, a), inliers
+    if best is None or best_in.sum() < 10:
+        raise ReconstructionFailedError("could not fit a road plane to the sparse points below the cameras")
+    ground = below[best_in]
+    centroid = ground.mean(0)
+    n = np.linalg.svd(ground - centroid)[2][-1]  # least-squares refit on the inliers
+    n = n if n @ up > 0 else -n
+    cam_height = float(np.median((cams - centroid) @ n))
+    if cam_height <= 0:
+        raise ReconstructionFailedError("the fitted road plane is not below the cameras")
+    scale = camera_height_m / cam_height
+    # rotation taking n to +z with the first camera's forward direction along +x
+    fwd = poses[0, :3, 2] - (poses[0, :3, 2] @ n) * n
+    fwd /= np.linalg.norm(fwd)
+    R = np.stack([fwd, np.cross(n, fwd), n])  # rows: new x, y, z in old coordinates
+    origin = cams[0] - ((cams[0] - centroid) @ n) * n  # the road under the first camera
+
+    def move(x: np.ndarray) -> np.ndarray:
+        return scale * (x - origin) @ R.T
+
+    new_poses = poses.copy()
+    new_poses[:, :3, :3] = R @ poses[:, :3, :3]
+    new_poses[:, :3, 3] = move(cams)
+    t = images.trajectory
+    moved = PosedImages(images.images, type(t)(new_poses, t.intrinsics, t.times, t.frame_intrinsics, t.cameras),
+                        images.masks, None if images.depths is None else images.depths * np.float32(scale),
+                        images.instance_ids, move(pts).astype(np.float32), images.point_colors, images.names)
+    return moved, {"scale": float(scale), "up": n.tolist(), "camera_height_sfm": cam_height,
+                   "ground_inliers": int(best_in.sum())}
+
+
+__all__ = ["CaptureConfig", "align_to_ground", "CaptureResult", "capture", "extract_video_frames", "list_images", "load_capture"]

@@ -99,6 +99,9 @@ class ReconstructionConfig(Config):
     init_scale_factor: float = 1.0  # multiplies the nearest-neighbour initial scale
     sky_init_points: int = 2_000  # "depth" init: Gaussians placed along rays of sky pixels (depth inf)
     sky_depth: float | None = None  # distance of those Gaussians; None = 10 x scene extent
+    # "points" init: this many more Gaussians at sky_depth along random pixel rays of the training views, a
+    # backdrop for the sky, where structure from motion has no points
+    backdrop_init_points: int = 0
     random_init_depth: tuple[float, float] | None = None  # "random" init depth range; None = (0.1, 2) x extent
 
     # densification / pruning (3DGS schedule; gsplat.DefaultStrategy on CUDA)
@@ -143,7 +146,8 @@ class ReconstructionConfig(Config):
                      "keep_checkpoints"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{name} must be an integer >= 1, got {v!r}")
-        for name in ("seed", "densify_start", "densify_stop", "sky_init_points", "sh_degree", "heldout_every",
+        for name in ("seed", "densify_start", "densify_stop", "sky_init_points", "backdrop_init_points", "sh_degree",
+                     "heldout_every",
                      "cpu_torch_threads"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
@@ -375,11 +379,22 @@ def initial_points(
         cols = images.point_colors if images.point_colors is not None else np.full_like(pts, 0.5)
         ok = np.isfinite(pts).all(1) & np.isfinite(cols).all(1)
         pts, cols = pts[ok], np.clip(cols[ok], 0, 1)
+        if len(pts) == 0:
+            raise InvalidInputError("init='points': all sparse points are non-finite")
+        if cfg.backdrop_init_points:
+            far = cfg.sky_depth if cfg.sky_depth is not None else 10.0 * extent
+            per = max(1, cfg.backdrop_init_points // n)
+            bp, bc = [], []
+            for i in train:
+                u, v = rng.uniform(0, w, per) - 0.5, rng.uniform(0, h, per) - 0.5
+                o, dirs = _pixel_rays(Ks[i], images.trajectory.poses[i], u, v)
+                bp.append(o + far * dirs / np.linalg.norm(dirs, axis=1, keepdims=True))
+                bc.append(images.images[i][np.clip(np.round(v).astype(int), 0, h - 1),
+                                           np.clip(np.round(u).astype(int), 0, w - 1)])
+            pts, cols = np.concatenate([pts, *bp]), np.concatenate([cols, *bc])
         if len(pts) > cfg.max_gaussians:
             keep = rng.choice(len(pts), cfg.max_gaussians, replace=False)
             pts, cols = pts[keep], cols[keep]
-        if len(pts) == 0:
-            raise InvalidInputError("init='points': all sparse points are non-finite")
         return pts, cols.astype(np.float32), mode
     per_view = max(1, cfg.init_num_points // n)
     pts, cols = [], []

@@ -9,6 +9,7 @@
     simharmony data generate|report|contact-sheet   paired training data (presets tiny/default/recon_extra/relight_street/holdout)
     simharmony simulate                 drive the demo street through the render hook: raw | harmonized video
     simharmony bench --preset smoke|full   metrics, baselines, scenarios, speed -> report folder
+    simharmony bench-capture            the real-capture scenario: a real video to held-out PSNR/SSIM and a shifted lane
     simharmony train                    train the enhancer (YAML config; resumable; torchrun for data-parallel)
     simharmony view                     viser viewer: harmonizer toggle, asset picker, lateral shift
     simharmony ns-view                  nerfstudio viewer with the Harmonizer toggle on an existing splatfacto run
@@ -214,6 +215,7 @@ FEATURE_CLIS = (
     "simharmony.models.diffusers_path",
     "simharmony.sim",
     "simharmony.bench",
+    "simharmony.bench.real_capture",
     "simharmony.parametric_training",
     "simharmony.training.trainer",
     "simharmony.training.codec_trainer",

@@ -303,7 +303,7 @@ def _similarity_residual(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_capture_from_video_recovers_the_trajectory(tmp_path):
-    from scene_tools.capture import CaptureConfig, capture, load_capture
+    from scene_tools.capture import CaptureConfig, align_to_ground, capture, load_capture
 
     poses, intr = _corridor_video(tmp_path / "drive.mp4")
     res = capture(tmp_path / "drive.mp4", tmp_path / "cap", CaptureConfig(num_threads=2), progress=False)
@@ -318,6 +318,11 @@ def test_capture_from_video_recovers_the_trajectory(tmp_path):
     assert err < 0.02 * path_length, f"camera centres off by {err:.3f} m on a {path_length:.1f} m path"
     shuffled = cap.trajectory.positions[np.random.default_rng(0).permutation(12)]
     assert _similarity_residual(shuffled, poses[:, :3, 3]) > 0.1 * path_length  # the measure can fail
+    # into the street frame: the floor at z = 0, metres from the camera height, x along the first view
+    metric, info = align_to_ground(cap, float(np.median(poses[:, 2, 3])))
+    assert info["ground_inliers"] > 50
+    assert np.abs(metric.trajectory.positions - poses[:, :3, 3]).max() < 0.1  # measured 0.04 m
+    assert np.abs(metric.trajectory.poses[:, :3, :3] - poses[:, :3, :3]).max() < 0.02
     half = load_capture(tmp_path / "cap", downscale=2, max_views=6, progress=False)
     assert half.images.shape == (6, 120, 160, 3)
 
@@ -393,3 +398,26 @@ def test_cli_capture_then_reconstruct(tmp_path, capsys):
     assert "downscale must be a positive integer" in capsys.readouterr().err
     assert main(["reconstruct", "--data", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2
     assert "not a street frames folder, capture folder" in capsys.readouterr().err
+
+
+def test_real_capture_scenario_end_to_end(tmp_path):
+    from scene_tools.capture import CaptureConfig
+    from simharmony.bench.real_capture import RealCaptureConfig, run_real_capture
+
+    poses, _ = _corridor_video(tmp_path / "drive.mp4", n=16)
+    recon = dict(iterations=30, sh_degree=0, heldout_every=8, eval_every=30, log_every=10, checkpoint_every=10,
+                 densify_start=10, densify_stop=25, densify_every=5, backdrop_init_points=200, device="cpu")
+    cfg = RealCaptureConfig.from_dict({
+        "source": str(tmp_path / "drive.mp4"), "downscale": 4, "camera_height_m": float(np.median(poses[:, 2, 3])),
+        "model": "default", "capture": CaptureConfig(num_threads=2).to_dict(), "reconstruction": recon})
+    r = run_real_capture(cfg, tmp_path / "bench", progress=False)
+    assert r["registered"] == 16 and r["resolution"] == [80, 60] and r["heldout_views"] == 2
+    assert r["reconstruction"]["iterations_per_s"] > 0 and r["harmonizer"].startswith("default weights")
+    for k in ("raw", "harmonized"):
+        assert 5 < r["heldout"][k]["psnr"]["mean"] < 60 and 0 < r["heldout"][k]["ssim"]["mean"] <= 1
+    for name in ("results.json", "report.md", "sheet.png", "recorded.mp4", "shifted.mp4"):
+        assert (tmp_path / "bench" / name).stat().st_size > 0
+    # a rerun reuses the capture and the finished reconstruction
+    again = run_real_capture(cfg, tmp_path / "bench", progress=False)
+    assert again["heldout"]["raw"]["psnr"]["mean"] == pytest.approx(r["heldout"]["raw"]["psnr"]["mean"], abs=1e-6)
+    assert again["seconds"]["reconstruction_this_run"] < r["seconds"]["reconstruction_this_run"]
