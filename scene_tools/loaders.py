@@ -732,7 +732,8 @@ def load_colmap(
 
 def save_colmap_text(images: PosedImages, folder: PathLike, *, images_subdir: str = "images",
                      image_format: str = "png", progress: bool = True) -> Path:
-    """Write a COLMAP text model (one PINHOLE camera) to ``folder`` and the images to ``folder/images_subdir``.
+    """Write a COLMAP text model (one PINHOLE camera per distinct camera of a rig) to ``folder`` and the images
+    to ``folder/images_subdir``.
 
     Poses become world-to-camera quaternions (qw >= 0) and translations; points3D.txt holds
     ``images.points`` (with empty tracks). Returns ``folder``.
@@ -747,11 +748,15 @@ def save_colmap_text(images: PosedImages, folder: PathLike, *, images_subdir: st
     from scene_tools.transforms import matrix_to_quat
 
     folder = Path(folder)
-    intr = images.trajectory.intrinsics
+    traj = images.trajectory
+    cameras: list[Intrinsics] = []
+    for i in range(len(traj)):
+        if traj.intrinsics_at(i) not in cameras:
+            cameras.append(traj.intrinsics_at(i))
     write_text_atomic(
         folder / "cameras.txt",
-        "# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
-        f"1 PINHOLE {intr.width} {intr.height} {intr.fx!r} {intr.fy!r} {intr.cx!r} {intr.cy!r}\n",
+        "# Camera list with one line of data per camera:\n#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n" + "".join(
+            f"{j + 1} PINHOLE {k.width} {k.height} {k.fx!r} {k.fy!r} {k.cx!r} {k.cy!r}\n" for j, k in enumerate(cameras)),
     )
     w2c = np.linalg.inv(images.trajectory.poses)
     quats = matrix_to_quat(torch.from_numpy(w2c[:, :3, :3])).numpy()
@@ -761,7 +766,9 @@ def save_colmap_text(images: PosedImages, folder: PathLike, *, images_subdir: st
         fname = f"{name}.{fmt}"
         write_image(folder / images_subdir / fname, images.images[i])
         q, t = quats[i], w2c[i, :3, 3]
-        lines.append(" ".join([str(i + 1), *(repr(float(x)) for x in q), *(repr(float(x)) for x in t), "1", fname]))
+        cam_id = cameras.index(traj.intrinsics_at(i)) + 1
+        lines.append(" ".join([str(i + 1), *(repr(float(x)) for x in q), *(repr(float(x)) for x in t), str(cam_id),
+                               fname]))
         lines.append("")
     write_text_atomic(folder / "images.txt", "\n".join(lines) + "\n")
     pts_lines = ["# 3D point list with one line of data per point:", "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]"]

@@ -167,6 +167,12 @@ def test_rig_loads_with_per_camera_intrinsics(tmp_path):
     again = load_transforms_json(tmp_path / "again", progress=False)
     assert again.trajectory.cameras == traj.cameras
     assert all(a == b for a, b in zip(again.trajectory.frame_intrinsics, traj.frame_intrinsics))
+    save_colmap_text(cap, tmp_path / "colmap", progress=False)  # and through COLMAP: one camera per rig camera
+    model = load_colmap(tmp_path / "colmap", progress=False)
+    assert (tmp_path / "colmap" / "cameras.txt").read_text().count("PINHOLE") == 2
+    assert model.names == sorted(cap.names) and model.trajectory.cameras is not None
+    by_name = {n: i for i, n in enumerate(cap.names)}
+    assert all(model.trajectory.intrinsics_at(j) == traj.intrinsics_at(by_name[n]) for j, n in enumerate(model.names))
 
 
 def test_rig_frames_of_one_camera_must_share_its_size(tmp_path):

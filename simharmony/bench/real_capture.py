@@ -114,8 +114,8 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
     t0 = time.perf_counter()
     recon = reconstruct(images, cfg.reconstruction, output_dir=out / "reconstruction", progress=progress)
     seconds["reconstruction_this_run"] = time.perf_counter() - t0
-    steps = recon.history[-1]["step"] - recon.resumed_from_step if recon.history else 0
-    its = steps / recon.seconds if recon.seconds > 0 and steps > 0 else None
+    last = recon.history[-1] if recon.history else {}
+    its = last["step"] / last["seconds"] if last.get("seconds") else None  # over all runs, evaluations included
 
     t0 = time.perf_counter()
     harmonizer, harmonizer_source = (None, "none") if cfg.model == "none" else resolve_harmonizer(cfg.model)
@@ -169,7 +169,7 @@ def real_capture_markdown(r: dict[str, Any]) -> list[str]:
     return [
         "## Real capture", "",
         f"- source `{r['source']}`: {r['registered']} of {r['frames']} frames registered by structure from motion "
-        f"({100 * r['registered_fraction']:.0f}%); metric scale from a {r['config']['camera_height_m']} m camera height",
+        f"({100 * r['registered_fraction']:.0f}%); metric scale from a {r['config']['camera_height_m']:g} m camera height",
         f"- reconstruction at {r['resolution'][0]}x{r['resolution'][1]} from {r['views'] - r['heldout_views']} views, "
         f"{rc['iterations']} iterations, {its} it/s, {r['gaussians']} Gaussians",
         "",
