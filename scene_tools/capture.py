@@ -9,7 +9,7 @@ exhaustive for a few unordered photos), incremental mapping. It writes, all at o
 - ``out_dir/capture.json``: the source, the config, how many images registered and which did not, timings.
 
 :func:`load_capture` then reads it as :class:`~scene_tools.views.PosedImages` (undistorted, pinhole).
-Lenses are solved as ``camera_model`` (SIMPLE_RADIAL by default): one camera for the whole capture when all
+Lenses are solved as ``camera_model`` (SIMPLE_PINHOLE by default): one camera for the whole capture when all
 images share a size, else one per image.
 """
 
@@ -53,11 +53,14 @@ class CaptureConfig(Config):
     """How :func:`capture` runs structure from motion. Defaults suit a forward-driving dash camera."""
 
     matching: Literal["auto", "sequential", "exhaustive"] = "auto"  # auto: sequential for video or > 60 images
-    sequential_overlap: int = 15  # neighbours matched per frame in sequential matching
-    camera_model: str = "SIMPLE_RADIAL"  # COLMAP model solved for the lens (undistorted on load)
+    sequential_overlap: int = 10  # neighbours matched per frame in sequential matching
+    # COLMAP model solved for the lens (undistorted on load). Driving straight ahead pins the lens loosely:
+    # SIMPLE_RADIAL's k ran away (|k| > 100) on udacity_highway and split it into 4 models, so the default
+    # solves the focal length only; use SIMPLE_RADIAL or OPENCV for visibly distorted, varied footage
+    camera_model: str = "SIMPLE_PINHOLE"
     camera_mode: Literal["auto", "single", "per_image"] = "auto"  # auto: single when all images share a size
-    max_image_size: int = 1024  # features are extracted at most this large (longest side, pixels)
-    max_num_features: int = 4096
+    max_image_size: int = 640  # features are extracted at most this large (longest side, pixels)
+    max_num_features: int = 2048
     init_min_tri_angle: float = 4.0  # degrees; COLMAP's 16 rarely finds a pair when driving straight ahead
     min_registered_fraction: float = 0.5  # fewer registered images than this fraction is an error
     num_threads: int = -1  # -1: all cores
@@ -325,59 +328,75 @@ def load_capture(out_dir: PathLike, downscale: int = 1, *, max_views: int | None
 # ---------------------------------------------------------------------------------------------- metric frame
 def align_to_ground(images: PosedImages, camera_height_m: float = 1.5, *, seed: int = 0) -> tuple[PosedImages, dict]:
     """Move a structure-from-motion capture (arbitrary orientation and scale) into the project's street frame:
-    z up, the road at z = 0 under the first camera, metres.
+    z up, the road at z = 0 under the first camera, x along the first camera's view, metres.
 
-    Up starts as the mean of the cameras' up axes (a vehicle camera is roughly level); the road is the plane
-    with most sparse points below the cameras (RANSAC, normal within 20 degrees of up), which then gives the
-    exact up; the scale makes the cameras' median height above it ``camera_height_m`` (the one assumption:
-    1.5 m suits a car's windscreen camera). Needs the capture's sparse points. Returns the moved capture and
-    ``{"scale", "up", "camera_height_sfm", "ground_inliers"}``.
+    A first up comes from the camera path, since a vehicle drives on its road: the normal of the path's
+    plane when it turns, else the cameras' mean up axis made perpendicular to the direction of travel (for
+    a camera that does not move, that mean alone). The road is then the plane with most sparse points below
+    the cameras (RANSAC, normal within 15 degrees of that up), whose normal becomes up; the scale makes the
+    cameras' median height above it ``camera_height_m``, the one assumption (1.5 m suits a car's windscreen
+    camera). Structure from motion on a forward-moving camera
+    pins the focal length loosely, so this scale is approximate. Needs the capture's sparse points.
+    Returns the moved capture and ``{"scale", "up", "first_up_from", "camera_height_sfm", "ground_inliers"}``.
     """
+    import numpy as np
+
     if images.points is None or len(images.points) < 20:
         raise InvalidInputError("align_to_ground needs the capture's sparse points (at least 20)")
     if not (camera_height_m > 0):
         raise InvalidInputError(f"camera_height_m must be positive, got {camera_height_m}")
-    import numpy as np
-
     poses, pts = images.trajectory.poses, images.points.astype(np.float64)
     cams = poses[:, :3, 3]
     up = -poses[:, :3, 1].mean(0)  # OpenCV cameras: y points down
     up /= np.linalg.norm(up)
-    height = (cams - cams.mean(0)) @ up
-    below = pts[(pts - cams.mean(0)) @ up < height.min()]
+    centre = cams.mean(0)
+    _, sv, axes = np.linalg.svd(cams - centre, full_matrices=False)
+    sv = np.concatenate([sv, np.zeros(3 - len(sv))])
+    spread_scene = np.median(np.linalg.norm(pts - centre, axis=1))
+    up_from = "camera axes"
+    if len(cams) >= 3 and sv[0] > 1e-3 * spread_scene * np.sqrt(len(cams)):  # the cameras move
+        if sv[1] > 0.2 * sv[0] and sv[2] < 0.2 * sv[1]:  # a turning, planar path: its normal
+            normal = axes[2] if axes[2] @ up > 0 else -axes[2]
+            up, up_from = normal, "path plane"
+        else:  # a straight path: the mean camera up, perpendicular to travel
+            travel = axes[0]
+            up = up - (up @ travel) * travel
+            up, up_from = up / np.linalg.norm(up), "camera axes, perpendicular to travel"
+    cam_heights = (cams - centre) @ up
+    below = pts[(pts - centre) @ up < cam_heights.min()]
     if len(below) < 10:
         raise ReconstructionFailedError("no sparse points below the cameras: cannot find the road to set the scale")
     rng = np.random.default_rng(seed)
-    spread = np.median(np.abs((below - cams.mean(0)) @ up))
+    tol = 0.03 * np.median(np.abs((below - centre) @ up))
     best, best_in = None, None
-    for _ in range(500):
+    for _ in range(500):  # RANSAC: the plane with most points, its normal within 15 degrees of up
         a, b, c = below[rng.choice(len(below), 3, replace=False)]
         n = np.cross(b - a, c - a)
         if np.linalg.norm(n) < 1e-12:
             continue
-        n /= np.linalg.norm(n)
-        if n @ up < 0:
-            n = -n
-        if n @ up < np.cos(np.deg2rad(20.0)):
+        n = n / np.linalg.norm(n) * (1 if n @ up > 0 else -1)
+        if n @ up < np.cos(np.deg2rad(15.0)):
             continue
-        inliers = np.abs((below - a) @ n) < 0.03 * spread
+        inliers = np.abs((below - a) @ n) < tol
         if best_in is None or inliers.sum() > best_in.sum():
-            best, best_in = (n, a), inliers
+            best, best_in = n, inliers
     if best is None or best_in.sum() < 10:
         raise ReconstructionFailedError("could not fit a road plane to the sparse points below the cameras")
     ground = below[best_in]
-    centroid = ground.mean(0)
-    n = np.linalg.svd(ground - centroid)[2][-1]  # least-squares refit on the inliers
-    n = n if n @ up > 0 else -n
-    cam_height = float(np.median((cams - centroid) @ n))
+    road_point = ground.mean(0)
+    up = np.linalg.svd(ground - road_point)[2][-1]  # least-squares refit on the inliers
+    up = up if up @ best > 0 else -up
+    cam_heights = (cams - road_point) @ up
+    cam_height = float(np.median(cam_heights))
     if cam_height <= 0:
-        raise ReconstructionFailedError("the fitted road plane is not below the cameras")
+        raise ReconstructionFailedError("the road plane found is not below the cameras")
     scale = camera_height_m / cam_height
-    # rotation taking n to +z with the first camera's forward direction along +x
-    fwd = poses[0, :3, 2] - (poses[0, :3, 2] @ n) * n
+    fwd = poses[0, :3, 2] - (poses[0, :3, 2] @ up) * up
+    if np.linalg.norm(fwd) < 1e-6:
+        raise ReconstructionFailedError("the first camera looks straight up or down: no forward direction")
     fwd /= np.linalg.norm(fwd)
-    R = np.stack([fwd, np.cross(n, fwd), n])  # rows: new x, y, z in old coordinates
-    origin = cams[0] - ((cams[0] - centroid) @ n) * n  # the road under the first camera
+    R = np.stack([fwd, np.cross(up, fwd), up])  # rows: new x, y, z in old coordinates
+    origin = cams[0] - cam_heights[0] * up  # the road under the first camera
 
     def move(x: np.ndarray) -> np.ndarray:
         return scale * (x - origin) @ R.T
@@ -389,7 +408,7 @@ def align_to_ground(images: PosedImages, camera_height_m: float = 1.5, *, seed: 
     moved = PosedImages(images.images, type(t)(new_poses, t.intrinsics, t.times, t.frame_intrinsics, t.cameras),
                         images.masks, None if images.depths is None else images.depths * np.float32(scale),
                         images.instance_ids, move(pts).astype(np.float32), images.point_colors, images.names)
-    return moved, {"scale": float(scale), "up": n.tolist(), "camera_height_sfm": cam_height,
+    return moved, {"scale": float(scale), "up": up.tolist(), "first_up_from": up_from, "camera_height_sfm": cam_height,
                    "ground_inliers": int(best_in.sum())}
 
 
