@@ -200,8 +200,8 @@ def capture(source: PathLike, out_dir: PathLike, config: CaptureConfig | None = 
     work = _prepare_output(out_dir)
     seconds: dict[str, float] = {}
     glog_level = pycolmap.logging.minloglevel
-    if not log.isEnabledFor(logging.DEBUG):  # COLMAP's per-image INFO lines drown the progress bars
-        pycolmap.logging.minloglevel = pycolmap.logging.WARNING
+    if not log.isEnabledFor(logging.DEBUG):  # COLMAP's per-image lines and solver warnings drown the bars
+        pycolmap.logging.minloglevel = pycolmap.logging.ERROR
     try:
         t0 = time.perf_counter()
         if is_video:
@@ -296,6 +296,9 @@ def capture(source: PathLike, out_dir: PathLike, config: CaptureConfig | None = 
         }, indent=2))
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private
         os.replace(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

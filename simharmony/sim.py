@@ -213,9 +213,9 @@ class Simulator:
         scene = Scene.load(scene_dir, device=device)
         if "ego_trajectory" not in scene.metadata:
             raise CorruptFileError(f"{scene_dir}/scene.yaml has no ego_trajectory in its metadata")
-        traj = Trajectory.from_dict(scene.metadata["ego_trajectory"])
-        sim = cls(scene, harmonizer, intrinsics=traj.scaled(scale).intrinsics, device=device, **kwargs)
-        sim.trajectory = traj.scaled(scale)
+        traj = Trajectory.from_dict(scene.metadata["ego_trajectory"]).scaled(scale)
+        sim = cls(scene, harmonizer, intrinsics=traj.intrinsics, device=device, **kwargs)
+        sim.trajectory = traj
         return sim
 
     @staticmethod

@@ -75,6 +75,11 @@ def test_transforms_json_with_distortion_loads_undistorted(tmp_path):
     half = load_transforms_json(tmp_path, downscale=2, progress=False)
     assert half.images.shape[1:3] == (H // 2, W // 2)
     assert abs(half.trajectory.intrinsics.fx - k.fx / 2) < 1e-9
+    from scene_tools.reconstruct import ReconstructionConfig, reconstruct  # and it reconstructs
+
+    res = reconstruct(half, ReconstructionConfig(iterations=3, sh_degree=0, heldout_every=0, init_num_points=200,
+                                                 device="cpu"), progress=False)
+    assert len(res.scene) > 0 and np.isfinite(res.train_psnr)
 
 
 @pytest.mark.parametrize("model, params", [
@@ -421,7 +426,7 @@ def test_real_capture_scenario_end_to_end(tmp_path):
     assert r["reconstruction"]["iterations_per_s"] > 0 and r["harmonizer"].startswith("default weights")
     for k in ("raw", "harmonized"):
         assert 5 < r["heldout"][k]["psnr"]["mean"] < 60 and 0 < r["heldout"][k]["ssim"]["mean"] <= 1
-    for name in ("results.json", "report.md", "sheet.png", "recorded.mp4", "shifted.mp4"):
+    for name in ("results.json", "report.md", "sheet.png", "renders.png", "recorded.mp4", "shifted.mp4"):
         assert (tmp_path / "bench" / name).stat().st_size > 0
     # a rerun reuses the capture and the finished reconstruction
     again = run_real_capture(cfg, tmp_path / "bench", progress=False)
