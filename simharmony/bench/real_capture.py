@@ -199,7 +199,7 @@ def _cmd_bench_capture(args) -> int:
     cfg = RealCaptureConfig.from_dict(data)
     r = run_real_capture(cfg, args.out, progress=not args.quiet)
     print("\n".join(real_capture_markdown(r)))
-    print(f"wrote {args.out}/report.md, results.json, sheet.png, recorded.mp4, shifted.mp4")
+    print(f"wrote {args.out}/report.md, results.json, sheet.png, renders.png, recorded.mp4, shifted.mp4")
     return 0
 
 
