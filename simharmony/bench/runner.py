@@ -145,6 +145,10 @@ def clip_metrics(out: np.ndarray, clip: Clip, cap_db: float) -> dict[str, float]
             res["fmse"] = _nanmean(fm)
             res["fpsnr"] = _nanmean(_capped(fp, cap_db))
         res["hf_ratio"] = float(M.hf_artifact_ratio(out, clip.target))
+        if min(h, w) >= 31:  # LPIPS-alex (the lpips package's default) when its converted network is here
+            lp = M.lpips_distance(out, clip.target, net="alex")
+            if M.is_available(lp):
+                res["lpips"] = float(lp)
     else:
         res["hf_ratio"] = float(M.hf_artifact_ratio(out, clip.input))
     if min(h, w) >= 3:
@@ -441,8 +445,9 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
         real = run_real(methods, cfg.real_dir, out)
         timings["real_s"] = time.perf_counter() - t0
 
+    lpips_probe = M.lpips_distance(np.zeros((32, 32, 3)), np.zeros((32, 32, 3)), net="alex")
     unavailable_metrics = {
-        "lpips": str(M.lpips_distance(np.zeros((11, 11, 3)), np.zeros((11, 11, 3)))),
+        **({} if M.is_available(lpips_probe) else {"lpips": str(lpips_probe)}),
         "fid": str(M.fid(np.zeros((1, 11, 11, 3)), np.zeros((1, 11, 11, 3)))),
         "fvd": "not available: no local I3D (FVD) network",
         "dino_struct_dist": str(M.dino_struct_distance(np.zeros((11, 11, 3)), np.zeros((11, 11, 3)))),
