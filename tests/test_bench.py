@@ -370,3 +370,27 @@ def test_cut_clips_play_two_sequences_as_one(tmp_path):
     assert cut_clips(folder, dataclasses.replace(cfg, cut_pairs=0)) == []
     with pytest.raises(ConfigError, match="cut_pairs"):
         get_bench_preset("smoke", cut_pairs=-1)
+
+
+def test_clip_metrics_add_lpips_only_when_its_network_is_here(tmp_path, monkeypatch):
+    import torch
+
+    from simharmony import metrics as M
+    from simharmony.models.lpips import LPIPS
+    from simharmony.utils.io import save_tensors
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 32, 40, 3)).astype(np.float32)
+    target = np.clip(x + rng.normal(0, 0.1, x.shape), 0, 1).astype(np.float32)
+    clip = Clip("c", "g", x, target)
+    monkeypatch.setenv(M.METRICS_WEIGHTS_ENV, str(tmp_path))  # empty: no LPIPS, and no made-up number
+    assert "lpips" not in clip_metrics(x, clip, 100.0)
+    torch.manual_seed(0)
+    net = LPIPS("alex")
+    for lin in net.lin:
+        lin.weight.data.abs_()
+    save_tensors(tmp_path / "lpips_alex.safetensors",
+                 {k: v for k, v in net.state_dict().items() if k not in ("shift", "scale")}, {"lpips_net": "alex"})
+    res = clip_metrics(x, clip, 100.0)
+    assert res["lpips"] == pytest.approx(M.lpips_distance(x, target, net="alex")) and res["lpips"] > 0
+    assert clip_metrics(target, clip, 100.0)["lpips"] == 0.0

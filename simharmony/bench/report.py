@@ -140,7 +140,9 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
     out.append(_table(header, rows))
     counts = ", ".join(f"{s}: {results['holdout'][s]['counts']['clips']} items "
                        f"({results['holdout'][s]['counts']['sequences']} sequences)" for s in streams)
-    out.append(f"\nItems per stream: {counts}. LPIPS: {NA} ({na['lpips']}).\n")
+    lpips_note = (f"LPIPS: {NA} ({na['lpips']})" if "lpips" in na
+                  else "LPIPS-alex per stream: the details table at the end")
+    out.append(f"\nItems per stream: {counts}. {lpips_note}.\n")
     out += _quality_bar_section(results, streams)
     out += _failure_section(results, files)
 
