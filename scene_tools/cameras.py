@@ -43,7 +43,7 @@ class Intrinsics(Config):
             raise InvalidCameraError(f"image size must be positive integers, got {self.width}x{self.height}")
 
     @classmethod
-    def from_fov(cls, fov_x_deg: float, width: int, height: int) -> "Intrinsics":
+    def from_fov(cls, fov_x_deg: float, width: int, height: int) -> Intrinsics:
         """Square pixels, principal point at the image centre, horizontal field of view in degrees."""
         if not 0 < fov_x_deg < 180:
             raise InvalidCameraError(f"horizontal field of view must be in (0, 180) degrees, got {fov_x_deg}")
@@ -51,7 +51,7 @@ class Intrinsics(Config):
         return cls(float(f), float(f), width / 2.0, height / 2.0, int(width), int(height))
 
     @classmethod
-    def from_matrix(cls, K: np.ndarray, width: int, height: int) -> "Intrinsics":
+    def from_matrix(cls, K: np.ndarray, width: int, height: int) -> Intrinsics:
         K = np.asarray(K, dtype=np.float64)
         if K.shape != (3, 3):
             raise ShapeMismatchError(f"intrinsic matrix must be 3x3, got shape {K.shape}")
@@ -66,11 +66,11 @@ class Intrinsics(Config):
     def fov_x_deg(self) -> float:
         return float(np.rad2deg(2 * np.arctan(0.5 * self.width / self.fx)))
 
-    def scaled(self, factor: float) -> "Intrinsics":
+    def scaled(self, factor: float) -> Intrinsics:
         """Intrinsics of the same camera at ``factor`` times the resolution."""
         return self.resized(round(self.width * factor), round(self.height * factor))
 
-    def resized(self, width: int, height: int) -> "Intrinsics":
+    def resized(self, width: int, height: int) -> Intrinsics:
         """Intrinsics of the same camera with its image resampled to ``width`` x ``height`` (axes scale apart)."""
         if (width, height) == (self.width, self.height):
             return self
@@ -204,7 +204,7 @@ class Trajectory:
             groups.setdefault(name, []).append(i)
         return list(groups.items())
 
-    def by_camera(self) -> dict[str, "Trajectory"]:
+    def by_camera(self) -> dict[str, Trajectory]:
         """One single-camera trajectory per camera of a rig."""
         out = {}
         for name, idx in self.camera_groups():
@@ -212,7 +212,7 @@ class Trajectory:
             out[name] = Trajectory(self.poses[idx], fi[0], self.times[idx], fi)
         return out
 
-    def scaled(self, factor: float) -> "Trajectory":
+    def scaled(self, factor: float) -> Trajectory:
         """The same trajectory with every camera at ``factor`` times the resolution."""
         if factor == 1.0:
             return self
@@ -222,7 +222,7 @@ class Trajectory:
     def __len__(self) -> int:
         return len(self.poses)
 
-    def __getitem__(self, idx) -> "Trajectory":
+    def __getitem__(self, idx) -> Trajectory:
         idx = np.atleast_1d(np.arange(len(self))[idx])
         fi = None if self.frame_intrinsics is None else tuple(self.frame_intrinsics[i] for i in idx)
         cams = None if self.cameras is None else tuple(self.cameras[i] for i in idx)
@@ -239,7 +239,7 @@ class Trajectory:
         """[N, 3] camera centres in world coordinates."""
         return self.poses[:, :3, 3].copy()
 
-    def shifted_laterally(self, meters: float) -> "Trajectory":
+    def shifted_laterally(self, meters: float) -> Trajectory:
         """The same path moved sideways by ``meters`` (positive = to the driver's left).
 
         "Sideways" is the camera's right axis projected onto the ground plane (z up), so pitch and
@@ -268,7 +268,7 @@ class Trajectory:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Trajectory":
+    def from_dict(cls, data: dict) -> Trajectory:
         try:
             intr = Intrinsics.from_dict(data["intrinsics"])
             poses = np.asarray(data["poses"], dtype=np.float64)
@@ -288,7 +288,7 @@ class Trajectory:
         save_yaml(path, self.to_dict())
 
     @classmethod
-    def load(cls, path) -> "Trajectory":
+    def load(cls, path) -> Trajectory:
         from simharmony.utils.io import load_yaml
 
         return cls.from_dict(load_yaml(path))

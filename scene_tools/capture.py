@@ -274,7 +274,7 @@ def capture(source: PathLike, out_dir: PathLike, config: CaptureConfig | None = 
                                             f"{len(paths)} images had enough matches with parallax to start")
         best = max(models.values(), key=lambda r: r.num_reg_images())
         registered = {best.images[i].name for i in best.reg_image_ids()}
-        need = max(MIN_IMAGES, int(round(config.min_registered_fraction * len(paths))))
+        need = max(MIN_IMAGES, round(config.min_registered_fraction * len(paths)))
         if len(registered) < need:
             raise ReconstructionFailedError(
                 f"{source}: only {len(registered)} of {len(paths)} images registered in the largest model "
@@ -415,4 +415,4 @@ def align_to_ground(images: PosedImages, camera_height_m: float = 1.5, *, seed: 
                    "ground_inliers": int(best_in.sum())}
 
 
-__all__ = ["CaptureConfig", "align_to_ground", "CaptureResult", "capture", "extract_video_frames", "list_images", "load_capture"]
+__all__ = ["CaptureConfig", "CaptureResult", "align_to_ground", "capture", "extract_video_frames", "list_images", "load_capture"]

@@ -178,7 +178,7 @@ _FISHEYE_MODELS = ("OPENCV_FISHEYE", "FISHEYE", "EQUIRECTANGULAR", "FISHEYE624")
 
 def _camera_from(d: dict, fallback: dict, where: str, size: tuple[int, int]) -> tuple[Intrinsics, LensDistortion]:
     """A frame's camera (its keys, the top level's as fallback); ``size`` is its image's (w, h)."""
-    get = lambda k: d[k] if k in d else fallback.get(k)  # noqa: E731
+    get = lambda k: d[k] if k in d else fallback.get(k)
     merged = {k: get(k) for k in (*_INTR_KEYS, "camera_angle_x", "camera_angle_y", *_DIST_KEYS)}
     merged = {k: v for k, v in merged.items() if v is not None}
     coeffs = {k: _num(merged, k, where) for k in _DIST_KEYS if k in merged}
@@ -228,13 +228,19 @@ def _check_downscale(downscale: int) -> int:
     return int(downscale)
 
 
+def _same_size(arr: np.ndarray, size: tuple[int, int], where: str, what: str) -> np.ndarray:
+    if (arr.shape[1], arr.shape[0]) != size:
+        raise ShapeMismatchError(f"{where}: {what} is {arr.shape[1]}x{arr.shape[0]}, image is {size[0]}x{size[1]}")
+    return arr
+
+
 def pick_views(n: int, max_views: int | None) -> list[int]:
     """Indices of at most ``max_views`` of ``n`` views, evenly spread (all of them for None)."""
     if max_views is None or max_views >= n:
         return list(range(n))
     if isinstance(max_views, bool) or not isinstance(max_views, (int, np.integer)) or max_views < 1:
         raise InvalidInputError(f"max_views must be a positive integer or None, got {max_views!r}")
-    return sorted({int(round(x)) for x in np.linspace(0, n - 1, int(max_views))})
+    return sorted({round(x) for x in np.linspace(0, n - 1, int(max_views))})
 
 
 class FramePrep:
@@ -347,22 +353,17 @@ def load_transforms_json(
             raise CorruptFileError(f"{where}: transform_matrix is not a numeric matrix") from e
         poses.append(opengl_to_opencv(check_pose(m, f"{where} transform_matrix")))
 
-        def same_size(arr: np.ndarray, what: str) -> np.ndarray:
-            if (arr.shape[1], arr.shape[0]) != size:
-                raise ShapeMismatchError(f"{where}: {what} is {arr.shape[1]}x{arr.shape[0]}, image is {size[0]}x{size[1]}")
-            return arr
-
         if "mask_path" in fr:
             mk = _read_gray(base / str(fr["mask_path"]), f"{where}: mask")
             mk = mk.astype(np.float32) / (65535.0 if mk.dtype == np.uint16 else 255.0)
         else:
             mk = alpha
-        masks.append(None if mk is None else prep(intr, dist, same_size(mk, "mask")))
+        masks.append(None if mk is None else prep(intr, dist, _same_size(mk, size, where, "mask")))
         dp = _read_depth(base / str(fr["depth_file_path"]), depth_unit_scale) if "depth_file_path" in fr else None
-        depths.append(None if dp is None else prep(intr, dist, same_size(dp, "depth"), nearest=True))
+        depths.append(None if dp is None else prep(intr, dist, _same_size(dp, size, where, "depth"), nearest=True))
         inst = _read_gray(base / str(fr["instance_file_path"]), f"{where}: instance ids") \
             if "instance_file_path" in fr else None
-        ids.append(None if inst is None else prep(intr, dist, same_size(inst, "instance ids"), nearest=True))
+        ids.append(None if inst is None else prep(intr, dist, _same_size(inst, size, where, "instance ids"), nearest=True))
         times.append(fr.get("time"))
         names.append(Path(str(fr["file_path"])).stem)
         images.append(prep(intr, dist, rgb))

@@ -74,7 +74,7 @@ class PosedImages:
     def width(self) -> int:
         return self.images.shape[2]
 
-    def downscaled(self, factor: int) -> "PosedImages":
+    def downscaled(self, factor: int) -> PosedImages:
         """The same views at 1/``factor`` size: images and masks area-averaged, depths and ids nearest-sampled."""
         if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
             raise InvalidInputError(f"downscale factor must be a positive integer, got {factor!r}")
@@ -97,10 +97,10 @@ class PosedImages:
         return PosedImages(each(self.images), traj, each(self.masks), each(self.depths, True),
                            each(self.instance_ids, True), self.points, self.point_colors, self.names)
 
-    def subset(self, idx) -> "PosedImages":
+    def subset(self, idx) -> PosedImages:
         """A subset of views by index array, slice or boolean mask."""
         idx = np.arange(len(self))[idx]
-        pick = lambda a: None if a is None else a[idx]  # noqa: E731
+        pick = lambda a: None if a is None else a[idx]
         return PosedImages(
             self.images[idx], self.trajectory[idx], pick(self.masks), pick(self.depths), pick(self.instance_ids),
             self.points, self.point_colors, None if self.names is None else [self.names[i] for i in idx],

@@ -85,7 +85,7 @@ def _scores(outputs: np.ndarray, reals: np.ndarray, lpips: bool = True) -> dict[
 
 def _summary(values: list[float]) -> dict[str, float]:
     v = np.asarray(values, dtype=np.float64)
-    return {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()), "n": int(len(v))}
+    return {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()), "n": len(v)}
 
 
 def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "outputs/bench/real-capture", *,
@@ -186,20 +186,21 @@ def real_capture_markdown(r: dict[str, Any]) -> list[str]:
     its = "n/a" if rc["iterations_per_s"] is None else f"{rc['iterations_per_s']:.2f}"
     return [
         "## Real capture", "",
-        f"- source `{r['source']}`: {r['registered']} of {r['frames']} frames registered by structure from motion "
-        f"({100 * r['registered_fraction']:.0f}%); metric scale from a {r['config']['camera_height_m']:g} m camera height",
-        f"- reconstruction at {r['resolution'][0]}x{r['resolution'][1]} from {r['views'] - r['heldout_views']} views, "
-        f"{rc['iterations']} iterations, {its} it/s, {r['gaussians']} Gaussians",
+        (f"- source `{r['source']}`: {r['registered']} of {r['frames']} frames registered by structure from motion "
+         f"({100 * r['registered_fraction']:.0f}%); metric scale from a {r['config']['camera_height_m']:g} m camera "
+         "height"),
+        (f"- reconstruction at {r['resolution'][0]}x{r['resolution'][1]} from {r['views'] - r['heldout_views']} views, "
+         f"{rc['iterations']} iterations, {its} it/s, {r['gaussians']} Gaussians"),
         "",
-        f"| held-out real frames ({h['raw']['psnr']['n']}) | PSNR mean | PSNR median | PSNR worst | SSIM mean | "
-        "LPIPS-alex mean | LPIPS-vgg mean |",
+        (f"| held-out real frames ({h['raw']['psnr']['n']}) | PSNR mean | PSNR median | PSNR worst | SSIM mean | "
+         "LPIPS-alex mean | LPIPS-vgg mean |"),
         "|---|---|---|---|---|---|---|",
         *(f"| {k} | {h[k]['psnr']['mean']:.2f} | {h[k]['psnr']['median']:.2f} | {h[k]['psnr']['min']:.2f} | "
           f"{h[k]['ssim']['mean']:.4f} | {_lp(h[k], 'alex')} | {_lp(h[k], 'vgg')} |" for k in ("raw", "harmonized")),
         "",
         f"- training views (raw render): PSNR {r['train_views_raw']['psnr']['mean']:.2f} dB; LPIPS: {r['lpips']}",
         f"- the {r['config']['shift_m']} m shifted lane has no ground truth: see `sheet.png` and `shifted.mp4`",
-        f"- time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["seconds"].items()),
+        "- time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["seconds"].items()),
     ]
 
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from simharmony.errors import CorruptFileError, InvalidInputError, MissingFileError
 from simharmony.utils.io import load_tensors
