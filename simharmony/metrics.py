@@ -23,7 +23,8 @@ Input conventions (every metric):
   then skips NaN images (NaN only if every image is empty). The same rule applies to
   :func:`warping_error` pairs with no valid pixel.
 
-LPIPS needs networks converted once with ``simharmony convert-lpips`` (see :func:`lpips_distance`); FID and
+LPIPS needs networks converted once with ``simharmony convert-lpips`` (see :func:`lpips_distance`); FLIP the
+``flip-evaluator`` package (the ``metrics`` extra); FID and
 DINO-Struct-Dist are not implemented yet. Without their networks these functions return a
 :class:`NotAvailable` value saying so instead of a number (never a made-up score).
 
@@ -51,6 +52,7 @@ __all__ = [
     "dino_struct_distance",
     "fid",
     "flicker_score",
+    "flip",
     "fmse",
     "fpsnr",
     "hf_artifact_ratio",
@@ -164,6 +166,24 @@ def lpips_distance(a: Any, b: Any, weights_path: str | Path | None = None, *, ne
             y = tb[i:i + 8].permute(0, 3, 1, 2).float() * 2 - 1
             values.append(model(x, y).double())
     return _reduce(torch.cat(values), reduction)
+
+
+def flip(test: Any, reference: Any, reduction: Reduction = "mean") -> float | np.ndarray | NotAvailable:
+    """Mean LDR-FLIP error (NVIDIA, Andersson et al. 2020; 0 = identical, 1 = most different) of ``test`` against
+    ``reference`` [(N,) H, W, 3], per image, at FLIP's default 67 pixels per degree.
+
+    Computed by the ``flip-evaluator`` package (the ``metrics`` extra: no learned weights); without it the result
+    is :class:`NotAvailable`. uint8 images are read as 0..255, float images as sRGB in [0, 1].
+    """
+    ta, tb = _pair(test, reference, names=("test", "reference"))
+    try:
+        import flip_evaluator
+    except ImportError:
+        return NotAvailable("flip", "the flip-evaluator package is not installed (pip install -e \".[metrics]\")")
+    a = ta.clamp(0, 1).float().cpu().numpy()
+    b = tb.clamp(0, 1).float().cpu().numpy()
+    values = [float(flip_evaluator.evaluate(b[i], a[i], "LDR", applyMagma=False)[1]) for i in range(a.shape[0])]
+    return _reduce(torch.tensor(values, dtype=torch.float64), reduction)
 
 
 def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> NotAvailable:

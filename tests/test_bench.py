@@ -394,3 +394,14 @@ def test_clip_metrics_add_lpips_only_when_its_network_is_here(tmp_path, monkeypa
     res = clip_metrics(x, clip, 100.0)
     assert res["lpips"] == pytest.approx(M.lpips_distance(x, target, net="alex")) and res["lpips"] > 0
     assert clip_metrics(target, clip, 100.0)["lpips"] == 0.0
+
+
+def test_clip_metrics_add_flip_when_its_package_is_here():
+    pytest.importorskip("flip_evaluator", reason="flip-evaluator (the metrics extra) is not installed")
+    from simharmony import metrics as M
+
+    rng = np.random.default_rng(1)
+    x = rng.random((2, 24, 32, 3)).astype(np.float32)
+    target = np.clip(x + 0.1, 0, 1).astype(np.float32)
+    res = clip_metrics(x, Clip("c", "g", x, target), 100.0)
+    assert res["flip"] == pytest.approx(M.flip(x, target)) and res["flip"] > 0

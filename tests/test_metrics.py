@@ -420,3 +420,45 @@ def test_cuda_tensors_match_cpu():
     assert M.warping_error(torch.from_numpy(frames).cuda(), torch.from_numpy(flows).cuda()) == pytest.approx(
         M.warping_error(frames, flows), rel=1e-9
     )
+
+
+def test_flip_matches_its_command_line(tmp_path):
+    """FLIP through the package's Python API equals what its ``flip`` command prints for the same PNGs."""
+    import shutil
+    import subprocess
+
+    import cv2
+
+    pytest.importorskip("flip_evaluator", reason="flip-evaluator (the metrics extra) is not installed")
+    rng = np.random.default_rng(0)
+    a = (rng.random((2, 40, 60, 3)) * 255).round().astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    per = M.flip(b, a, reduction="none")
+    assert per.shape == (2,) and np.all(per > 0.01) and M.flip(a, a) == 0.0
+    assert M.flip(b, a) == pytest.approx(per.mean())
+    exe = shutil.which("flip")
+    if exe is None:
+        pytest.skip("the flip command is not on PATH")
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"ref{i}.png"), a[i, ..., ::-1])
+        cv2.imwrite(str(tmp_path / f"test{i}.png"), b[i, ..., ::-1])
+        out = subprocess.run([exe, "-r", f"ref{i}.png", "-t", f"test{i}.png"], cwd=tmp_path, capture_output=True,
+                             text=True, check=True).stdout
+        mean = float(next(line for line in out.splitlines() if "Mean:" in line).split()[-1])
+        assert per[i] == pytest.approx(mean, abs=2e-6)  # the command prints 6 decimals
+
+
+def test_flip_not_available_without_its_package(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_flip(name, *args, **kwargs):
+        if name == "flip_evaluator":
+            raise ImportError("no flip here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_flip)
+    a = np.zeros((16, 16, 3), np.float32)
+    r = M.flip(a, a)
+    assert not M.is_available(r) and "flip-evaluator" in str(r)

@@ -72,10 +72,13 @@ def default_source() -> Path:
 
 
 def _scores(outputs: np.ndarray, reals: np.ndarray, lpips: bool = True) -> dict[str, list[float]]:
-    from simharmony.metrics import is_available, lpips_distance, psnr, ssim
+    from simharmony.metrics import flip, is_available, lpips_distance, psnr, ssim
 
     out = {"psnr": [float(x) for x in psnr(outputs, reals, reduction="none")],
            "ssim": [float(x) for x in ssim(outputs, reals, reduction="none")]}
+    fl = flip(outputs, reals, reduction="none")
+    if is_available(fl):
+        out["flip"] = [float(x) for x in fl]
     for net in ("alex", "vgg") if lpips else ():  # VGG on the CPU: about 1 s per 480x270 frame
         lp = lpips_distance(outputs, reals, net=net, reduction="none")
         if is_available(lp):
@@ -175,8 +178,8 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
     return results
 
 
-def _lp(scores: dict[str, Any], net: str) -> str:
-    s = scores.get(f"lpips_{net}")
+def _mean(scores: dict[str, Any], metric: str) -> str:
+    s = scores.get(metric)
     return "n/a" if s is None else f"{s['mean']:.4f}"
 
 
@@ -193,10 +196,11 @@ def real_capture_markdown(r: dict[str, Any]) -> list[str]:
          f"{rc['iterations']} iterations, {its} it/s, {r['gaussians']} Gaussians"),
         "",
         (f"| held-out real frames ({h['raw']['psnr']['n']}) | PSNR mean | PSNR median | PSNR worst | SSIM mean | "
-         "LPIPS-alex mean | LPIPS-vgg mean |"),
-        "|---|---|---|---|---|---|---|",
+         "LPIPS-alex mean | LPIPS-vgg mean | FLIP mean |"),
+        "|---|---|---|---|---|---|---|---|",
         *(f"| {k} | {h[k]['psnr']['mean']:.2f} | {h[k]['psnr']['median']:.2f} | {h[k]['psnr']['min']:.2f} | "
-          f"{h[k]['ssim']['mean']:.4f} | {_lp(h[k], 'alex')} | {_lp(h[k], 'vgg')} |" for k in ("raw", "harmonized")),
+          f"{h[k]['ssim']['mean']:.4f} | {_mean(h[k], 'lpips_alex')} | {_mean(h[k], 'lpips_vgg')} | "
+          f"{_mean(h[k], 'flip')} |" for k in ("raw", "harmonized")),
         "",
         f"- training views (raw render): PSNR {r['train_views_raw']['psnr']['mean']:.2f} dB; LPIPS: {r['lpips']}",
         f"- the {r['config']['shift_m']} m shifted lane has no ground truth: see `sheet.png` and `shifted.mp4`",

@@ -309,7 +309,8 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
 
     # details
     out.append("## Holdout details per stream\n")
-    header = ["stream", "Method", "PSNR↑", "SSIM↑", "LPIPS↓", "MSE↓", "fMSE↓", "fPSNR↑", "HF", "struct.↑", "eval ms/frame"]
+    header = ["stream", "Method", "PSNR↑", "SSIM↑", "LPIPS↓", "FLIP↓", "MSE↓", "fMSE↓", "fPSNR↑", "HF", "struct.↑",
+              "eval ms/frame"]
     rows = []
     for s in streams:
         for name, label, ok in rows_m:
@@ -318,9 +319,9 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
             def g(k, d=2, s=s, name=name):
                 return _fmt(_get(results, "holdout", s, name, k), d)
 
-            rows.append([s, label, g("psnr"), g("ssim", 4), g("lpips", 4), g("mse", 1), g("fmse", 1), g("fpsnr"),
-                         g("hf_ratio"), g("structure", 4), g("eval_ms_per_frame", 1)])
-    out.append(_table(header, rows, ["l", "l"] + ["r"] * 9))
+            rows.append([s, label, g("psnr"), g("ssim", 4), g("lpips", 4), g("flip", 4), g("mse", 1), g("fmse", 1),
+                         g("fpsnr"), g("hf_ratio"), g("structure", 4), g("eval_ms_per_frame", 1)])
+    out.append(_table(header, rows, ["l", "l"] + ["r"] * 10))
     out.append("")
 
     out.append("## Methods\n")

@@ -149,6 +149,9 @@ def clip_metrics(out: np.ndarray, clip: Clip, cap_db: float) -> dict[str, float]
             lp = M.lpips_distance(out, clip.target, net="alex")
             if M.is_available(lp):
                 res["lpips"] = float(lp)
+        fl = M.flip(out, clip.target)  # NVIDIA FLIP when the metrics extra is installed
+        if M.is_available(fl):
+            res["flip"] = float(fl)
     else:
         res["hf_ratio"] = float(M.hf_artifact_ratio(out, clip.input))
     if min(h, w) >= 3:
@@ -445,9 +448,10 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
         real = run_real(methods, cfg.real_dir, out)
         timings["real_s"] = time.perf_counter() - t0
 
-    lpips_probe = M.lpips_distance(np.zeros((32, 32, 3)), np.zeros((32, 32, 3)), net="alex")
+    blank = np.zeros((32, 32, 3))
+    probes = {"lpips": M.lpips_distance(blank, blank, net="alex"), "flip": M.flip(blank, blank)}
     unavailable_metrics = {
-        **({} if M.is_available(lpips_probe) else {"lpips": str(lpips_probe)}),
+        **{name: str(v) for name, v in probes.items() if not M.is_available(v)},
         "fid": str(M.fid(np.zeros((1, 11, 11, 3)), np.zeros((1, 11, 11, 3)))),
         "fvd": "not available: no local I3D (FVD) network",
         "dino_struct_dist": str(M.dino_struct_distance(np.zeros((11, 11, 3)), np.zeros((11, 11, 3)))),
