@@ -64,6 +64,7 @@ __all__ = [
     "ssim_map",
     "structure_preservation",
     "to_float_images",
+    "vgg_struct_distance",
     "warping_error",
 ]
 
@@ -117,6 +118,18 @@ _LPIPS_MIN_SIZE = {"vgg": 16, "alex": 31}  # smallest side the trunk's pooling l
 _LPIPS_CACHE: dict[tuple[str, str, str], Any] = {}
 
 
+def _cached_lpips(path: Path, net: str, device: torch.device):
+    """The network in ``path``, loaded once per (file, net, device); at most 3 kept (alex and vgg: 70 MB)."""
+    from simharmony.models.lpips import LPIPS
+
+    key = (str(path.resolve()), net, str(device))
+    if key not in _LPIPS_CACHE:
+        while len(_LPIPS_CACHE) >= 3:
+            _LPIPS_CACHE.pop(next(iter(_LPIPS_CACHE)))
+        _LPIPS_CACHE[key] = LPIPS.from_file(path, net).to(device)
+    return _LPIPS_CACHE[key]
+
+
 def metrics_weights_dir() -> Path:
     """``$SIMHARMONY_METRICS_WEIGHTS``, else ``data/weights`` in the repository (where ``convert-lpips`` writes)."""
     import os
@@ -137,7 +150,7 @@ def lpips_distance(a: Any, b: Any, weights_path: str | Path | None = None, *, ne
     ``simharmony convert-lpips``. Without that file the result is :class:`NotAvailable` saying how to make it
     (never a made-up score); a ``weights_path`` that does not exist raises :class:`MissingFileError`.
     """
-    from simharmony.models.lpips import LPIPS, NETS
+    from simharmony.models.lpips import NETS
 
     ta, tb = _pair(a, b)
     if net not in NETS:
@@ -154,11 +167,7 @@ def lpips_distance(a: Any, b: Any, weights_path: str | Path | None = None, *, ne
         path = Path(weights_path)
         if not path.exists():
             raise MissingFileError(f"lpips weights file {str(path)!r} does not exist")
-    key = (str(path.resolve()), net, str(ta.device))
-    if key not in _LPIPS_CACHE:
-        _LPIPS_CACHE.clear()  # one network at a time: the VGG one is 59 MB
-        _LPIPS_CACHE[key] = LPIPS.from_file(path, net).to(ta.device)
-    model = _LPIPS_CACHE[key]
+    model = _cached_lpips(path, net, ta.device)
     values = []
     with torch.no_grad():
         for i in range(0, ta.shape[0], 8):
@@ -186,6 +195,45 @@ def flip(test: Any, reference: Any, reduction: Reduction = "mean") -> float | np
     return _reduce(torch.tensor(values, dtype=torch.float64), reduction)
 
 
+_STRUCT_TAP = 3  # VGG16 relu4_3: deep enough to see layout, not colour
+_STRUCT_GRID = 24  # tokens per side of the self-similarity map (DINO-ViT-S/8 at 224 px has 28)
+
+
+def vgg_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None,
+                        reduction: Reduction = "mean") -> float | np.ndarray | NotAvailable:
+    """Structure distance in the spirit of DINO-Struct-Dist (Tumanyan et al. 2022), with VGG16 as the network:
+    no DINO weights exist here, so this is a documented substitute, not the paper's number.
+
+    Each image's VGG16 relu4_3 features (the LPIPS-vgg trunk) are average-pooled to a 24x24 grid of tokens; the
+    token-by-token cosine self-similarity matrix describes the image's layout independently of its colours;
+    the distance is the mean squared difference of the two matrices (0 = same structure). Images [(N,) H, W, 3]
+    at least 16 pixels a side. Weights as for :func:`lpips_distance` (``lpips_vgg.safetensors``).
+    """
+
+    ta, tb = _pair(a, b)
+    if min(ta.shape[1:3]) < _LPIPS_MIN_SIZE["vgg"]:
+        raise InvalidInputError(f"vgg_struct_distance needs images of at least 16 pixels a side, got "
+                                f"{ta.shape[2]}x{ta.shape[1]}")
+    path = Path(weights_path) if weights_path is not None else metrics_weights_dir() / "lpips_vgg.safetensors"
+    if not path.is_file():
+        if weights_path is not None:
+            raise MissingFileError(f"VGG weights file {str(path)!r} does not exist")
+        return NotAvailable("vgg_struct_dist", f"no local VGG16 weights at {path}: run `simharmony convert-lpips`")
+    model = _cached_lpips(path, "vgg", ta.device)
+
+    def self_similarity(x: torch.Tensor) -> torch.Tensor:
+        f = model.tap(x.permute(0, 3, 1, 2).float() * 2 - 1, _STRUCT_TAP)
+        f = F.adaptive_avg_pool2d(f, (min(_STRUCT_GRID, f.shape[2]), min(_STRUCT_GRID, f.shape[3]))).flatten(2)
+        f = F.normalize(f, dim=1)  # [N, C, T]
+        return f.transpose(1, 2) @ f  # [N, T, T]
+
+    values = []
+    with torch.no_grad():
+        for i in range(0, ta.shape[0], 8):
+            values.append((self_similarity(ta[i:i + 8]) - self_similarity(tb[i:i + 8])).pow(2).mean((1, 2)).double())
+    return _reduce(torch.cat(values), reduction)
+
+
 def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> NotAvailable:
     """FID between two image sets [N, H, W, 3] (needs local Inception weights; see :func:`lpips_distance`)."""
     to_float_images(real, "real")
@@ -194,9 +242,10 @@ def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> NotAvai
 
 
 def dino_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None) -> NotAvailable:
-    """DINO-ViT self-similarity structure distance (needs local DINO weights; see :func:`lpips_distance`)."""
+    """DINO-ViT self-similarity structure distance: no DINO weights exist here, so always :class:`NotAvailable`
+    (inputs are validated); :func:`vgg_struct_distance` is the documented substitute."""
     _pair(a, b)
-    return _network_metric("dino_struct_dist", "DINO ViT", weights_path)
+    return _network_metric("dino_struct_dist", "DINO ViT (substitute: vgg_struct_distance)", weights_path)
 
 
 # ----------------------------------------------------------------------------------------------------

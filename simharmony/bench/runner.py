@@ -154,6 +154,10 @@ def clip_metrics(out: np.ndarray, clip: Clip, cap_db: float) -> dict[str, float]
             res["flip"] = float(fl)
     else:
         res["hf_ratio"] = float(M.hf_artifact_ratio(out, clip.input))
+    if min(h, w) >= 16:  # VGG self-similarity structure distance to the input (DINO-Struct-Dist's substitute)
+        sd = M.vgg_struct_distance(clip.input, out)
+        if M.is_available(sd):
+            res["vgg_struct_dist"] = float(sd)
     if min(h, w) >= 3:
         res["structure"] = float(M.structure_preservation(clip.input, out))
         if clip.target is None and clip.mask is not None:
@@ -449,7 +453,8 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
         timings["real_s"] = time.perf_counter() - t0
 
     blank = np.zeros((32, 32, 3))
-    probes = {"lpips": M.lpips_distance(blank, blank, net="alex"), "flip": M.flip(blank, blank)}
+    probes = {"lpips": M.lpips_distance(blank, blank, net="alex"), "flip": M.flip(blank, blank),
+              "vgg_struct_dist": M.vgg_struct_distance(blank, blank)}
     unavailable_metrics = {
         **{name: str(v) for name, v in probes.items() if not M.is_available(v)},
         "fid": str(M.fid(np.zeros((1, 11, 11, 3)), np.zeros((1, 11, 11, 3)))),

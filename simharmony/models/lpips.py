@@ -103,6 +103,15 @@ class LPIPS(nn.Module):
                     break
         return out
 
+    def tap(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        """The ``index``-th tapped activation (0..4), not normalised, of images [N, 3, H, W] in [-1, 1]."""
+        x = (x - self.shift) / self.scale
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == self.taps[index]:
+                return x
+        raise InvalidInputError(f"tap index must be 0..{len(self.taps) - 1}, got {index}")
+
     def forward(self, x0: torch.Tensor, x1: torch.Tensor) -> torch.Tensor:
         if x0.shape != x1.shape or x0.ndim != 4 or x0.shape[1] != 3:
             raise InvalidInputError(f"LPIPS expects two [N, 3, H, W] batches of one shape, got {list(x0.shape)} and "
