@@ -54,6 +54,10 @@ class PosedImages:
             if v.shape != (n, h, w):
                 raise ShapeMismatchError(f"{name} must be [{n}, {h}, {w}], got {list(v.shape)}")
             setattr(self, name, v)
+        if self.instance_ids is not None and self.instance_ids.size and self.instance_ids.min() < 0:
+            bad = int(np.argmax((self.instance_ids < 0).reshape(n, -1).any(1)))
+            raise InvalidInputError(f"instance_ids must be >= 0 (0 = background); view {bad} has "
+                                    f"{int(self.instance_ids.min())}")
         if self.points is not None:
             self.points = np.asarray(self.points, dtype=np.float32).reshape(-1, 3)
             if self.point_colors is not None:

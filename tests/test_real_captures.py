@@ -432,3 +432,12 @@ def test_real_capture_scenario_end_to_end(tmp_path):
     again = run_real_capture(cfg, tmp_path / "bench", progress=False)
     assert again["heldout"]["raw"]["psnr"]["mean"] == pytest.approx(r["heldout"]["raw"]["psnr"]["mean"], abs=1e-6)
     assert again["seconds"]["reconstruction_this_run"] < r["seconds"]["reconstruction_this_run"]
+
+
+def test_negative_instance_ids_are_refused():
+    from simharmony.errors import InvalidInputError
+
+    ids = np.zeros((2, 32, 48), np.int32)
+    ids[1, 3, 4] = -1
+    with pytest.raises(InvalidInputError, match="view 1 has -1"):
+        PosedImages(np.zeros((2, 32, 48, 3), np.float32), _posed(2).trajectory, instance_ids=ids)
