@@ -25,6 +25,8 @@ _LAZY = {
     "train": "simharmony.training.trainer",
     "BenchConfig": "simharmony.bench.config",
     "run_bench": "simharmony.bench",
+    "RealCaptureConfig": "simharmony.bench.real_capture",
+    "run_real_capture": "simharmony.bench.real_capture",
     "PairItem": "simharmony.data.item",
     "generate_dataset": "simharmony.data.shards",
     "ShardDataset": "simharmony.data.shards",
