@@ -68,6 +68,8 @@ class Intrinsics(Config):
 
     def scaled(self, factor: float) -> Intrinsics:
         """Intrinsics of the same camera at ``factor`` times the resolution."""
+        if not (isinstance(factor, (int, float, np.floating, np.integer)) and np.isfinite(factor) and factor > 0):
+            raise InvalidCameraError(f"scale factor must be a positive finite number, got {factor!r}")
         return self.resized(round(self.width * factor), round(self.height * factor))
 
     def resized(self, width: int, height: int) -> Intrinsics:
@@ -183,6 +185,8 @@ class Trajectory:
 
     def intrinsics_at(self, i: int) -> Intrinsics:
         """The camera of frame ``i``."""
+        if not -len(self) <= i < len(self):
+            raise InvalidCameraError(f"frame {i} is out of range for a trajectory of {len(self)} frames")
         return self.intrinsics if self.frame_intrinsics is None else self.frame_intrinsics[i]
 
     @property

@@ -80,6 +80,8 @@ class CaptureConfig(Config):
                 f"camera_mode must be auto, single or per_image, got {self.camera_mode!r}")
         supported = (*COLMAP_PINHOLE_MODELS, *COLMAP_DISTORTED_MODELS)
         require(self.camera_model in supported, own, f"camera_model must be one of {supported}, got {self.camera_model!r}")
+        require(self.num_threads == -1 or self.num_threads >= 1, own,
+                f"num_threads must be -1 (all cores) or >= 1, got {self.num_threads}")
         require(self.sequential_overlap >= 1, own, f"sequential_overlap must be >= 1, got {self.sequential_overlap}")
         require(self.max_image_size >= 64, own, f"max_image_size must be >= 64, got {self.max_image_size}")
         require(self.max_num_features >= 64, own, f"max_num_features must be >= 64, got {self.max_num_features}")

@@ -41,6 +41,9 @@ class LensDistortion:
     k6: float = 0.0
 
     def __post_init__(self) -> None:
+        for name, v in zip(("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6"), astuple(self)):
+            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+                raise InvalidCameraError(f"distortion coefficient {name} must be a number, got {v!r}")
         bad = {k: v for k, v in zip(("k1", "k2", "p1", "p2", "k3", "k4", "k5", "k6"), astuple(self))
                if not math.isfinite(v)}
         if bad:
@@ -58,7 +61,10 @@ class LensDistortion:
 
 def colmap_camera(model: str, width: int, height: int, params, where: str) -> tuple[Intrinsics, LensDistortion]:
     """(pinhole part, distortion) of a COLMAP camera; unknown and fisheye models raise InvalidCameraError."""
-    params = [float(p) for p in params]
+    try:
+        params = [float(p) for p in params]
+    except (TypeError, ValueError) as e:
+        raise CorruptFileError(f"{where}: camera parameters must be numbers, got {list(params)[:12]}") from e
     if model in COLMAP_FISHEYE_MODELS:
         raise InvalidCameraError(
             f"{where}: camera model {model} is a fisheye/FOV lens, which is not supported (only pinhole and "

@@ -236,6 +236,8 @@ def _same_size(arr: np.ndarray, size: tuple[int, int], where: str, what: str) ->
 
 def pick_views(n: int, max_views: int | None) -> list[int]:
     """Indices of at most ``max_views`` of ``n`` views, evenly spread (all of them for None)."""
+    if n < 0:
+        raise InvalidInputError(f"number of views must be >= 0, got {n}")
     if max_views is None or max_views >= n:
         return list(range(n))
     if isinstance(max_views, bool) or not isinstance(max_views, (int, np.integer)) or max_views < 1:

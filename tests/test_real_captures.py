@@ -441,3 +441,28 @@ def test_negative_instance_ids_are_refused():
     ids[1, 3, 4] = -1
     with pytest.raises(InvalidInputError, match="view 1 has -1"):
         PosedImages(np.zeros((2, 32, 48, 3), np.float32), _posed(2).trajectory, instance_ids=ids)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: Trajectory(np.stack([np.eye(4)] * 2), Intrinsics(40.0, 40.0, 24.0, 16.0, 48, 32)).intrinsics_at(5),
+     InvalidCameraError, "out of range"),
+    (lambda: Trajectory(np.stack([np.eye(4)] * 2), Intrinsics(40.0, 40.0, 24.0, 16.0, 48, 32)).scaled(float("nan")),
+     InvalidCameraError, "positive finite"),
+    (lambda: Intrinsics(40.0, 40.0, 24.0, 16.0, 48, 32).scaled(0), InvalidCameraError, "positive finite"),
+    (lambda: LensDistortion(k1="a"), InvalidCameraError, "k1 must be a number"),
+    (lambda: colmap_camera("OPENCV", 10, 10, ["a"] * 8, "here"), __import__("simharmony.errors").errors.CorruptFileError,
+     "must be numbers"),
+    (lambda: Trajectory(np.stack([np.eye(4)] * 2), Intrinsics(40.0, 40.0, 24.0, 16.0, 48, 32), None, None, ("a",)),
+     InvalidCameraError, "must name 2 frames"),
+])
+def test_camera_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_capture_config_bad_threads():
+    from scene_tools.capture import CaptureConfig
+    from simharmony.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_threads"):
+        CaptureConfig(num_threads=0)
