@@ -147,8 +147,8 @@ class Trajectory:
     """A camera path: ``poses`` [N, 4, 4] camera-to-world (OpenCV), ``intrinsics``, ``times`` [N] seconds.
 
     A capture from a camera rig has several cameras: ``frame_intrinsics`` then holds each frame's camera
-    (all of one image size, which is ``intrinsics``'s, the first frame's) and ``cameras`` names each
-    frame's camera. Single-camera trajectories leave both ``None``.
+    (all of one image size, which is ``intrinsics``'s, the first frame's; ``None`` when they are all equal)
+    and ``cameras`` names each frame's camera. Single-camera trajectories leave both ``None``.
     """
 
     poses: np.ndarray
@@ -175,13 +175,11 @@ class Trajectory:
                     f"frame {bad[0]}'s camera is {fi[bad[0]].width}x{fi[bad[0]].height} but the trajectory's images "
                     f"are {self.intrinsics.width}x{self.intrinsics.height}; every camera of a rig must give one size"
                 )
-            self.frame_intrinsics = None if all(k == self.intrinsics for k in fi) and self.cameras is None else fi
+            self.frame_intrinsics = None if all(k == self.intrinsics for k in fi) else fi
         if self.cameras is not None:
             self.cameras = tuple(str(c) for c in self.cameras)
             if len(self.cameras) != n:
                 raise InvalidCameraError(f"cameras must name {n} frames, got {len(self.cameras)} names")
-            if self.frame_intrinsics is None:
-                self.frame_intrinsics = (self.intrinsics,) * n
 
     def intrinsics_at(self, i: int) -> Intrinsics:
         """The camera of frame ``i``."""
@@ -218,10 +216,15 @@ class Trajectory:
 
     def scaled(self, factor: float) -> Trajectory:
         """The same trajectory with every camera at ``factor`` times the resolution."""
-        if factor == 1.0:
+        k = self.intrinsics.scaled(factor)
+        return self.resized(k.width, k.height)
+
+    def resized(self, width: int, height: int) -> Trajectory:
+        """The same trajectory with every camera's image resampled to ``width`` x ``height``."""
+        if (width, height) == (self.intrinsics.width, self.intrinsics.height):
             return self
-        fi = None if self.frame_intrinsics is None else tuple(k.scaled(factor) for k in self.frame_intrinsics)
-        return Trajectory(self.poses, self.intrinsics.scaled(factor), self.times, fi, self.cameras)
+        fi = None if self.frame_intrinsics is None else tuple(k.resized(width, height) for k in self.frame_intrinsics)
+        return Trajectory(self.poses, self.intrinsics.resized(width, height), self.times, fi, self.cameras)
 
     def __len__(self) -> int:
         return len(self.poses)
@@ -230,8 +233,7 @@ class Trajectory:
         idx = np.atleast_1d(np.arange(len(self))[idx])
         fi = None if self.frame_intrinsics is None else tuple(self.frame_intrinsics[i] for i in idx)
         cams = None if self.cameras is None else tuple(self.cameras[i] for i in idx)
-        return Trajectory(self.poses[idx], self.intrinsics_at(int(idx[0])) if len(idx) else self.intrinsics,
-                          self.times[idx], fi, cams)
+        return Trajectory(self.poses[idx], self.intrinsics_at(int(idx[0])), self.times[idx], fi, cams)
 
     @property
     def viewmats(self) -> np.ndarray:

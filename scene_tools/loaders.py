@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from scene_tools.cameras import Intrinsics, Trajectory, check_pose, opencv_to_opengl, opengl_to_opencv
 from scene_tools.lens import LensDistortion, Undistorter, colmap_camera
-from scene_tools.views import PosedImages
+from scene_tools.views import PosedImages, resize_image
 from simharmony.errors import (
     CorruptFileError,
     InvalidCameraError,
@@ -114,12 +114,6 @@ def write_image(path: PathLike, rgb: np.ndarray, quality: int = 95) -> None:
     if not ok:
         raise InvalidInputError(f"cannot encode image as {ext!r} for {path}")
     write_bytes_atomic(path, buf.tobytes())
-
-
-def _resize(arr: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
-    if arr.shape[1] == size[0] and arr.shape[0] == size[1]:
-        return arr
-    return cv2.resize(arr, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
 
 def _read_depth(path: Path, depth_unit_scale: float) -> np.ndarray:
@@ -276,7 +270,7 @@ class FramePrep:
         und = self._cams[(intr, dist)][0]
         if und is not None:
             arr = und(arr, nearest)
-        return _resize(arr, self.out_size, nearest)
+        return resize_image(arr, self.out_size, nearest)
 
 
 def load_transforms_json(
@@ -449,7 +443,7 @@ def save_transforms_json(
     for i, name in enumerate(tqdm(_safe_names(images), desc="saving frames", disable=not progress, leave=False)):
         fr: dict[str, Any] = {"file_path": f"images/{name}.{fmt}", "transform_matrix": gl[i].tolist(),
                               "time": float(images.trajectory.times[i])}
-        if images.trajectory.frame_intrinsics is not None:  # a rig: each frame names its camera
+        if images.trajectory.cameras is not None or images.trajectory.frame_intrinsics is not None:  # a rig
             k = images.trajectory.intrinsics_at(i)
             fr.update({"fl_x": k.fx, "fl_y": k.fy, "cx": k.cx, "cy": k.cy, "w": k.width, "h": k.height,
                        "camera": images.trajectory.camera_names[i]})

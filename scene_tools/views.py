@@ -10,6 +10,17 @@ from scene_tools.cameras import Trajectory
 from simharmony.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
 
 
+def resize_image(arr: np.ndarray, size: tuple[int, int], nearest: bool = False) -> np.ndarray:
+    """[H, W(, C)] -> ``size`` = (w, h): area-averaged, or nearest for depths and ids (int32 kept exact)."""
+    import cv2
+
+    if arr.shape[1] == size[0] and arr.shape[0] == size[1]:
+        return arr
+    src = arr.astype(np.float32) if arr.dtype == np.int32 else arr  # cv2.resize has no int32
+    out = cv2.resize(src, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
+    return out.astype(arr.dtype, copy=False)
+
+
 @dataclass
 class PosedImages:
     """Images with their cameras.
@@ -84,20 +95,12 @@ class PosedImages:
             raise InvalidInputError(f"downscale factor must be a positive integer, got {factor!r}")
         if factor == 1:
             return self
-        import cv2
-
         size = (max(1, round(self.width / factor)), max(1, round(self.height / factor)))
 
         def each(a: np.ndarray | None, nearest: bool = False) -> np.ndarray | None:
-            if a is None:
-                return None
-            mode = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA
-            src = a.astype(np.float32) if a.dtype == np.int32 else a
-            return np.stack([cv2.resize(x, size, interpolation=mode) for x in src]).astype(a.dtype)
+            return None if a is None else np.stack([resize_image(x, size, nearest) for x in a])
 
-        t = self.trajectory
-        fi = None if t.frame_intrinsics is None else tuple(k.resized(*size) for k in t.frame_intrinsics)
-        traj = Trajectory(t.poses, t.intrinsics.resized(*size), t.times, fi, t.cameras)
+        traj = self.trajectory.resized(*size)
         return PosedImages(each(self.images), traj, each(self.masks), each(self.depths, True),
                            each(self.instance_ids, True), self.points, self.point_colors, self.names)
 
