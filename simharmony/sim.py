@@ -242,12 +242,13 @@ class Simulator:
             return
         self.plugin.enabled = value
 
-    def reset(self) -> None:
-        """Start a new sequence: no flow to a previous frame, no temporal context."""
+    def reset(self, camera_id: str | None = None) -> None:
+        """Start a new sequence: no flow to a previous frame, no temporal context (of stream ``camera_id``,
+        default the ego camera's)."""
         self.scene.reset()
         self._size = None
         if self.plugin is not None:
-            self.plugin.reset(self.camera_id)
+            self.plugin.reset(camera_id or self.camera_id)
 
     def stats(self) -> dict[str, Any]:
         """Plugin statistics (render / enhance ms, failures, resets); render ms only without a harmonizer."""
@@ -260,8 +261,10 @@ class Simulator:
         f = self.scene.render_frame(pose, time_s, intrinsics)
         return {"rgb": f.rgb, "mask": f.inserted_mask, "depth": f.depth, "pose": f.pose, "frame": f}
 
-    def step(self, pose: np.ndarray, time: float | None = None, intrinsics: Intrinsics | None = None) -> SimFrame:
-        """Render and harmonize one frame at camera-to-world ``pose`` [4, 4] (OpenCV).
+    def step(self, pose: np.ndarray, time: float | None = None, intrinsics: Intrinsics | None = None,
+             camera_id: str | None = None) -> SimFrame:
+        """Render and harmonize one frame at camera-to-world ``pose`` [4, 4] (OpenCV), as stream ``camera_id``
+        (default the ego camera's).
 
         ``time=None``: the previous frame's time plus the scene's ``frame_dt`` (0 after a reset).
         A new image size starts a new sequence (the scene's flow and the enhancer's context both restart).
@@ -275,9 +278,10 @@ class Simulator:
         if self._size is not None and size != self._size:
             self.scene.reset()  # flow needs equal sizes; the plugin resets the stream on the size change itself
         self._size = size
+        stream = camera_id or self.camera_id
         if self.plugin is not None:
-            out = self.plugin(pose, time, intr, camera_id=self.camera_id)
-            info = self.plugin.last_info(self.camera_id)
+            out = self.plugin(pose, time, intr, camera_id=stream)
+            info = self.plugin.last_info(stream)
             enhanced, render_ms, enhance_ms = info.enhanced, info.render_ms, info.enhance_ms
         else:
             t0 = _now()
@@ -303,18 +307,14 @@ class Simulator:
         show = self.progress if progress is None else progress
         frames: list[SimFrame | None] = [None] * len(trajectory)
         groups = trajectory.camera_groups()
-        ego = self.camera_id
-        bar = tqdm(total=len(trajectory), desc="simulate", unit="frame", disable=not show, leave=False)
-        try:
+        with tqdm(total=len(trajectory), desc="simulate", unit="frame", disable=not show, leave=False) as bar:
             for name, idx in groups:  # each camera of a rig is its own stream with its own temporal context
-                self.camera_id = ego if len(groups) == 1 else f"{ego}/{name}"
-                self.reset()
+                stream = self.camera_id if len(groups) == 1 else f"{self.camera_id}/{name}"
+                self.reset(stream)
                 for i in idx:
-                    frames[i] = self.step(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics_at(i))
+                    frames[i] = self.step(trajectory.poses[i], float(trajectory.times[i]), trajectory.intrinsics_at(i),
+                                          camera_id=stream)
                     bar.update()
-        finally:
-            self.camera_id = ego
-            bar.close()
         return SimSequence(frames)
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from simharmony.errors import CorruptFileError, InvalidInputError, MissingFileError
-from simharmony.utils.io import load_tensors
+from simharmony.errors import CorruptFileError, InvalidInputError
+from simharmony.utils.io import load_weights_file
 
 # torchvision ``features`` layouts: ("C", c_in, c_out, kernel, stride, padding) | ("M", kernel, stride)
 _VGG16 = [("C", 3, 64, 3, 1, 1), ("C", 64, 64, 3, 1, 1), ("M", 2, 2), ("C", 64, 128, 3, 1, 1), ("C", 128, 128, 3, 1, 1),
@@ -70,11 +70,7 @@ class LPIPS(nn.Module):
     def from_file(cls, path: str | os.PathLike, net: str | None = None) -> LPIPS:
         """Load a file written by ``simharmony convert-lpips``; ``net`` defaults to the file's metadata."""
         path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"LPIPS weights not found: {path} (make them with `simharmony convert-lpips`)")
-        if path.suffix != ".safetensors":
-            raise CorruptFileError(f"{path}: LPIPS weights must be .safetensors (pickles are not loaded)")
-        tensors, meta = load_tensors(path)
+        tensors, meta = load_weights_file(path, "LPIPS", " (make it with `simharmony convert-lpips`)")
         net = net or meta.get("lpips_net")
         if net not in NETS:
             raise CorruptFileError(f"{path}: unknown LPIPS net {net!r} (metadata 'lpips_net'; expected vgg or alex)")

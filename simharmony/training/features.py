@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from simharmony.errors import ConfigError, CorruptFileError, MissingFileError
-from simharmony.utils.io import load_tensors
+from simharmony.errors import ConfigError, CorruptFileError
+from simharmony.utils.io import load_weights_file
 
 # torchvision vgg16 (config "D"): conv widths, "M" = 2x2 max pool. Indices in ``features`` follow from it.
 _VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -116,11 +116,7 @@ class VGG16Features(FeatureExtractor):
         unknown keys, wrong shapes or non-finite values raise :class:`CorruptFileError`.
         """
         path = Path(path)
-        if not path.is_file():
-            raise MissingFileError(f"VGG16 weights file not found: {path} (give a .safetensors file, or 'substitute')")
-        if path.suffix != ".safetensors":
-            raise CorruptFileError(f"{path}: VGG16 weights must be a .safetensors file (pickled .pth files are not loaded)")
-        tensors, _ = load_tensors(path)
+        tensors, _ = load_weights_file(path, "VGG16", " (give a .safetensors file, or 'substitute')")
         model = cls()
         wanted = {f"{i}.{k}": (c_out, c_in) for i, c_in, c_out in _vgg16_layout() for k in ("weight", "bias")}
         all_convs = {f"{i}.{k}" for i, v in enumerate(_all_vgg16_indices()) if v for k in ("weight", "bias")}

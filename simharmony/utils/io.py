@@ -44,7 +44,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -52,7 +52,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -90,6 +90,17 @@ def save_tensors(path: PathLike, tensors: Mapping[str, Any], metadata: Mapping[s
     clean = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def load_weights_file(path: PathLike, what: str, hint: str = "") -> tuple[dict[str, Any], dict[str, str]]:
+    """(tensors, metadata) of a network's weights: only a ``.safetensors`` file is read (a pickled ``.pth`` is
+    refused by name); a missing file is a MissingFileError ending with ``hint`` (how to make it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"{what} weights file not found: {path}{hint}")
+    if path.suffix != ".safetensors":
+        raise CorruptFileError(f"{path}: {what} weights must be a .safetensors file (pickled .pth files are not loaded)")
+    return load_tensors(path)
 
 
 def load_tensors(path: PathLike, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
