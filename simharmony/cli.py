@@ -98,9 +98,10 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.iterations is not None:
         cfg.iterations = args.iterations
     images = _load_images(Path(args.data), args.downscale, args.max_views)
+    cameras = len(images.trajectory.camera_groups())
+    init = "sparse points" if images.points is not None and cfg.init in ("auto", "points") else cfg.init
     print(f"reconstruct: {len(images)} views at {images.width}x{images.height}"
-          f"{' from a ' + str(len(images.trajectory.by_camera())) + '-camera rig' if images.trajectory.cameras else ''}"
-          f"; initialisation: {'sparse points' if images.points is not None and cfg.init in ('auto', 'points') else cfg.init}")
+          f"{f' from a {cameras}-camera rig' if cameras > 1 else ''}; initialisation: {init}")
     result = reconstruct(images, cfg, output_dir=args.out)
     held = "n/a" if result.heldout_psnr is None else f"{result.heldout_psnr:.2f} dB"
     print(f"{len(result.scene)} Gaussians; train PSNR {result.train_psnr:.2f} dB; held-out PSNR {held}; "
@@ -112,10 +113,9 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     from scene_tools.capture import CaptureConfig, capture
 
     cfg = CaptureConfig.load(args.config) if args.config else CaptureConfig()
-    for key in ("matching", "camera_model", "video_every", "video_max_frames", "video_max_size"):
-        if getattr(args, key) is not None:
-            setattr(cfg, key, getattr(args, key))
-    cfg = CaptureConfig.from_dict(cfg.to_dict())  # re-validate the overrides
+    over = {k: getattr(args, k) for k in ("matching", "camera_model", "video_every", "video_max_frames",
+                                          "video_max_size") if getattr(args, k) is not None}
+    cfg = CaptureConfig.from_dict({**cfg.to_dict(), **over})  # validates the overrides too
     res = capture(args.source, args.out, cfg, progress=not args.quiet)
     print(f"capture: {res.num_registered} of {res.num_images} images registered ({100 * res.registered_fraction:.0f}%), "
           f"{res.num_points} sparse points, {sum(res.seconds.values()) / 60:.1f} min; model at {res.model_dir}")
@@ -271,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, help="new folder for the frames, COLMAP model and capture.json")
     cp.add_argument("--config", default=None, help="CaptureConfig YAML")
     cp.add_argument("--matching", choices=["auto", "sequential", "exhaustive"], default=None)
-    cp.add_argument("--camera-model", default=None, help="COLMAP lens model to solve (default SIMPLE_RADIAL)")
+    cp.add_argument("--camera-model", default=None, help="COLMAP lens model to solve (default SIMPLE_PINHOLE; "
+                    "SIMPLE_RADIAL or OPENCV for visibly distorted footage)")
     cp.add_argument("--every", dest="video_every", type=int, default=None, help="video: keep every n-th frame")
     cp.add_argument("--max-frames", dest="video_max_frames", type=int, default=None, help="video: at most this many")
     cp.add_argument("--max-size", dest="video_max_size", type=int, default=None,

