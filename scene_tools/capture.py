@@ -21,11 +21,13 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import cv2
+import numpy as np
 from tqdm.auto import tqdm
 
 from scene_tools.lens import COLMAP_DISTORTED_MODELS, COLMAP_PINHOLE_MODELS
@@ -43,7 +45,7 @@ from simharmony.utils.io import PathLike, current_umask, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 MIN_IMAGES = 3
 
@@ -123,10 +125,10 @@ def list_images(folder: PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def extract_video_frames(video: PathLike, out_dir: PathLike, *, every: int = 1, max_frames: int | None = None,
-                         max_size: int | None = None, progress: bool = True) -> list[Path]:
-    """Decode ``video`` into ``out_dir/00000.jpg, ...`` (every ``every``-th frame, at most ``max_frames``,
-    the longest side at most ``max_size``). A file that cannot be decoded is a CorruptFileError."""
+def iter_video_frames(video: PathLike, start: int = 0, stop: int = 0, *,
+                      progress: bool = False) -> Iterator[tuple[int, np.ndarray]]:
+    """(index, [H, W, 3] uint8 BGR) of frames [start, stop) of ``video`` (stop 0 = to the end). A missing file is
+    a MissingFileError; one that cannot be opened, or gives no frame in the range, a CorruptFileError."""
     video = Path(video)
     if not video.is_file():
         raise MissingFileError(f"video not found: {video}")
@@ -135,31 +137,48 @@ def extract_video_frames(video: PathLike, out_dir: PathLike, *, every: int = 1, 
         if not cap.isOpened():
             raise CorruptFileError(f"cannot decode video {video} (not a video, or a codec OpenCV's FFmpeg lacks)")
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths: list[Path] = []
-        bar = tqdm(total=total, desc=f"decoding {video.name}", unit="frame", disable=not progress, leave=False)
-        index = 0
-        while max_frames is None or len(paths) < max_frames:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            bar.update()
-            if index % every == 0:
-                if max_size is not None and max(frame.shape[:2]) > max_size:
-                    s = max_size / max(frame.shape[:2])
-                    frame = cv2.resize(frame, (round(frame.shape[1] * s), round(frame.shape[0] * s)),
-                                       interpolation=cv2.INTER_AREA)
-                path = out_dir / f"{len(paths):05d}.jpg"
-                if not cv2.imwrite(str(path), frame, [cv2.IMWRITE_JPEG_QUALITY, 95]):
-                    raise FileFormatError(f"cannot write frame {path}")
-                paths.append(path)
-            index += 1
-        bar.close()
+        seen = 0
+        with tqdm(total=total, desc=f"decoding {video.name}", unit="frame", disable=not progress, leave=False) as bar:
+            index = 0
+            while stop == 0 or index < stop:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                bar.update()
+                if index >= start:
+                    seen += 1
+                    yield index, frame
+                index += 1
     finally:
         cap.release()
-    if not paths:
-        raise CorruptFileError(f"video {video} has no decodable frames")
+    if not seen:
+        raise CorruptFileError(f"video {video}: no frame could be decoded in [{start}, {stop or 'end'})")
+
+
+def fit_max_side(img: np.ndarray, max_side: int | None) -> np.ndarray:
+    """``img`` downscaled (area) so its longer side is at most ``max_side``; unchanged if it already is (or None)."""
+    if max_side is None or max(img.shape[:2]) <= max_side:
+        return img
+    s = max_side / max(img.shape[:2])
+    return cv2.resize(img, (round(img.shape[1] * s), round(img.shape[0] * s)), interpolation=cv2.INTER_AREA)
+
+
+def extract_video_frames(video: PathLike, out_dir: PathLike, *, every: int = 1, max_frames: int | None = None,
+                         max_size: int | None = None, progress: bool = True) -> list[Path]:
+    """Decode ``video`` into ``out_dir/00000.jpg, ...`` (every ``every``-th frame, at most ``max_frames``,
+    the longest side at most ``max_size``). A file that cannot be decoded is a CorruptFileError."""
+    out_dir = Path(out_dir)
+    paths: list[Path] = []
+    for index, frame in iter_video_frames(video, progress=progress):
+        if index % every:
+            continue
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{len(paths):05d}.jpg"
+        if not cv2.imwrite(str(path), fit_max_side(frame, max_size), [cv2.IMWRITE_JPEG_QUALITY, 95]):
+            raise FileFormatError(f"cannot write frame {path}")
+        paths.append(path)
+        if max_frames is not None and len(paths) >= max_frames:
+            break
     return paths
 
 
@@ -342,8 +361,6 @@ def align_to_ground(images: PosedImages, camera_height_m: float = 1.5, *, seed: 
     pins the focal length loosely, so this scale is approximate. Needs the capture's sparse points.
     Returns the moved capture and ``{"scale", "up", "first_up_from", "camera_height_sfm", "ground_inliers"}``.
     """
-    import numpy as np
-
     if images.points is None or len(images.points) < 20:
         raise InvalidInputError("align_to_ground needs the capture's sparse points (at least 20)")
     if not (camera_height_m > 0):
@@ -415,4 +432,5 @@ def align_to_ground(images: PosedImages, camera_height_m: float = 1.5, *, seed: 
                    "ground_inliers": int(best_in.sum())}
 
 
-__all__ = ["CaptureConfig", "CaptureResult", "align_to_ground", "capture", "extract_video_frames", "list_images", "load_capture"]
+__all__ = ["CaptureConfig", "CaptureResult", "align_to_ground", "capture", "extract_video_frames", "fit_max_side",
+           "iter_video_frames", "list_images", "load_capture"]

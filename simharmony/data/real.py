@@ -47,6 +47,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from scene_tools.capture import IMAGE_SUFFIXES, VIDEO_SUFFIXES, fit_max_side, iter_video_frames, list_images
 from simharmony.data.flicker import FlickerConfig, apply_flicker, flicker_gains
 from simharmony.data.isp import IspParams, IspRanges, apply_isp, sample_isp_params
 from simharmony.data.item import PairItem
@@ -54,8 +55,6 @@ from simharmony.data.streams import _box, poisson_blend_foreground, soft_mask
 from simharmony.errors import ConfigError, FileFormatError, InvalidInputError, MissingFileError
 from simharmony.utils.config import Config, all_finite, require
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 # realdata folders whose licence allows evaluation only, and scikit-image's reserved photos: never trained on
 EVAL_ONLY_NAMES = ("ddad_test_scene", "real_composites_tsai", "real_object_masks", "sacre_coeur_photos", "skimage")
 UDACITY_FRAMES = 221
@@ -187,10 +186,6 @@ def udacity_holdout_source() -> RealSource:
                       name="udacity_highway_holdout", licence="MIT")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def read_image(path: str | Path, max_side: int = MAX_SOURCE_SIDE) -> np.ndarray:
     """An image file -> [H, W, 3] uint8 RGB (alpha dropped, grey expanded, 16-bit scaled), downscaled so its
     longer side is at most ``max_side``; MissingFileError / FileFormatError naming the file otherwise."""
@@ -210,40 +205,13 @@ def read_image(path: str | Path, max_side: int = MAX_SOURCE_SIDE) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     else:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(_fit_max_side(img, max_side))
-
-
-def _fit_max_side(img: np.ndarray, max_side: int) -> np.ndarray:
-    """``img`` downscaled (area) so its longer side is at most ``max_side``; unchanged if it already is."""
-    scale = max_side / max(img.shape[:2])
-    if scale >= 1:
-        return img
-    return cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(fit_max_side(img, max_side))
 
 
 def read_video(path: str | Path, start: int = 0, stop: int = 0, max_side: int = MAX_SOURCE_SIDE) -> list[np.ndarray]:
     """Frames [start, stop) of a video file (stop 0 = to the end) as [H, W, 3] uint8 RGB; FileFormatError
     when it cannot be opened or gives no frame."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"video {path} does not exist")
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise FileFormatError(f"{path} could not be opened as a video")
-    frames, i = [], 0
-    try:
-        while stop == 0 or i < stop:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            if i >= start:
-                frames.append(_fit_max_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side))
-            i += 1
-    finally:
-        cap.release()
-    if not frames:
-        raise FileFormatError(f"{path}: no frame could be decoded in [{start}, {stop or 'end'})")
-    return frames
+    return [fit_max_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), max_side) for _, bgr in iter_video_frames(path, start, stop)]
 
 
 @lru_cache(maxsize=64)
@@ -256,7 +224,7 @@ def _load_source_cached(path: str, kind: str, start: int, stop: int) -> tuple[tu
     if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES:
         frames = read_video(p, start, stop)
         return tuple(f"{p.name}#{start + i}" for i in range(len(frames))), tuple(frames)
-    files = _image_files(p) if p.is_dir() else [p]
+    files = list_images(p) if p.is_dir() else [p]
     files = files[start: stop or None]
     if not files:
         raise MissingFileError(f"real image source {path} holds no image ({', '.join(IMAGE_SUFFIXES)}) in [{start}, {stop or 'end'})")
