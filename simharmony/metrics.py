@@ -62,8 +62,10 @@ __all__ = [
     "psnr",
     "ssim",
     "ssim_map",
+    "struct_distance",
     "structure_preservation",
     "to_float_images",
+    "vgg_self_similarity",
     "vgg_struct_distance",
     "warping_error",
 ]
@@ -208,6 +210,33 @@ _STRUCT_TAP = 3  # VGG16 relu4_3: deep enough to see layout, not colour
 _STRUCT_GRID = 24  # tokens per side of the self-similarity map (DINO-ViT-S/8 at 224 px has 28)
 
 
+def vgg_self_similarity(images: Any, weights_path: str | Path | None = None) -> torch.Tensor | NotAvailable:
+    """[N, T, T] float32 cosine self-similarity of VGG16 relu4_3 tokens (average-pooled to at most 24x24) of
+    images [(N,) H, W, 3], each side >= 16: the layout description :func:`vgg_struct_distance` compares."""
+    t = to_float_images(images, "images")
+    if min(t.shape[1:3]) < _LPIPS_MIN_SIZE["vgg"]:
+        raise InvalidInputError(f"vgg_struct_distance needs images of at least 16 pixels a side, got "
+                                f"{t.shape[2]}x{t.shape[1]}")
+    model = _converted_network("vgg_struct_dist", weights_path, "vgg", t.device)
+    if isinstance(model, NotAvailable):
+        return model
+    out = []
+    with torch.no_grad():
+        for i in range(0, t.shape[0], 8):
+            f = model.tap(t[i:i + 8].permute(0, 3, 1, 2).float() * 2 - 1, _STRUCT_TAP)
+            f = F.adaptive_avg_pool2d(f, (min(_STRUCT_GRID, f.shape[2]), min(_STRUCT_GRID, f.shape[3]))).flatten(2)
+            f = F.normalize(f, dim=1)  # [N, C, T]
+            out.append(f.transpose(1, 2) @ f)
+    return torch.cat(out)
+
+
+def struct_distance(ssm_a: torch.Tensor, ssm_b: torch.Tensor, reduction: Reduction = "mean") -> float | np.ndarray:
+    """Mean squared difference of two [N, T, T] self-similarity stacks (:func:`vgg_self_similarity`), per image."""
+    if ssm_a.shape != ssm_b.shape:
+        raise ShapeMismatchError(f"self-similarity stacks differ in shape: {list(ssm_a.shape)} and {list(ssm_b.shape)}")
+    return _reduce((ssm_a - ssm_b).pow(2).mean((1, 2)).double(), reduction)
+
+
 def vgg_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None,
                         reduction: Reduction = "mean") -> float | np.ndarray | NotAvailable:
     """Structure distance in the spirit of DINO-Struct-Dist (Tumanyan et al. 2022), with VGG16 as the network:
@@ -218,26 +247,11 @@ def vgg_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None,
     the distance is the mean squared difference of the two matrices (0 = same structure). Images [(N,) H, W, 3]
     at least 16 pixels a side. Weights as for :func:`lpips_distance` (``lpips_vgg.safetensors``).
     """
-
-    ta, tb = _pair(a, b)
-    if min(ta.shape[1:3]) < _LPIPS_MIN_SIZE["vgg"]:
-        raise InvalidInputError(f"vgg_struct_distance needs images of at least 16 pixels a side, got "
-                                f"{ta.shape[2]}x{ta.shape[1]}")
-    model = _converted_network("vgg_struct_dist", weights_path, "vgg", ta.device)
-    if isinstance(model, NotAvailable):
-        return model
-
-    def self_similarity(x: torch.Tensor) -> torch.Tensor:
-        f = model.tap(x.permute(0, 3, 1, 2).float() * 2 - 1, _STRUCT_TAP)
-        f = F.adaptive_avg_pool2d(f, (min(_STRUCT_GRID, f.shape[2]), min(_STRUCT_GRID, f.shape[3]))).flatten(2)
-        f = F.normalize(f, dim=1)  # [N, C, T]
-        return f.transpose(1, 2) @ f  # [N, T, T]
-
-    values = []
-    with torch.no_grad():
-        for i in range(0, ta.shape[0], 8):
-            values.append((self_similarity(ta[i:i + 8]) - self_similarity(tb[i:i + 8])).pow(2).mean((1, 2)).double())
-    return _reduce(torch.cat(values), reduction)
+    _pair(a, b)
+    sa = vgg_self_similarity(a, weights_path)
+    if isinstance(sa, NotAvailable):
+        return sa
+    return struct_distance(sa, vgg_self_similarity(b, weights_path), reduction)
 
 
 def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> NotAvailable:

@@ -130,8 +130,15 @@ def _nanmean(values: Iterable[float]) -> float:
     return float(v.mean()) if v.size else float("nan")
 
 
-def clip_metrics(out: np.ndarray, clip: Clip, cap_db: float) -> dict[str, float]:
-    """Metrics of a method's output frames ``out`` [T, H, W, 3] on ``clip`` (module docstring)."""
+def input_structure(clip: Clip):
+    """The clip input's VGG self-similarity, computed once per clip for every method's structure distance
+    (None for frames under 16 pixels a side; NotAvailable without the converted VGG16)."""
+    return M.vgg_self_similarity(clip.input) if min(clip.input.shape[1:3]) >= 16 else None
+
+
+def clip_metrics(out: np.ndarray, clip: Clip, cap_db: float, structure: Any = "compute") -> dict[str, float]:
+    """Metrics of a method's output frames ``out`` [T, H, W, 3] on ``clip`` (module docstring); ``structure``:
+    the clip's :func:`input_structure` when the caller has it (default: computed here)."""
     res: dict[str, float] = {}
     h, w = out.shape[1:3]
     if clip.target is not None:
@@ -154,10 +161,10 @@ def clip_metrics(out: np.ndarray, clip: Clip, cap_db: float) -> dict[str, float]
             res["flip"] = float(fl)
     else:
         res["hf_ratio"] = float(M.hf_artifact_ratio(out, clip.input))
-    if min(h, w) >= 16:  # VGG self-similarity structure distance to the input (DINO-Struct-Dist's substitute)
-        sd = M.vgg_struct_distance(clip.input, out)
-        if M.is_available(sd):
-            res["vgg_struct_dist"] = float(sd)
+    if isinstance(structure, str):
+        structure = input_structure(clip)
+    if structure is not None and M.is_available(structure):  # distance to the input: DINO-Struct-Dist's stand-in
+        res["vgg_struct_dist"] = float(M.struct_distance(structure, M.vgg_self_similarity(out)))
     if min(h, w) >= 3:
         res["structure"] = float(M.structure_preservation(clip.input, out))
         if clip.target is None and clip.mask is not None:
@@ -210,9 +217,11 @@ def evaluate(clips: Iterable[Clip], total: int, methods: list[Method], cfg: Benc
         if clip.target is not None and clip.num_frames > 1:
             reference.setdefault(clip.group, {})[clip.id] = temporal_metrics(clip.target, clip)
         keep = len(media.rows.get(clip.group, [])) < cfg.video_max_frames
+        structure = input_structure(clip)
         for m in methods:
             out, per_frame_ms = run_method(m, clip)
-            per_clip.setdefault(clip.group, {}).setdefault(m.name, {})[clip.id] = clip_metrics(out, clip, cfg.psnr_cap_db)
+            metrics = clip_metrics(out, clip, cfg.psnr_cap_db, structure)
+            per_clip.setdefault(clip.group, {}).setdefault(m.name, {})[clip.id] = metrics
             ms.setdefault(clip.group, {}).setdefault(m.name, []).append(per_frame_ms)
             if keep and m is primary:
                 _keep_rows(media, clip, out, primary)
