@@ -27,9 +27,10 @@ import getpass
 import hashlib
 import json
 import math
+import numbers
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from simharmony.errors import (
     ShapeMismatchError,
     UnknownAssetError,
 )
+from simharmony.utils.checks import as_finite_number
 from simharmony.utils.config import Config
 from simharmony.utils.io import PathLike, load_tensors, load_yaml, save_tensors, save_yaml
 
@@ -487,14 +489,14 @@ def _check_id(asset_id: str) -> None:
 def _size_bound(v, name: str):
     if v is None:
         return None
-    if isinstance(v, (int, float)):
-        if not math.isfinite(v):
-            raise InvalidInputError(f"{name} must be finite, got {v}")
-        return float(v)
-    t = tuple(float(x) for x in v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return as_finite_number(v, name, minimum=0.0)
+    if isinstance(v, (str, bytes)) or not isinstance(v, Iterable):
+        raise InvalidInputError(f"{name} must be a number or (l, w, h), got {type(v).__name__} {v!r}")
+    t = tuple(v)
     if len(t) != 3:
         raise ShapeMismatchError(f"{name} must be a number or (l, w, h), got {v!r}")
-    return t
+    return tuple(as_finite_number(x, f"{name}[{i}]", minimum=0.0) for i, x in enumerate(t))
 
 
 def _size_ok(size, bound, cmp) -> bool:

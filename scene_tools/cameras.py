@@ -11,11 +11,14 @@ Conventions used everywhere in the project:
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
 from simharmony.errors import InvalidCameraError, NonFiniteError, ShapeMismatchError
+from simharmony.utils.checks import MAX_IMAGE_SIDE
 from simharmony.utils.config import Config
 
 ORTHONORMAL_TOL = 1e-4
@@ -35,12 +38,16 @@ class Intrinsics(Config):
     def __post_init__(self) -> None:
         for name in ("fx", "fy", "cx", "cy"):
             v = getattr(self, name)
-            if not np.isfinite(v):
-                raise InvalidCameraError(f"intrinsics {name}={v} is not finite")
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise InvalidCameraError(f"intrinsics {name}={v!r} is not a finite number")
+        for name in ("width", "height"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not float(v).is_integer() or v <= 0:
+                raise InvalidCameraError(f"image size must be positive integers, got {name}={v!r}")
+        if max(self.width, self.height) > MAX_IMAGE_SIDE:  # renders are limited further (MAX_IMAGE_PIXELS)
+            raise InvalidCameraError(f"image size {self.width}x{self.height} is over {MAX_IMAGE_SIDE} pixels on a side")
         if self.fx <= 0 or self.fy <= 0:
             raise InvalidCameraError(f"focal lengths must be positive, got fx={self.fx}, fy={self.fy}")
-        if int(self.width) != self.width or int(self.height) != self.height or self.width <= 0 or self.height <= 0:
-            raise InvalidCameraError(f"image size must be positive integers, got {self.width}x{self.height}")
 
     @classmethod
     def from_fov(cls, fov_x_deg: float, width: int, height: int) -> Intrinsics:
@@ -76,6 +83,9 @@ class Intrinsics(Config):
         """Intrinsics of the same camera with its image resampled to ``width`` x ``height`` (axes scale apart)."""
         if (width, height) == (self.width, self.height):
             return self
+        if width < 1 or height < 1:
+            raise InvalidCameraError(f"resampling the {self.width}x{self.height} image to {width}x{height} leaves no "
+                                     "pixels (downscale less)")
         sx, sy = width / self.width, height / self.height
         return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
 

@@ -88,12 +88,33 @@ class GaussianScene:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._coerce()
         n = self.means.shape[0] if self.means.ndim == 2 else -1
         if self.instance_ids is None:
             self.instance_ids = torch.zeros(max(n, 0), dtype=torch.int32, device=self.means.device)
         self.validate()
 
     # ------------------------------------------------------------------ checks
+    def _coerce(self) -> None:
+        """numpy arrays become tensors and float parameters float32 (what the rasterizers take); anything that
+        is neither, or parameters that are not floating point, raise InvalidSceneError naming the field."""
+        for name in _TENSOR_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if not isinstance(value, torch.Tensor):
+                if type(value).__module__ != "numpy":
+                    raise InvalidSceneError(f"{name} must be a torch tensor or numpy array, got {type(value).__name__}")
+                value = torch.from_numpy(value.astype(value.dtype.newbyteorder("="), copy=True))
+            if name != "instance_ids":
+                if not value.is_floating_point():
+                    raise InvalidSceneError(f"{name} must be floating point, got {value.dtype}")
+                value = value.float()
+            setattr(self, name, value)
+        devices = {getattr(self, k).device for k in _TENSOR_FIELDS if getattr(self, k) is not None}
+        if len(devices) > 1:
+            raise InvalidSceneError(f"the scene's tensors are on different devices: {sorted(map(str, devices))}")
+
     def validate(self, allow_empty: bool = True) -> None:
         """Check shapes, finiteness and instance ids (integers >= 0); raise :class:`ShapeMismatchError`,
         :class:`InvalidSceneError` or :class:`NonFiniteError`."""
@@ -178,11 +199,16 @@ class GaussianScene:
         sh_degree: int = 0,
         instance_ids: torch.Tensor | None = None,
     ) -> "GaussianScene":
-        """Isotropic Gaussians at ``points`` [N, 3] with colours [N, 3] in [0, 1]."""
+        """Isotropic Gaussians at ``points`` [N, 3] with colours [N, 3] in [0, 1] and ``opacity`` in (0, 1]."""
         points = torch.as_tensor(points, dtype=torch.float32)
         colors = torch.as_tensor(colors, dtype=torch.float32)
         if points.ndim != 2 or points.shape[1] != 3 or colors.shape != points.shape:
             raise ShapeMismatchError(f"points and colors must both be [N, 3], got {list(points.shape)} and {list(colors.shape)}")
+        if len(colors) and not (float(colors.min()) >= -1e-3 and float(colors.max()) <= 1 + 1e-3):
+            raise InvalidInputError(f"colors must be in [0, 1], got values in [{float(colors.min()):.4g}, "
+                                    f"{float(colors.max()):.4g}] (divide 0..255 colours by 255)")
+        if not 0 < opacity <= 1:
+            raise InvalidInputError(f"opacity must be in (0, 1], got {opacity!r}")
         n = points.shape[0]
         scale_t = torch.as_tensor(scale, dtype=torch.float32).expand(n).clamp_min(1e-6)
         quats = torch.zeros(n, 4)

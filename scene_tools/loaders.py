@@ -206,7 +206,10 @@ def _camera_from(d: dict, fallback: dict, where: str, size: tuple[int, int]) -> 
     if "fl_y" in merged:
         fy = _num(merged, "fl_y", where)
     elif "camera_angle_y" in merged:
-        fy = 0.5 * h / math.tan(0.5 * _num(merged, "camera_angle_y", where))
+        ay = _num(merged, "camera_angle_y", where)
+        if not 0 < ay < math.pi:
+            raise InvalidCameraError(f"{where}: camera_angle_y must be in (0, pi) radians, got {ay}")
+        fy = 0.5 * h / math.tan(0.5 * ay)
     else:
         fy = fx
     cx = _num(merged, "cx", where) if "cx" in merged else w / 2.0
@@ -360,7 +363,7 @@ def load_transforms_json(
         inst = _read_gray(base / str(fr["instance_file_path"]), f"{where}: instance ids") \
             if "instance_file_path" in fr else None
         ids.append(None if inst is None else prep(intr, dist, _same_size(inst, size, where, "instance ids"), nearest=True))
-        times.append(fr.get("time"))
+        times.append(_num(fr, "time", where) if fr.get("time") is not None else None)
         names.append(Path(str(fr["file_path"])).stem)
         images.append(prep(intr, dist, rgb))
 

@@ -28,6 +28,7 @@ from simharmony.errors import (
     NonFiniteError,
     ShapeMismatchError,
 )
+from simharmony.utils.checks import check_image_size
 
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 BACKENDS = ("auto", "gsplat", "cpu")
@@ -69,6 +70,7 @@ def _validate(means, quats, scales, opacities, colors, viewmats, Ks, width, heig
     for name, v in (("width", width), ("height", height), ("tile_size", tile_size)):
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise InvalidInputError(f"{name} must be a positive int, got {v!r}")
+    check_image_size(height, width, "render")
     if not (0.0 <= float(near_plane) < float(far_plane)):
         raise InvalidCameraError(f"need 0 <= near_plane < far_plane, got near={near_plane}, far={far_plane}")
     if not float(eps2d) >= 0.0:

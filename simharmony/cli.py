@@ -226,6 +226,8 @@ FEATURE_CLIS = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from simharmony.utils.checks import arg_float, arg_int
+
     p = argparse.ArgumentParser(prog="simharmony", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = p.add_subparsers(dest="command", required=True)
@@ -233,8 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="render the shipped demo street with its inserted vehicle")
     d.add_argument("--scene", default=str(DEMO_SCENE_DIR), help="scene folder (default: shipped demo)")
     d.add_argument("--out", default="outputs/demo", help="output folder")
-    d.add_argument("--shift", type=float, default=0.0, help="lateral shift of the ego trajectory in metres (+ = left)")
-    d.add_argument("--frames", type=int, default=None, help="render only the first N frames")
+    d.add_argument("--shift", type=arg_float(), default=0.0, help="lateral shift of the ego trajectory in metres (+ = left)")
+    d.add_argument("--frames", type=arg_int(1), default=None, help="render only the first N frames")
     d.add_argument("--model", default="default", help="enhancer: 'default' (weights/enhancer), a folder saved by "
                    "Enhancer.save_pretrained, 'untrained' (identity) or 'none' (raw render only)")
     d.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -245,24 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--bank", default=str(DEMO_ASSETS_DIR))
     b.add_argument("--work-dir", default="data/demo_build", help="cache for renders and checkpoints (resumable)")
     b.add_argument("--config", default=None, help="DemoSceneConfig YAML")
-    b.add_argument("--iterations", type=int, default=None)
+    b.add_argument("--iterations", type=arg_int(1), default=None)
     b.set_defaults(func=_cmd_build_demo)
 
     r = sub.add_parser("render-street", help="render a procedural street with Mitsuba")
     r.add_argument("--out", required=True)
     r.add_argument("--config", default=None, help="StreetConfig YAML")
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--spp", type=int, default=None)
-    r.add_argument("--shift", type=float, default=0.0, help="lateral shift of the ego trajectory in metres")
+    r.add_argument("--seed", type=arg_int(0), default=0)
+    r.add_argument("--spp", type=arg_int(1), default=None)
+    r.add_argument("--shift", type=arg_float(), default=0.0, help="lateral shift of the ego trajectory in metres")
     r.set_defaults(func=_cmd_render_street)
 
     c = sub.add_parser("reconstruct", help="train 3DGS on street frames, a capture folder, transforms.json or a COLMAP model")
     c.add_argument("--data", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--config", default=None, help="ReconstructionConfig YAML")
-    c.add_argument("--iterations", type=int, default=None)
-    c.add_argument("--downscale", type=int, default=1, help="divide the image size by this integer on load")
-    c.add_argument("--max-views", type=int, default=None, help="use at most this many views, evenly spread")
+    c.add_argument("--iterations", type=arg_int(1), default=None)
+    c.add_argument("--downscale", type=arg_int(1), default=1, help="divide the image size by this integer on load")
+    c.add_argument("--max-views", type=arg_int(1), default=None, help="use at most this many views, evenly spread")
     c.set_defaults(func=_cmd_reconstruct)
 
     cp = sub.add_parser("capture", help="poses, lens and sparse points for a video or a folder of photos "
@@ -273,9 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--matching", choices=["auto", "sequential", "exhaustive"], default=None)
     cp.add_argument("--camera-model", default=None, help="COLMAP lens model to solve (default SIMPLE_PINHOLE; "
                     "SIMPLE_RADIAL or OPENCV for visibly distorted footage)")
-    cp.add_argument("--every", dest="video_every", type=int, default=None, help="video: keep every n-th frame")
-    cp.add_argument("--max-frames", dest="video_max_frames", type=int, default=None, help="video: at most this many")
-    cp.add_argument("--max-size", dest="video_max_size", type=int, default=None,
+    cp.add_argument("--every", dest="video_every", type=arg_int(1), default=None, help="video: keep every n-th frame")
+    cp.add_argument("--max-frames", dest="video_max_frames", type=arg_int(1), default=None, help="video: at most this many")
+    cp.add_argument("--max-size", dest="video_max_size", type=arg_int(16), default=None,
                     help="video: longest side of the extracted frames, pixels")
     cp.add_argument("--quiet", action="store_true")
     cp.set_defaults(func=_cmd_capture)
@@ -291,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="tiny", help="tiny, default, recon_extra, relight_street, real or holdout")
     g.add_argument("--out", required=True, help="dataset folder")
     g.add_argument("--shard", default="0/1", help="i/n: make only this machine's share of the shards")
-    g.add_argument("--workers", type=int, default=1,
+    g.add_argument("--workers", type=arg_int(1), default=1,
                    help="chunks generated at once in separate processes, cores split between them (2 on 2 cores: "
                         "about 1.2x faster than 1; same items)")
     g.add_argument("--cache-dir", default=None, help="reconstruction cache (default $SIMHARMONY_RECON_CACHE or data/cache/recon)")
@@ -308,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     cs = dsub.add_parser("contact-sheet", help="PNG grid of input | target | mask per stream")
     cs.add_argument("dir")
     cs.add_argument("--out", required=True, help="PNG path")
-    cs.add_argument("--per-stream", type=int, default=2, help="items shown per stream")
+    cs.add_argument("--per-stream", type=arg_int(1), default=2, help="items shown per stream")
     cs.set_defaults(func=_cmd_data_contact_sheet)
 
     for module in FEATURE_CLIS:  # subcommands defined beside their feature
@@ -323,6 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SimHarmonyError as e:
         print(f"simharmony {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the system's refusal (an unwritable --out, a full disk): one line, not a traceback
+        print(f"simharmony {args.command}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"simharmony {args.command}: interrupted (work already saved is kept; resumable commands resume "

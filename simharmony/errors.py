@@ -48,6 +48,10 @@ class CorruptFileError(FileFormatError):
     """A file exists but cannot be parsed or does not match its declared contents."""
 
 
+class ItemIndexError(SimHarmonyError, IndexError):
+    """An index is outside a dataset, trajectory or sequence (an IndexError, so iteration ends on it)."""
+
+
 class UnknownAssetError(SimHarmonyError, KeyError):
     """An asset id or name is not in the databank."""
 

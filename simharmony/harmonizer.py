@@ -42,7 +42,6 @@ import numpy as np
 import torch
 
 from simharmony.errors import (
-    BackendUnavailableError,
     InvalidInputError,
     MissingFileError,
     NonFiniteError,
@@ -50,6 +49,7 @@ from simharmony.errors import (
 )
 from simharmony.models.enhancer import Enhancer
 from simharmony.paths import ENHANCER_DIR
+from simharmony.utils.checks import check_hashable, check_image_size, resolve_device
 
 RANGE_TOLERANCE = 1e-3
 """Float frames may stray this far outside [0, 1] (rounding) without ``clip``; they are clamped."""
@@ -88,9 +88,7 @@ class Harmonizer:
                  reencode_context: bool = False, max_streams: int = DEFAULT_MAX_STREAMS):
         if not isinstance(model, Enhancer):
             raise InvalidInputError(f"model must be an Enhancer, got {type(model).__name__}")
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailableError("device='cuda' requested but CUDA is not available; use device='cpu'")
+        device = resolve_device(device)
         if dtype not in (torch.float32, torch.bfloat16):
             raise InvalidInputError(f"dtype must be torch.float32 or torch.bfloat16, got {dtype}")
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
@@ -134,7 +132,7 @@ class Harmonizer:
         if stream is None:
             self._streams.clear()
         else:
-            self._streams.pop(stream, None)
+            self._streams.pop(check_hashable(stream, "stream"), None)
 
     def _state(self, stream: Hashable, size: tuple[int, int], cut: bool) -> _StreamState:
         state = self._streams.get(stream)
@@ -164,6 +162,7 @@ class Harmonizer:
         and clip them; frames further out raise InvalidInputError either way.
         Raises NonFiniteError when the enhancer's output is not finite (the stream's context is kept as it was).
         """
+        check_hashable(stream, "stream")
         return self.enhance_batch({stream: frame}, masks={stream: mask}, depths={stream: depth},
                                   cuts={stream} if cut else None, clip=clip)[stream]
 
@@ -282,23 +281,23 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
     if isinstance(frame, np.ndarray):
         if frame.ndim != 3 or frame.shape[-1] != 3:
             raise ShapeMismatchError(f"numpy frame must be [H, W, 3], got shape {frame.shape}")
+        _check_size(*frame.shape[:2])
         dtype = frame.dtype
         if dtype == np.uint8:
             x = torch.from_numpy(np.ascontiguousarray(frame)).to(device).permute(2, 0, 1).float() / 255.0
 
-            def restore(y):
-                return (y * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+            def restore(y):  # contiguous, so cv2 can draw on it
+                return (y * 255.0).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().cpu().numpy()
 
         elif np.issubdtype(dtype, np.floating):
             _check_float_frame(frame, clip)
             x = torch.from_numpy(np.ascontiguousarray(frame, dtype=np.float32)).to(device).permute(2, 0, 1).clamp(0, 1)
 
             def restore(y):
-                return y.permute(1, 2, 0).cpu().numpy().astype(dtype, copy=False)
+                return y.permute(1, 2, 0).contiguous().cpu().numpy().astype(dtype, copy=False)
 
         else:
             raise InvalidInputError(f"numpy frame dtype must be uint8 or floating in [0, 1], got {dtype}")
-        _check_size(x)
         return _Prepared(x, restore)
     if isinstance(frame, torch.Tensor):
         if frame.ndim != 3 or (frame.shape[0] != 3 and frame.shape[-1] != 3):
@@ -306,6 +305,7 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
         chw = frame.shape[0] == 3  # [3, H, 3] is read as channels-first
         src_device, dtype = frame.device, frame.dtype
         x = frame if chw else frame.permute(2, 0, 1)
+        _check_size(*x.shape[-2:])
         if dtype == torch.uint8:
             x = x.to(device).float() / 255.0
         elif dtype.is_floating_point:
@@ -322,7 +322,6 @@ def _prepare_frame(frame, device: torch.device, clip: bool = False) -> _Prepared
             y = y if chw else y.permute(1, 2, 0)
             return y.to(src_device).contiguous()
 
-        _check_size(x)
         return _Prepared(x.contiguous(), restore)
     raise InvalidInputError(f"frame must be a numpy array or torch tensor, got {type(frame).__name__}")
 
@@ -345,9 +344,10 @@ def _check_range(lo: float, hi: float, clip: bool = False) -> None:
                                 "pass uint8 for 0..255 values)")
 
 
-def _check_size(x: torch.Tensor) -> None:
-    if x.shape[-2] < 2 or x.shape[-1] < 2:
-        raise ShapeMismatchError(f"frame too small: {tuple(x.shape[-2:])}")
+def _check_size(h: int, w: int) -> None:
+    if h < 2 or w < 2:
+        raise ShapeMismatchError(f"frame too small: {(h, w)}")
+    check_image_size(h, w, "frame")
 
 
 def _prepare_map(value, hw: tuple[int, int], what: str, device: torch.device) -> torch.Tensor | None:
@@ -357,6 +357,8 @@ def _prepare_map(value, hw: tuple[int, int], what: str, device: torch.device) ->
     if isinstance(value, np.ndarray):
         if value.dtype == np.bool_:
             value = value.astype(np.float32)
+        elif not value.dtype.isnative:  # big-endian data: torch reads native byte order only
+            value = value.astype(value.dtype.newbyteorder("="))
         t = torch.from_numpy(np.ascontiguousarray(value))
     elif isinstance(value, torch.Tensor):
         t = value.detach().cpu()
@@ -372,6 +374,9 @@ def _prepare_map(value, hw: tuple[int, int], what: str, device: torch.device) ->
         raise ShapeMismatchError(f"{what} size {tuple(t.shape)} does not match the frame size {hw}")
     if what == "mask":
         if t.dtype == torch.uint8:
+            if int(t.max()) == 1:  # 0/1 would read as 0..1/255: almost no mask, silently
+                raise InvalidInputError("uint8 mask holds only 0 and 1, but uint8 masks are read as 0..255: pass "
+                                        "mask * 255, a bool mask or a float mask in [0, 1]")
             t = t.float() / 255.0
         elif not t.is_floating_point():
             raise InvalidInputError(f"mask dtype must be bool, uint8 or float in [0, 1], got {t.dtype}")

@@ -349,18 +349,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     """``simharmony train-parametric --data DIR --out DIR [--steps N]``."""
+    from simharmony.utils.checks import arg_float, arg_int
+
     p = subparsers.add_parser("train-parametric", help="train the parametric curves + shading-map baseline")
     p.add_argument("--data", required=True, help="training dataset folder (e.g. data/default)")
     p.add_argument("--out", required=True, help="output folder (model, checkpoints, metrics.jsonl)")
-    p.add_argument("--steps", type=int, default=None, help="total optimisation steps (default 2000)")
-    p.add_argument("--batch-size", type=int, default=None, help="images per batch (default 16)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=arg_int(1), default=None, help="total optimisation steps (default 2000)")
+    p.add_argument("--batch-size", type=arg_int(1), default=None, help="images per batch (default 16)")
+    p.add_argument("--lr", type=arg_float(0, exclusive_minimum=True), default=None, help="peak learning rate (default 1e-3)")
+    p.add_argument("--seed", type=arg_int(0), default=None)
     p.add_argument("--config", default=None, help="ParametricTrainConfig YAML (e.g. a previous train.yaml)")
     p.add_argument("--holdout", default=None, help="evaluate the final model on this dataset folder")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
-    p.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--max-minutes", type=arg_float(0, exclusive_minimum=True), default=None, help="stop (with a checkpoint) after this long")
+    p.add_argument("--workers", type=arg_int(0), default=None, help="DataLoader worker processes (default 0)")
+    p.add_argument("--threads", type=arg_int(1), default=None, help="torch threads")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if checkpoints exist")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)

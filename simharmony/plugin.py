@@ -60,6 +60,7 @@ import torch
 
 from simharmony.errors import ConfigError, InvalidInputError
 from simharmony.harmonizer import Harmonizer
+from simharmony.utils.checks import check_flag, check_hashable
 from simharmony.utils.config import Config, require
 
 log = logging.getLogger("simharmony.plugin")
@@ -289,7 +290,7 @@ class HarmonizedRenderer:
         mcfg = self.harmonizer.model.config
         self._pass_mask = mcfg.use_mask if self.config.use_mask is None else (self.config.use_mask and mcfg.use_mask)
         self._pass_depth = mcfg.use_depth if self.config.use_depth is None else (self.config.use_depth and mcfg.use_depth)
-        self._enabled = bool(enabled)
+        self._enabled = check_flag(enabled, "enabled")
         self._cams: OrderedDict[Hashable, _CameraState] = OrderedDict()
         self._failures: dict[str, int] = {}
         self._resets: dict[str, int] = dict.fromkeys(_RESET_REASONS, 0)
@@ -304,8 +305,8 @@ class HarmonizedRenderer:
 
     @enabled.setter
     def enabled(self, value: bool) -> None:
+        value = check_flag(value, "enabled")
         with self._lock:
-            value = bool(value)
             if value != self._enabled:
                 self._enabled = value
                 # Either way the cached context no longer matches the frames the user sees: start afresh.
@@ -411,6 +412,17 @@ class HarmonizedRenderer:
         return None
 
     def _process(self, cid: Hashable, result: Any, pose: np.ndarray | None, render_ms: float | None) -> Any:
+        try:
+            check_hashable(cid, "camera_id")
+        except InvalidInputError as e:  # no camera state can be kept for it: the raw frame, counted and logged
+            if self.config.strict:
+                raise
+            with self._lock:
+                self._failures[type(e).__name__] = self._failures.get(type(e).__name__, 0) + 1
+                if ("<unhashable>", "camera_id") not in self._logged:
+                    self._logged.add(("<unhashable>", "camera_id"))
+                    log.warning("%s; returning the raw frame (strict=True raises instead)", e)
+            return result
         with self._lock:
             st = self._camera(cid)
             st.frames += 1

@@ -349,13 +349,15 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """``simharmony simulate``: render the demo trajectory raw | harmonized | depth to an MP4 + JSON."""
+    from simharmony.utils.checks import arg_float, arg_int
+
     p = subparsers.add_parser("simulate", help="render the demo street through the harmonizer (raw | harmonized video)")
     p.add_argument("--model", default="default",
                    help="'default' (weights/enhancer; untrained identity with a warning while missing), "
                         "'untrained', or a folder saved with Enhancer.save_pretrained")
-    p.add_argument("--frames", type=int, default=None, help="render only the first N frames")
-    p.add_argument("--scale", type=float, default=1.0, help="camera resolution factor (0.5 -> 128x72)")
-    p.add_argument("--shift", type=float, default=0.0, help="lateral shift of the ego trajectory in metres (left +)")
+    p.add_argument("--frames", type=arg_int(1), default=None, help="render only the first N frames")
+    p.add_argument("--scale", type=arg_float(0, exclusive_minimum=True), default=1.0, help="camera resolution factor (0.5 -> 128x72)")
+    p.add_argument("--shift", type=arg_float(), default=0.0, help="lateral shift of the ego trajectory in metres (left +)")
     p.add_argument("--out", default="outputs/simulate", help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_simulate)

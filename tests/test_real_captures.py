@@ -405,8 +405,10 @@ def test_cli_capture_then_reconstruct(tmp_path, capsys):
     # the same capture folder again is refused with a clear message, not overwritten
     assert main(["capture", str(tmp_path / "drive.mp4"), "--out", str(tmp_path / "cap"), "--quiet"]) == 2
     assert "not empty" in capsys.readouterr().err
-    assert main(["reconstruct", "--data", str(tmp_path / "cap"), "--out", str(tmp_path / "r2"), "--downscale", "0"]) == 2
-    assert "downscale must be a positive integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:  # argparse: usage and one error line, exit code 2
+        main(["reconstruct", "--data", str(tmp_path / "cap"), "--out", str(tmp_path / "r2"), "--downscale", "0"])
+    assert exc.value.code == 2
+    assert "--downscale: must be an integer >= 1" in capsys.readouterr().err
     assert main(["reconstruct", "--data", str(tmp_path), "--out", str(tmp_path / "r2")]) == 2
     assert "not a street frames folder, capture folder" in capsys.readouterr().err
 

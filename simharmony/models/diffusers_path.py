@@ -575,6 +575,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """``simharmony convert-diffusers``: local diffusers folders -> a single-step enhancer folder."""
+    from simharmony.utils.checks import arg_int
+
     p = subparsers.add_parser("convert-diffusers", help="convert a local diffusers UNet (+VAE) into a single-step temporal enhancer")
     p.add_argument("--unet", required=True, help="UNet2DConditionModel folder (config.json + weights)")
     p.add_argument("--vae", default=None, help="AutoencoderKL/AutoencoderTiny folder (default: ../vae next to the UNet)")
@@ -582,8 +584,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (with --text-encoder)")
     p.add_argument("--scheduler", default=None, help="scheduler folder (prediction type and betas for --output x0)")
     p.add_argument("--out", required=True, help="output folder (config.yaml + model.safetensors)")
-    p.add_argument("--timestep", type=int, default=999, help="the fixed timestep (default 999)")
-    p.add_argument("--context-frames", type=int, default=4, help="K past latents the temporal layers attend to")
+    p.add_argument("--timestep", type=arg_int(0), default=999, help="the fixed timestep (default 999)")
+    p.add_argument("--context-frames", type=arg_int(0), default=4, help="K past latents the temporal layers attend to")
     p.add_argument("--output", choices=("residual", "x0"), default="residual", help="residual (zero conv_out, identity at init) or x0 from the prediction")
     p.add_argument("--use-mask", action="store_true", help="add a zero-initialised inserted-asset mask input")
     p.add_argument("--use-depth", action="store_true", help="add a zero-initialised depth input")

@@ -30,7 +30,8 @@ from torch import nn
 from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError, MissingFileError, ShapeMismatchError
 from simharmony.models.backbone import EnhancerConfig, TemporalUNet
 from simharmony.models.codec import Codec, build_codec
-from simharmony.utils.io import load_tensors, load_yaml, save_tensors, save_yaml
+from simharmony.utils.checks import resolve_device
+from simharmony.utils.io import load_tensors, load_yaml, save_tensors, save_yaml, tensor_shapes
 
 FORMAT = "simharmony-enhancer"
 VERSION = 1
@@ -249,9 +250,27 @@ class Enhancer(nn.Module):
         if meta.get("version") != VERSION:
             raise ConfigError(f"{folder / CONFIG_NAME}: unsupported version {meta.get('version')!r}, expected {VERSION}")
         config = EnhancerConfig.from_dict(meta.get("config"))
+        map_location = resolve_device(map_location, "map_location")
+        with torch.device("meta"):  # shapes only: a config that disagrees with its weights costs no memory
+            shapes = {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
+        check_state_shapes(folder / WEIGHTS_NAME, shapes)
         model = cls(config)
         load_checked_state(model, folder / WEIGHTS_NAME, FORMAT)
         return model.to(map_location).eval()
+
+
+def check_state_shapes(path: Path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Compare the tensor names and shapes in the header of safetensors ``path`` with ``expected`` (a model's
+    state dict shapes) before anything is loaded or built: CorruptFileError naming the mismatches."""
+    shapes = tensor_shapes(path)
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(shapes) if expected[k] != shapes[k])
+    if missing or unexpected or wrong:
+        raise CorruptFileError(
+            f"{path} does not match its config: missing {_short(missing)}, unexpected "
+            f"{_short(unexpected)}, wrong shape {_short([f'{k} {shapes[k]} != {expected[k]}' for k in wrong])}"
+        )
 
 
 def load_checked_state(model: nn.Module, path: Path, fmt: str) -> None:
@@ -260,15 +279,7 @@ def load_checked_state(model: nn.Module, path: Path, fmt: str) -> None:
     tensors, tmeta = load_tensors(path)
     if tmeta.get("format") != fmt:
         raise CorruptFileError(f"{path} is not an enhancer weights file (metadata format={tmeta.get('format')!r}, expected {fmt!r})")
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if tuple(expected[k].shape) != tuple(tensors[k].shape))
-    if missing or unexpected or wrong:
-        raise CorruptFileError(
-            f"{path} does not match its config: missing {_short(missing)}, unexpected "
-            f"{_short(unexpected)}, wrong shape {_short([f'{k} {tuple(tensors[k].shape)} != {tuple(expected[k].shape)}' for k in wrong])}"
-        )
+    check_state_shapes(path, {k: tuple(v.shape) for k, v in model.state_dict().items()})
     bad = sorted(k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all())
     if bad:
         raise CorruptFileError(f"{path} has non-finite values in {_short(bad)}")

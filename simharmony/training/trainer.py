@@ -724,6 +724,8 @@ def add_cli(subparsers) -> None:
     """Add ``simharmony train`` to an argparse subparsers object."""
     import argparse
 
+    from simharmony.utils.checks import arg_int
+
     p = subparsers.add_parser("train", help="train the enhancer from a YAML config (resumable; torchrun for data-parallel)")
     p.add_argument("--config", required=True, help="TrainConfig YAML, e.g. configs/train_default.yaml")
     p.add_argument("--out", required=True, help="run folder: checkpoints/, metrics.jsonl, final/, loss_curve.png")
@@ -731,7 +733,7 @@ def add_cli(subparsers) -> None:
     p.add_argument("--holdout", default=None, help="holdout dataset folder for validation ('' = none)")
     p.add_argument("--set", action="append", default=None, metavar="KEY=VALUE",
                    help="override a config entry, dotted for nested ones (repeatable): --set model.context_frames=0")
-    p.add_argument("--steps", type=int, default=None, help="total steps: every phase of the config scaled to fit")
+    p.add_argument("--steps", type=arg_int(1), default=None, help="total steps: every phase of the config scaled to fit")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue from the newest checkpoint in --out (default) or start over")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Mapping
 import yaml
 
 from simharmony.errors import CorruptFileError, FileFormatError, MissingFileError
+from simharmony.utils.checks import resolve_device
 
 PathLike = str | os.PathLike
 
@@ -39,7 +40,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     parent = ensure_writable_dir(path.parent)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=parent)
+    except OSError as e:
+        raise FileFormatError(f"cannot write {path}: {e.strerror or e}") from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -103,10 +107,25 @@ def load_weights_file(path: PathLike, what: str, hint: str = "") -> tuple[dict[s
     return load_tensors(path)
 
 
+def tensor_shapes(path: PathLike) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes in a safetensors file's header; no tensor data is read."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"safetensors file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+    except Exception as e:  # safetensors raises its own SafetensorError / OSError on bad headers
+        raise CorruptFileError(f"cannot read safetensors file {path} (truncated or not safetensors): {e}") from e
+
+
 def load_tensors(path: PathLike, device: str = "cpu") -> tuple[dict[str, Any], dict[str, str]]:
     """Load (tensors, metadata) from a safetensors file, raising clear errors on missing or corrupt files."""
     from safetensors import safe_open
 
+    device = str(resolve_device(device))
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"safetensors file not found: {path}")

@@ -34,6 +34,8 @@ def _cmd_view(args: argparse.Namespace) -> int:
 
 def add_cli(subparsers: Any) -> None:
     """``simharmony view``: serve the viewer on http://HOST:PORT."""
+    from simharmony.utils.checks import arg_float, arg_int
+
     p = subparsers.add_parser("view", help="interactive viser viewer: harmonizer toggle, asset insertion, lateral shift")
     p.add_argument("--scene", default=str(DEMO_SCENE_DIR), help="scene folder (Scene.save, with an ego_trajectory)")
     p.add_argument("--assets", default=str(DEMO_ASSETS_DIR), help="asset bank folder ('none' for no bank)")
@@ -41,8 +43,8 @@ def add_cli(subparsers: Any) -> None:
                    help="'default' (weights/enhancer; an untrained identity Enhancer with a warning while missing), "
                         "'untrained', 'none', or a folder saved with Enhancer.save_pretrained")
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (1..65535, must be free)")
-    p.add_argument("--scale", type=float, default=1.0, help="camera resolution factor (demo: 1.0 = 256x144)")
+    p.add_argument("--port", type=arg_int(1, 65535), default=8080, help="port to listen on (1..65535, must be free)")
+    p.add_argument("--scale", type=arg_float(0, exclusive_minimum=True), default=1.0, help="camera resolution factor (demo: 1.0 = 256x144)")
     p.add_argument("--device", default="cpu", help="torch device of the scene and enhancer")
     p.add_argument("--harmonize", action="store_true", help="start with the harmonizer on")
     p.set_defaults(func=_cmd_view)
