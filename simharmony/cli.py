@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import logging
 import sys
@@ -219,8 +220,6 @@ FEATURE_CLIS = (
     "simharmony.parametric_training",
     "simharmony.training.trainer",
     "simharmony.training.codec_trainer",
-    "simharmony.viewer",
-    "simharmony.integrations.nerfstudio",
     "simharmony.utils.convert_weights",
 )
 
@@ -315,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for module in FEATURE_CLIS:  # subcommands defined beside their feature
         importlib.import_module(module).add_cli(sub)
+    for entry in sorted(importlib.metadata.entry_points(group="simharmony.cli"), key=lambda e: e.name):
+        entry.load()(sub)  # the plugins' subcommands (view, ns-view), found through their entry points
     return p
 
 

@@ -11,7 +11,7 @@ from test_viewer import SHIFT, colour_shift_model
 
 from simharmony.errors import InvalidInputError
 from simharmony.harmonizer import Harmonizer
-from simharmony.integrations.nerfstudio import HarmonizedOutputs
+from simharmony_nerfstudio import HarmonizedOutputs
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -45,6 +45,20 @@ def test_hook_adds_harmonized_output_toggle_and_strength():
         hook({"depth": out["depth"]})
 
 
+@pytest.mark.parametrize("payload", ["a: !!python/object/apply:os.system ['echo pwned']",
+                                     "!!python/object/new:subprocess.Popen [['ls']]",
+                                     "x: !!python/name:builtins.eval ''"])
+def test_ns_view_refuses_a_config_that_would_run_code(tmp_path, capsys, payload):
+    """nerfstudio's eval_setup reads config.yml with the unsafe yaml.Loader: ns-view checks its tags first."""
+    from simharmony.cli import main
+
+    path = tmp_path / "config.yml"
+    path.write_text(payload)
+    assert main(["ns-view", "--load-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "refusing YAML tag" in err and len(err.strip().splitlines()) == 1
+
+
 def test_hook_failure_returns_raw_and_untrained_fallback_warns(tmp_path, monkeypatch):
     hook = HarmonizedOutputs(Harmonizer(colour_shift_model()))
     out = fake_outputs()
@@ -71,7 +85,7 @@ def test_hook_failure_returns_raw_and_untrained_fallback_warns(tmp_path, monkeyp
 @pytest.fixture(scope="module")
 def ns():
     pytest.importorskip("nerfstudio", reason="nerfstudio not installed (pip install 'simharmony[nerfstudio]')")
-    from simharmony.integrations.nerfstudio import model
+    from simharmony_nerfstudio import model
 
     return model
 
@@ -109,6 +123,19 @@ def test_entry_point_and_method_config(ns):
     assert cfg.pipeline.model._target is ns.SplatfactoHarmonizedModel and cfg.method_name == "splatfacto-harmonized"
     assert "Harmonizer" in descriptions["splatfacto-harmonized"]
     assert set(cfg.optimizers) >= {"means", "scales", "quats", "opacities", "features_dc", "features_rest"}
+
+
+def test_saved_method_config_passes_the_tag_check(ns, tmp_path):
+    """A real splatfacto-harmonized config.yml (nerfstudio's own yaml.dump) is accepted by ns-view's check."""
+    import yaml
+    from nerfstudio.plugins.registry import discover_methods
+
+    from simharmony_nerfstudio import check_config_tags
+
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.dump(discover_methods()[0]["splatfacto-harmonized"]))
+    assert "!!python/object:" in path.read_text()
+    check_config_tags(path)
 
 
 def test_model_adds_output_and_checkbox_toggles_it(ns, monkeypatch):

@@ -242,7 +242,7 @@ def test_images_txt_lines_that_are_neither_kind_raise(tmp_path, text, match):
 @pytest.fixture
 def no_app_loading(monkeypatch):
     """`simharmony view` must refuse a bad port before it loads a scene (which would then hang in viser)."""
-    from simharmony.viewer import ViewerApp
+    from simharmony_viewer import ViewerApp
 
     def fail(*args, **kwargs):
         raise AssertionError("the viewer loaded its scene before checking the port")
@@ -275,7 +275,7 @@ def test_view_with_a_taken_port_is_a_one_line_error(no_app_loading, capsys):
 
 def test_viewer_server_checks_the_port_before_starting_viser(monkeypatch):
     viser = pytest.importorskip("viser")
-    from simharmony.viewer.server import ViewerServer
+    from simharmony_viewer.server import ViewerServer
 
     def no_server(*args, **kwargs):
         raise AssertionError("viser started on a bad port")

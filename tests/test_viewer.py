@@ -18,7 +18,7 @@ from scene_tools.scene import Scene
 from simharmony.errors import InvalidInputError, UnknownAssetError
 from simharmony.harmonizer import Harmonizer
 from simharmony.models import Enhancer, EnhancerConfig
-from simharmony.viewer import ViewerApp, ViewerConfig, add_cli
+from simharmony_viewer import ViewerApp, ViewerConfig, add_cli
 
 from _helpers import ground_and_post_scene
 
@@ -207,7 +207,7 @@ def decode_panel_image(markdown: str) -> np.ndarray:
 
 def test_server_pushes_frames_and_reacts_to_gui_values(bank):
     pytest.importorskip("viser")
-    from simharmony.viewer.server import ViewerServer
+    from simharmony_viewer.server import ViewerServer
 
     app = make_app(bank)
     srv = ViewerServer(app, port=free_port())

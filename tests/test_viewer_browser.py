@@ -38,8 +38,8 @@ from test_viewer import colour_shift_model, free_port
 
 from simharmony.harmonizer import Harmonizer
 from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
-from simharmony.viewer import ViewerApp, ViewerConfig
-from simharmony.viewer.server import PANEL_IMAGE_ALT, ViewerServer
+from simharmony_viewer import ViewerApp, ViewerConfig
+from simharmony_viewer.server import PANEL_IMAGE_ALT, ViewerServer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -20,7 +20,7 @@ _SPEC = None
 def _build_spec():
     from nerfstudio.plugins.types import MethodSpecification
 
-    from simharmony.integrations.nerfstudio.model import harmonized_trainer_config
+    from simharmony_nerfstudio.model import harmonized_trainer_config
 
     configs = importlib.import_module("nerfstudio.configs.method_configs").method_configs
     config = harmonized_trainer_config(copy.deepcopy(configs["splatfacto"]))

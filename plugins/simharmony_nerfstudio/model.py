@@ -34,9 +34,9 @@ from nerfstudio.models.splatfacto import SplatfactoModel, SplatfactoModelConfig
 from nerfstudio.viewer.viewer_elements import ViewerCheckbox, ViewerSlider
 
 from simharmony.errors import BackendUnavailableError, InvalidInputError
-from simharmony.integrations.nerfstudio.outputs import HarmonizedOutputs
+from simharmony_nerfstudio.outputs import HarmonizedOutputs
 
-log = logging.getLogger("simharmony.integrations.nerfstudio")
+log = logging.getLogger("simharmony_nerfstudio")
 
 OUTPUT_NAME = "harmonized"
 

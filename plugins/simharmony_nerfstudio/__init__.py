@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from simharmony.integrations.nerfstudio.outputs import HarmonizedOutputs
+from simharmony_nerfstudio.outputs import HarmonizedOutputs
 
 
 # Python tags a nerfstudio config.yml may carry (it is yaml.dump of dataclass configs): objects and class
 # references of these modules only. nerfstudio reads the file with the unsafe yaml.Loader, which would call
 # anything, for instance ``!!python/object/apply:os.system``.
-_TRUSTED_CONFIG_MODULES = ("nerfstudio.", "simharmony.", "pathlib.", "torch.optim.", "torch.nn.")
+_TRUSTED_CONFIG_MODULES = ("nerfstudio.", "simharmony.", "simharmony_nerfstudio.", "pathlib.", "torch.optim.", "torch.nn.")
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in
                ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "binary", "python/tuple",
                 "python/none", "python/bool", "python/str", "python/int", "python/float", "python/list", "python/dict")}
@@ -80,7 +80,7 @@ def _cmd_ns_view(args: argparse.Namespace) -> int:
         from nerfstudio.scripts.viewer.run_viewer import _start_viewer
         from nerfstudio.utils.eval_utils import eval_setup
 
-        from simharmony.integrations.nerfstudio.model import attach_harmonizer, deferred_lpips
+        from simharmony_nerfstudio.model import attach_harmonizer, deferred_lpips
     except ImportError as e:
         raise BackendUnavailableError(f"ns-view needs nerfstudio: pip install 'simharmony[nerfstudio]' ({e})") from e
     with deferred_lpips():

@@ -14,11 +14,11 @@ import sys
 from typing import Any
 
 from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
-from simharmony.viewer.app import ViewerApp, ViewerConfig, ViewerFrame
+from simharmony_viewer.app import ViewerApp, ViewerConfig, ViewerFrame
 
 
 def _cmd_view(args: argparse.Namespace) -> int:
-    from simharmony.viewer.server import check_port, serve
+    from simharmony_viewer.server import check_port, serve
 
     check_port(args.host, args.port)  # a bad or taken port: a one-line error (exit 2) before loading anything
     model = None if args.model in ("none", "") else args.model

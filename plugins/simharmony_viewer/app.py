@@ -37,7 +37,7 @@ from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
 from simharmony.utils.config import Config
 from simharmony.utils.io import PathLike
 
-log = logging.getLogger("simharmony.viewer")
+log = logging.getLogger("simharmony_viewer")
 
 STREAM = "viewer"
 

@@ -1,4 +1,4 @@
-"""viser wiring of :class:`~simharmony.viewer.app.ViewerApp`: GUI controls in, rendered frames out.
+"""viser wiring of :class:`~simharmony_viewer.app.ViewerApp`: GUI controls in, rendered frames out.
 
 Works with viser 0.2.7 (the version nerfstudio 1.1.5 pins) and newer releases; only calls present in both
 are used: ``gui.add_checkbox / add_dropdown / add_button / add_slider / add_markdown`` and
@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from simharmony.errors import BackendUnavailableError, InvalidInputError, SimHarmonyError
-from simharmony.viewer.app import ViewerApp, ViewerFrame
+from simharmony_viewer.app import ViewerApp, ViewerFrame
 
-log = logging.getLogger("simharmony.viewer")
+log = logging.getLogger("simharmony_viewer")
 
 _HERE = Path(__file__).resolve().parent
 PANEL_IMAGE_ALT = "simharmony frame"  # alt text of the panel image (browser tests look it up by this)
