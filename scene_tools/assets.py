@@ -429,7 +429,20 @@ class AssetBank:
         return sorted(self._read_index())
 
     def infos(self) -> list[AssetInfo]:
+        """Every asset's info, sorted by id, each checked against its file's header (only the header is read):
+        an index edited by hand, or files changed behind its back, raise CorruptFileError or MissingFileError
+        instead of queries silently following the index."""
         entries = self._read_index()
+        for aid, info in entries.items():
+            path = self.path_of(aid)
+            if not path.is_file():
+                raise MissingFileError(f"asset {aid!r} is in {self.index_path} but its file is missing: {path} "
+                                       "(AssetBank.rebuild_index() recreates the index from the files)")
+            stored = _header_info(path)
+            if stored != info:
+                diff = sorted(k for k, v in info.to_dict().items() if stored.to_dict().get(k) != v)
+                raise CorruptFileError(f"{self.index_path}: the entry of asset {aid!r} disagrees with its file {path} "
+                                       f"in {diff} (index edited by hand? AssetBank.rebuild_index() recreates it)")
         return [entries[k] for k in sorted(entries)]
 
     def __contains__(self, asset_id: object) -> bool:
@@ -477,6 +490,18 @@ class AssetBank:
             self._write_index(entries)  # index first: a crash leaves an orphan file, never a dangling entry
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self.path_of(asset_id))
+
+
+def _header_info(path: Path) -> AssetInfo:
+    """The AssetInfo stored in an asset file's safetensors header, without reading its tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return AssetInfo.from_dict(json.loads(meta.get("info", "")))
+    except Exception as e:  # a bad header, bad JSON, or invalid info fields
+        raise CorruptFileError(f"{path} has an unreadable asset header: {e}") from e
 
 
 def _check_id(asset_id: str) -> None:

@@ -242,6 +242,9 @@ def pick_views(n: int, max_views: int | None) -> list[int]:
     return sorted({round(x) for x in np.linspace(0, n - 1, int(max_views))})
 
 
+MIN_IMAGE_SIDE = 4  # a loaded (downscaled) view must keep at least this many pixels a side
+
+
 class FramePrep:
     """Brings every frame of a capture to one pinhole image size: undistorts it once (per-camera maps are
     cached), then resamples it to the first camera's undistorted size divided by ``downscale``.
@@ -262,8 +265,12 @@ class FramePrep:
             und = None if dist.is_zero else Undistorter(intr, dist)
             pinhole = und.intrinsics if und is not None else intr
             if self.out_size is None:
-                self.out_size = (max(1, round(pinhole.width / self.downscale)),
-                                 max(1, round(pinhole.height / self.downscale)))
+                size = (round(pinhole.width / self.downscale), round(pinhole.height / self.downscale))
+                if min(size) < MIN_IMAGE_SIDE:
+                    raise InvalidInputError(
+                        f"downscale={self.downscale} turns the {pinhole.width}x{pinhole.height} images into "
+                        f"{size[0]}x{size[1]}: at least {MIN_IMAGE_SIDE} pixels a side are needed (downscale less)")
+                self.out_size = size
             self._cams[key] = (und, pinhole.resized(*self.out_size))
         return self._cams[key][1]
 

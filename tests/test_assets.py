@@ -233,3 +233,17 @@ def test_asset_file_round_trip_without_bank(tmp_path):
     car.gaussians.save(tmp_path / "plain.safetensors")  # a Gaussian scene is not an asset
     with pytest.raises(CorruptFileError, match="not a simharmony asset"):
         Asset.load(tmp_path / "plain.safetensors")
+
+
+def test_hand_edited_index_is_caught_not_followed(tmp_path):
+    import yaml
+
+    bank = AssetBank(tmp_path)
+    ids = [bank.add(a) for a in _assets()]
+    assert bank.query(category="vehicle")  # before: the files and the index agree
+    data = yaml.safe_load((tmp_path / "index.yaml").read_text())
+    data["assets"][ids[0]]["category"] = "bus"  # what a hand edit does
+    (tmp_path / "index.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(CorruptFileError, match=rf"asset '{ids[0]}' disagrees with its file .*category"):
+        bank.query(category="bus")
+    assert bank.rebuild_index() == len(ids) and bank.query(category="bus") == []
