@@ -500,7 +500,7 @@ def _header_info(path: Path) -> AssetInfo:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         return AssetInfo.from_dict(json.loads(meta.get("info", "")))
-    except Exception as e:  # a bad header, bad JSON, or invalid info fields
+    except Exception as e:  # noqa: BLE001 - a bad header, bad JSON, or invalid info fields
         raise CorruptFileError(f"{path} has an unreadable asset header: {e}") from e
 
 

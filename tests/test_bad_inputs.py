@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-
 from _helpers import small_enhancer
+
 from simharmony.errors import (
     BackendUnavailableError,
     ConfigError,
