@@ -221,6 +221,7 @@ FEATURE_CLIS = (
     "simharmony.training.trainer",
     "simharmony.training.codec_trainer",
     "simharmony.utils.convert_weights",
+    "simharmony.utils.convert_fid_inception",
 )
 
 

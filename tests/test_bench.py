@@ -405,3 +405,37 @@ def test_clip_metrics_add_flip_when_its_package_is_here():
     target = np.clip(x + 0.1, 0, 1).astype(np.float32)
     res = clip_metrics(x, Clip("c", "g", x, target), 100.0)
     assert res["flip"] == pytest.approx(M.flip(x, target)) and res["flip"] > 0
+
+
+def test_set_metrics_fid_kid_per_stream_with_a_frame_cap(tmp_path, monkeypatch):
+    """FID / KID per (stream, method) over at most ``set_metric_frames`` frames (random Inception: wiring only;
+    the network itself is checked against its reference in test_metrics)."""
+    import numpy as np
+    import torch
+
+    from simharmony import metrics as M
+    from simharmony.bench.runner import SetMetrics
+    from simharmony.bench.scenarios import Clip
+    from simharmony.models.inception import FIDInceptionV3
+    from simharmony.utils.io import save_tensors
+
+    monkeypatch.setenv(M.METRICS_WEIGHTS_ENV, str(tmp_path))
+    assert not SetMetrics(4).available  # no converted network: nothing collected, no score
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    for p in net.parameters():
+        p.data = torch.randn_like(p) * 0.05 if p.ndim == 4 else p.data
+    save_tensors(tmp_path / "fid_inception.safetensors", net.state_dict(), {"format": "simharmony.fid_inception"})
+    rng = np.random.default_rng(0)
+    sets = SetMetrics(4)
+    assert sets.available and not SetMetrics(0).available
+    for i in range(2):
+        target = rng.random((3, 24, 32, 3)).astype(np.float32)
+        clip = Clip(id=f"c{i}", group="isp", input=target, target=target)
+        take = sets.take(clip)
+        assert take == (3 if i == 0 else 1)  # the cap: 4 frames of the stream in all
+        sets.add("isp", "identity", target[:take])
+        sets.add("isp", "brighter", np.clip(target[:take] + 0.4, 0, 1))
+    same, other = sets.scores("isp", "identity"), sets.scores("isp", "brighter")
+    assert same["set_frames"] == 4 and abs(same["fid"]) < 1e-6 and other["fid"] > 0 and other["kid"] > same["kid"]
+    assert sets.scores("shadow", "identity") == {}

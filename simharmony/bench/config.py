@@ -55,6 +55,10 @@ class BenchConfig(Config):
     Speed: ``speed_sizes`` [(W, H)], ``speed_repeats`` timed calls after ``speed_warmup``.
     Output: ``video_max_frames`` per video, ``video_fps``; ``failure_cases``: per holdout stream, the items
     where ours loses the most SSIM against the input, listed and shown (0 = off).
+    Set metrics: FID and KID per stream and method over the first ``set_metric_frames`` frames (output against
+    target, every frame of a sequence counts, as the paper's per-frame FID; 0 = off; they need the converted
+    FID Inception, and cost about a second per frame at one CPU thread: the full preset's 6 streams x 7 methods
+    x 32 frames take about 20 minutes more).
     Real images (:mod:`simharmony.bench.real`): ``real`` runs the real-image scenarios from ``real_dir``
     ("" = ``$SIMHARMONY_REALDATA`` or ``../shared/realdata``; each reports "not available" where its folder is
     missing); ``real_only`` runs only those (no holdout needed).
@@ -99,6 +103,7 @@ class BenchConfig(Config):
     video_max_frames: int = 60
     video_fps: float = 10.0
     failure_cases: int = 3
+    set_metric_frames: int = 32
     threads: int = 0
     eval_threads: int = 1
     device: str = "auto"
@@ -129,6 +134,7 @@ class BenchConfig(Config):
         require(self.speed_repeats >= 1 and self.speed_warmup >= 0, o, "speed_repeats >= 1 and speed_warmup >= 0")
         require(self.video_max_frames >= 1 and self.video_fps > 0, o, "video_max_frames >= 1 and video_fps > 0")
         require(self.failure_cases >= 0, o, f"failure_cases={self.failure_cases} must be >= 0")
+        require(self.set_metric_frames >= 0, o, f"set_metric_frames={self.set_metric_frames} must be >= 0")
         require(self.threads >= 0, o, f"threads={self.threads} must be >= 0")
         require(self.eval_threads >= 0, o, f"eval_threads={self.eval_threads} must be >= 0")
         require(self.device in ("auto", "cpu", "cuda"), o, f"device={self.device!r} must be 'auto', 'cpu' or 'cuda'")
@@ -140,6 +146,7 @@ def smoke_preset() -> BenchConfig:
     return BenchConfig(
         preset="smoke", smoke_data=True, holdout_dir="", num_frames=6, render_scale=0.25, gt_spp=4, real=False,
         untrained_fallback=True, speed_sizes=((128, 72),), speed_repeats=5, speed_warmup=1, video_max_frames=30,
+        set_metric_frames=4,  # FID / KID on CPU: about a second per 299 x 299 Inception pass at one thread
         threads=1,  # tiny frames: a second thread only adds OpenMP synchronisation on a busy CI machine
     )
 

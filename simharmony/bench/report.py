@@ -172,7 +172,7 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
         nt, ins = "novel_trajectory", "insertion"
         header = ["Method", f"speed ms ({size})", "NT PSNR↑", "NT SSIM↑", "NT fPSNR↑", "NT HF", "NT struct.↑",
                   "NT temporal cons.↑", "NT warp err↓ (x1e3)", "Ins struct.↑", "Ins struct. in mask↑", "Ins HF vs input",
-                  "Ins temporal cons.↑", "Ins warp err↓ (x1e3)", "FID / FVD / DINO"]
+                  "Ins temporal cons.↑", "Ins warp err↓ (x1e3)", "NT FID↓ / FVD / DINO"]
         def scenario_cells(name):
             def g(group, key, scale=1.0, digits=2):
                 return _fmt(_get(results, "scenarios", group, name, key), digits, scale)
@@ -181,7 +181,7 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
                     g(nt, "psnr"), g(nt, "ssim", digits=4), g(nt, "fpsnr"), g(nt, "hf_ratio"),
                     g(nt, "structure", digits=4), g(nt, "flicker", digits=4), g(nt, "warping_error", 1e3, 3),
                     g(ins, "structure", digits=4), g(ins, "structure_in_mask", digits=4), g(ins, "hf_ratio"),
-                    g(ins, "flicker", digits=4), g(ins, "warping_error", 1e3, 3), NA]
+                    g(ins, "flicker", digits=4), g(ins, "warping_error", 1e3, 3), f"{g(nt, 'fid', digits=1)} / {NA} / {NA}"]
 
         rows = _table_rows(rows_m, len(header), scenario_cells)
         rt = sc.get(nt, {}).get("reference_target", {})
@@ -286,6 +286,7 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
         metrics_rows = [("holdout PSNR↑ (mean over streams)", "holdout", None, "psnr", 2)]
         metrics_rows += [(f"holdout {s} PSNR↑", "holdout", s, "psnr", 2) for s in streams]
         metrics_rows += [("holdout fPSNR↑ (mean over streams)", "holdout", None, "fpsnr", 2),
+                         ("holdout FID↓ (mean over streams)", "holdout", None, "fid", 1),
                          ("NT PSNR↑", "scenarios", "novel_trajectory", "psnr", 2),
                          ("NT temporal cons.↑", "scenarios", "novel_trajectory", "flicker", 4),
                          ("Ins temporal cons.↑", "scenarios", "insertion", "flicker", 4),
@@ -304,13 +305,13 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
         out.append(_table(["Metric"] + [lab for _, lab in cols], rows))
     else:
         out.append("No ablation variants were given (`--model-variant NAME=DIR`, repeatable): nothing to compare. "
-                   "FID / FVD columns of the paper's table: " + NA + ".")
+                   "FVD column of the paper's table: " + NA + " (no I3D network here).")
     out.append("")
 
     # details
     out.append("## Holdout details per stream\n")
-    header = ["stream", "Method", "PSNR↑", "SSIM↑", "LPIPS↓", "FLIP↓", "MSE↓", "fMSE↓", "fPSNR↑", "HF", "struct.↑",
-              "VGG struct. dist.↓", "eval ms/frame"]
+    header = ["stream", "Method", "PSNR↑", "SSIM↑", "LPIPS↓", "FLIP↓", "FID↓", "KID↓ (x1e3)", "MSE↓", "fMSE↓", "fPSNR↑",
+              "HF", "struct.↑", "VGG struct. dist.↓", "eval ms/frame"]
     rows = []
     for s in streams:
         for name, label, ok in rows_m:
@@ -319,10 +320,14 @@ def render_markdown(results: dict, files: dict[str, Any]) -> str:
             def g(k, d=2, s=s, name=name):
                 return _fmt(_get(results, "holdout", s, name, k), d)
 
-            rows.append([s, label, g("psnr"), g("ssim", 4), g("lpips", 4), g("flip", 4), g("mse", 1), g("fmse", 1),
+            kid = _get(results, "holdout", s, name, "kid")
+            rows.append([s, label, g("psnr"), g("ssim", 4), g("lpips", 4), g("flip", 4), g("fid", 1),
+                         _fmt(None if kid is None else 1e3 * kid, 2), g("mse", 1), g("fmse", 1),
                          g("fpsnr"), g("hf_ratio"), g("structure", 4), g("vgg_struct_dist", 5),
                          g("eval_ms_per_frame", 1)])
-    out.append(_table(header, rows, ["l", "l"] + ["r"] * 11))
+    out.append(_table(header, rows, ["l", "l"] + ["r"] * 13))
+    out.append("FID / KID: per stream, output frames against target frames (at most `set_metric_frames` of each, "
+               "every frame of a sequence counted); small sets bias FID upwards, so compare rows of one stream only.")
     out.append("")
 
     out.append("## Methods\n")

@@ -209,6 +209,7 @@ def evaluate(clips: Iterable[Clip], total: int, methods: list[Method], cfg: Benc
     counts: dict[str, dict[str, int]] = {}
     ms: dict[str, dict[str, list[float]]] = {}
     primary = next((m for p in PRIMARY for m in methods if m.name == p), methods[0])
+    sets = SetMetrics(cfg.set_metric_frames)
     for clip in tqdm(clips, total=total, desc=desc, unit="clip", disable=not cfg.progress):
         c = counts.setdefault(clip.group, {"clips": 0, "sequences": 0, "frames": 0})
         c["clips"] += 1
@@ -218,8 +219,10 @@ def evaluate(clips: Iterable[Clip], total: int, methods: list[Method], cfg: Benc
             reference.setdefault(clip.group, {})[clip.id] = temporal_metrics(clip.target, clip)
         keep = len(media.rows.get(clip.group, [])) < cfg.video_max_frames
         structure = input_structure(clip)
+        take = sets.take(clip)
         for m in methods:
             out, per_frame_ms = run_method(m, clip)
+            sets.add(clip.group, m.name, out[:take])
             metrics = clip_metrics(out, clip, cfg.psnr_cap_db, structure)
             per_clip.setdefault(clip.group, {}).setdefault(m.name, {})[clip.id] = metrics
             ms.setdefault(clip.group, {}).setdefault(m.name, []).append(per_frame_ms)
@@ -227,7 +230,7 @@ def evaluate(clips: Iterable[Clip], total: int, methods: list[Method], cfg: Benc
                 _keep_rows(media, clip, out, primary)
     groups = {}
     for group, by_method in per_clip.items():
-        agg = {name: {**_aggregate(vals), "eval_ms_per_frame": float(np.median(ms[group][name]))}
+        agg = {name: {**_aggregate(vals), **sets.scores(group, name), "eval_ms_per_frame": float(np.median(ms[group][name]))}
                for name, vals in by_method.items()}
         groups[group] = {
             "counts": counts[group], "methods": agg,
@@ -235,6 +238,40 @@ def evaluate(clips: Iterable[Clip], total: int, methods: list[Method], cfg: Benc
             "clips": dict(by_method),
         }
     return groups
+
+
+class SetMetrics:
+    """FID and KID per (group, method): Inception features of the first ``max_frames`` frames of each group's
+    targets and of each method's outputs on them, collected clip by clip (only features are kept)."""
+
+    def __init__(self, max_frames: int) -> None:
+        self.max_frames = max_frames
+        self.available = max_frames > 0 and M.is_available(M.inception_features(np.zeros((1, 8, 8, 3))))
+        self.targets: dict[str, list[np.ndarray]] = {}
+        self.outputs: dict[tuple[str, str], list[np.ndarray]] = {}
+
+    def take(self, clip: Clip) -> int:
+        """How many of ``clip``'s frames enter its group's sets (their targets' features are added here)."""
+        if not self.available or clip.target is None:
+            return 0
+        have = sum(len(f) for f in self.targets.get(clip.group, []))
+        n = max(0, min(clip.num_frames, self.max_frames - have))
+        if n:
+            self.targets.setdefault(clip.group, []).append(M.inception_features(clip.target[:n]))
+        return n
+
+    def add(self, group: str, method: str, frames: np.ndarray) -> None:
+        if len(frames):
+            self.outputs.setdefault((group, method), []).append(M.inception_features(frames))
+
+    def scores(self, group: str, method: str) -> dict[str, float]:
+        real, fake = self.targets.get(group), self.outputs.get((group, method))
+        if not real or not fake or sum(map(len, real)) < 2:
+            return {}
+        real, fake = np.concatenate(real), np.concatenate(fake)
+        mu_r, mu_f = real.mean(0), fake.mean(0)
+        return {"fid": M.frechet_distance(mu_r, np.cov(real, rowvar=False), mu_f, np.cov(fake, rowvar=False)),
+                "kid": M.kid_from_features(real, fake), "set_frames": float(len(real))}
 
 
 def quality_bars(holdout: dict[str, Any], methods: list[Method]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -464,9 +501,12 @@ def _run_bench(cfg: BenchConfig, out_dir: str | Path | None, extra_methods: dict
     blank = np.zeros((32, 32, 3))
     probes = {"lpips": M.lpips_distance(blank, blank, net="alex"), "flip": M.flip(blank, blank),
               "vgg_struct_dist": M.vgg_struct_distance(blank, blank)}
+    fid_probe = M.inception_features(blank)
+    if cfg.set_metric_frames == 0:
+        fid_probe = M.NotAvailable("fid", "turned off (set_metric_frames: 0)")
     unavailable_metrics = {
         **{name: str(v) for name, v in probes.items() if not M.is_available(v)},
-        "fid": str(M.fid(np.zeros((1, 11, 11, 3)), np.zeros((1, 11, 11, 3)))),
+        **({} if M.is_available(fid_probe) else {"fid": str(fid_probe), "kid": str(fid_probe)}),
         "fvd": "not available: no local I3D (FVD) network",
         "dino_struct_dist": str(M.dino_struct_distance(np.zeros((11, 11, 3)), np.zeros((11, 11, 3)))),
     }
