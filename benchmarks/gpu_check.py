@@ -135,7 +135,13 @@ def check_metrics_cuda() -> dict:
         return {"ok": None, "skipped": str(cpu)}
     gpu = M.lpips_distance(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda(), net="alex")
     psnr_gpu = M.psnr(torch.from_numpy(a).cuda(), torch.from_numpy(b).cuda())
-    return {"ok": abs(gpu - cpu) < 1e-4 and abs(psnr_gpu - M.psnr(a, b)) < 1e-6, "lpips_cpu": cpu, "lpips_cuda": gpu}
+    out = {"ok": abs(gpu - cpu) < 1e-4 and abs(psnr_gpu - M.psnr(a, b)) < 1e-6, "lpips_cpu": cpu, "lpips_cuda": gpu}
+    feats_cpu = M.inception_features(a)  # FID's Inception, when converted: CUDA features against CPU ones
+    if M.is_available(feats_cpu):
+        feats_gpu = M.inception_features(torch.from_numpy(a).cuda())
+        out["inception_max_abs_diff"] = float(np.abs(feats_gpu - feats_cpu).max())
+        out["ok"] = out["ok"] and out["inception_max_abs_diff"] < 1e-3
+    return out
 
 
 CHECKS: dict[str, Callable[[], dict]] = {
