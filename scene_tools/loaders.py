@@ -786,3 +786,25 @@ def save_colmap_text(images: PosedImages, folder: PathLike, *, images_subdir: st
             pts_lines.append(f"{j + 1} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} {c[0]} {c[1]} {c[2]} 0")
     write_text_atomic(folder / "points3D.txt", "\n".join(pts_lines) + "\n")
     return folder
+
+
+def load_posed_images(path: PathLike, downscale: int = 1, max_views: int | None = None, *,
+                      progress: bool = True) -> PosedImages:
+    """Any capture the project reads, by what the folder holds: street frames (``frames.yaml``), a
+    ``simharmony capture`` folder (``capture.json``), a ``transforms.json`` (or its folder) or a COLMAP model
+    (text or binary; also under ``sparse/0`` or ``sparse``)."""
+    from scene_tools.capture import load_capture
+    from scene_tools.pbr import StreetFrames
+
+    path = Path(path)
+    if (path / "frames.yaml").is_file():
+        images = StreetFrames.load(path).to_posed_images()
+        return images.subset(pick_views(len(images), max_views)).downscaled(downscale)
+    if (path / "capture.json").is_file():
+        return load_capture(path, downscale, max_views=max_views, progress=progress)
+    if path.suffix == ".json" or (path / "transforms.json").is_file():
+        return load_transforms_json(path, downscale, max_views=max_views, progress=progress)
+    for sub in (path, path / "sparse" / "0", path / "sparse"):
+        if (sub / "cameras.txt").is_file() or (sub / "cameras.bin").is_file():
+            return load_colmap(sub, downscale=downscale, max_views=max_views, progress=progress)
+    raise MissingFileError(f"{path}: not a street frames folder, capture folder, transforms.json or COLMAP model")

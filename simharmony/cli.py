@@ -72,33 +72,14 @@ def _cmd_render_street(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_images(path: Path, downscale: int = 1, max_views: int | None = None):
-    """A capture for ``reconstruct``: street frames, a ``simharmony capture`` folder, transforms.json or a
-    COLMAP model (text or binary; also under sparse/0 or sparse)."""
-    from scene_tools.capture import load_capture
-    from scene_tools.loaders import load_colmap, load_transforms_json, pick_views
-    from scene_tools.pbr import StreetFrames
-
-    if (path / "frames.yaml").is_file():
-        images = StreetFrames.load(path).to_posed_images()
-        return images.subset(pick_views(len(images), max_views)).downscaled(downscale)
-    if (path / "capture.json").is_file():
-        return load_capture(path, downscale, max_views=max_views)
-    if path.suffix == ".json" or (path / "transforms.json").is_file():
-        return load_transforms_json(path, downscale, max_views=max_views)
-    for sub in (path, path / "sparse" / "0", path / "sparse"):
-        if (sub / "cameras.txt").is_file() or (sub / "cameras.bin").is_file():
-            return load_colmap(sub, downscale=downscale, max_views=max_views)
-    raise MissingFileError(f"{path}: not a street frames folder, capture folder, transforms.json or COLMAP model")
-
-
 def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from scene_tools.loaders import load_posed_images
     from scene_tools.reconstruct import ReconstructionConfig, reconstruct
 
     cfg = ReconstructionConfig.load(args.config) if args.config else ReconstructionConfig()
     if args.iterations is not None:
         cfg.iterations = args.iterations
-    images = _load_images(Path(args.data), args.downscale, args.max_views)
+    images = load_posed_images(args.data, args.downscale, args.max_views)
     cameras = len(images.trajectory.camera_groups())
     init = "sparse points" if images.points is not None and cfg.init in ("auto", "points") else cfg.init
     print(f"reconstruct: {len(images)} views at {images.width}x{images.height}"

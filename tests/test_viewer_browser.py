@@ -8,6 +8,7 @@ switched off. Skips with the reason when chromium, chromedriver, selenium or vis
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -20,7 +21,9 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+# WebGL through SwiftShader (software), so the 3D viewport and its background image render headless
+FLAGS = ["--headless=new", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+         "--ignore-gpu-blocklist", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-dev-shm-usage", "--window-size=1200,800"]
 
@@ -39,7 +42,7 @@ from test_viewer import colour_shift_model, free_port
 from simharmony.harmonizer import Harmonizer
 from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
 from simharmony_viewer import ViewerApp, ViewerConfig
-from simharmony_viewer.server import PANEL_IMAGE_ALT, ViewerServer
+from simharmony_viewer.server import PANEL_IMAGE_ALT, ViewerServer, matrix_to_wxyz, wxyz_to_matrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -50,7 +53,18 @@ def server():
     app.harmonizer = Harmonizer(colour_shift_model())  # visibly different output: red +0.3, blue -0.3
     app.harmonizer_note = "colour-shift test model"
     app.set_frame(10)
-    srv = ViewerServer(app, port=free_port())
+    srv = ViewerServer(app, port=free_port(), camera="trajectory")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture()
+def free_server():
+    app = ViewerApp.from_paths(DEMO_SCENE_DIR, DEMO_ASSETS_DIR, None, config=ViewerConfig(scale=0.5))
+    app.harmonizer = Harmonizer(colour_shift_model())
+    app.harmonizer_note = "colour-shift test model"
+    app.set_frame(10)
+    srv = ViewerServer(app, port=free_port(), camera="free")
     yield srv
     srv.stop()
 
@@ -158,3 +172,64 @@ def test_harmonizer_checkbox_changes_the_displayed_frame(server, browser, tmp_pa
     time.sleep(0.5)
     again = screenshot_rgb(drv)
     assert np.abs(again - before).mean() < 3, "switching off did not restore the raw frame"
+
+
+def viewport_rgb(drv) -> np.ndarray:
+    """Screenshot of the 3D viewport left of the control panel, without the corner notices: RGB float."""
+    img = cv2.imdecode(np.frombuffer(drv.get_screenshot_as_png(), np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    h, w = img.shape[:2]
+    return img[int(0.3 * h):int(0.9 * h), int(0.1 * w):int(0.65 * w)].astype(np.float32)
+
+
+def settled_frame(server, count_before: int, what: str):
+    """Wait for a full-resolution frame of the free camera rendered after frame number ``count_before``."""
+    wait_for(lambda: server.frames_shown > count_before, what=what)
+    wait_for(lambda: all(c.full_done and not c.dirty for c in server._clients.values()), what=f"{what} at full size")
+    time.sleep(1.0)  # the browser decodes and paints the background
+    return server.last_frame
+
+
+def test_free_camera_fills_the_viewport_follows_the_client_camera_and_toggles(free_server, browser, tmp_path):
+    drv, srv = browser, free_server
+    drv.get(srv.url)
+    wait_for(lambda: len(srv._clients) == 1, what="the browser to connect")
+    first = settled_frame(srv, 0, "the first frame")
+    assert first.raw.shape[1] > 100, "the free camera renders at the canvas size, not the scene's 128 px"
+    before = viewport_rgb(drv)
+    keep(drv, "viewer_free_first.png", tmp_path)
+    # the frame fills the viewport: viser's empty canvas is near white; the street is not
+    assert (before.mean(-1) < 235).mean() > 0.9, "the viewport is not filled by the rendered frame"
+    client = next(iter(srv._clients.values())).handle
+    n = srv.frames_shown
+    with client.atomic():  # what dragging the mouse does: the client camera moves and turns
+        client.camera.position = np.asarray(client.camera.position) + np.array([0.0, 2.5, 0.5])
+        client.camera.wxyz = matrix_to_wxyz(wxyz_to_matrix(client.camera.wxyz) @ _yaw(0.35))
+    moved = settled_frame(srv, n, "a frame of the moved camera")
+    after = viewport_rgb(drv)
+    keep(drv, "viewer_free_moved.png", tmp_path)
+    assert np.abs(after - before).mean() > 10, "the viewport did not follow the camera"
+    assert np.abs(moved.raw.astype(int) - first.raw.astype(int)).mean() > 5
+    # harmonizer on: the model's colour shift shows in the viewport (red up, blue down)
+    n = srv.frames_shown
+    click_harmonizer(drv)
+    wait_for(lambda: srv.app.harmonize, what="the server to see the checkbox")
+    settled_frame(srv, n, "a harmonized frame")
+    harmonized = viewport_rgb(drv)
+    d = (harmonized - after).reshape(-1, 3).mean(0)
+    assert d[0] > 20 and d[2] < -20, f"mean RGB change {d}"
+    # split view: the left half raw again, the right half still harmonized
+    n = srv.frames_shown
+    srv.split_slider.value = 0.5
+    settled_frame(srv, n, "a split frame")
+    split = viewport_rgb(drv)
+    keep(drv, "viewer_free_split.png", tmp_path)
+    w = split.shape[1]  # the viewport crop spans 10-65 % of the window: its first half is the frame's left
+    left, right = slice(0, int(0.45 * w)), slice(int(0.8 * w), w)
+    assert np.abs(split[:, left] - after[:, left]).mean() < np.abs(harmonized[:, left] - after[:, left]).mean() / 2
+    assert np.abs(split[:, right] - harmonized[:, right]).mean() < 8
+
+
+def _yaw(angle: float) -> np.ndarray:
+    """Rotation about the camera's vertical (OpenCV y, down) axis: a turn to the side."""
+    c, s = math.cos(angle), math.sin(angle)
+    return np.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])

@@ -23,12 +23,13 @@ def _cmd_view(args: argparse.Namespace) -> int:
     check_port(args.host, args.port)  # a bad or taken port: a one-line error (exit 2) before loading anything
     model = None if args.model in ("none", "") else args.model
     app = ViewerApp.from_paths(args.scene, None if args.assets in ("none", "") else args.assets, model,
-                               config=ViewerConfig(scale=args.scale), device=args.device)
+                               config=ViewerConfig(scale=args.scale), device=args.device,
+                               trajectory_from=args.trajectory, ground_camera_height_m=args.ground_height)
     if args.harmonize and app.has_harmonizer:
         app.set_harmonize(True)
     if app.warning:
         print(f"warning: {app.warning}", file=sys.stderr)
-    serve(app, host=args.host, port=args.port)
+    serve(app, host=args.host, port=args.port, camera=args.camera)
     return 0
 
 
@@ -37,7 +38,16 @@ def add_cli(subparsers: Any) -> None:
     from simharmony.utils.checks import arg_float, arg_int
 
     p = subparsers.add_parser("view", help="interactive viser viewer: harmonizer toggle, asset insertion, lateral shift")
-    p.add_argument("--scene", default=str(DEMO_SCENE_DIR), help="scene folder (Scene.save, with an ego_trajectory)")
+    p.add_argument("--scene", default=str(DEMO_SCENE_DIR),
+                   help="a scene folder (Scene.save), a reconstruction folder (simharmony reconstruct --out) or a "
+                        "3DGS .ply")
+    p.add_argument("--trajectory", default=None,
+                   help="the recorded path to snap to: a capture folder, transforms.json, COLMAP model or street "
+                        "frames (default: the scene's own, else a straight line through it)")
+    p.add_argument("--ground-height", type=arg_float(0, exclusive_minimum=True), default=None, metavar="M",
+                   help="move --trajectory into the street frame with this camera height, as bench-capture does")
+    p.add_argument("--camera", choices=("free", "trajectory"), default="free",
+                   help="initial camera: free (mouse) or snapped to the recorded trajectory")
     p.add_argument("--assets", default=str(DEMO_ASSETS_DIR), help="asset bank folder ('none' for no bank)")
     p.add_argument("--model", default="default",
                    help="'default' (weights/enhancer; an untrained identity Enhancer with a warning while missing), "

@@ -6,14 +6,26 @@
     app.set_harmonize(True)
     frame = app.render()                          # ViewerFrame: raw / harmonized / shown uint8 [H, W, 3]
 
-The camera follows the scene's recorded ego trajectory (frame index), shifted sideways by the lateral-shift
-control: a fixed, reproducible camera that needs no 3D canvas in the browser. ``viewer/server.py`` wires
-this class to viser; unit tests drive it directly.
+    frame = app.render_view(pose, intrinsics, stream="client-3")   # a free camera (a browser's mouse)
 
-Temporal context: the Harmonizer keeps one stream ("viewer"). Stepping to the next frame with nothing else
-changed continues the stream; any other change (a jump, a new shift, an inserted asset, switching the
-harmonizer back on) starts a new one, because the cached past frames no longer precede the new frame.
+Two cameras: :meth:`render` follows the scene's recorded ego trajectory (frame index), shifted sideways by the
+lateral-shift control (reproducible, "snap to the trajectory"); :meth:`render_view` renders any pose and
+intrinsics, one enhancer stream per viewer client. ``server.py`` wires this class to viser; unit tests drive
+it directly.
+
+Temporal context: the trajectory camera keeps one stream ("viewer"): stepping to the next frame with nothing
+else changed continues it; any other change (a jump, a new shift, an inserted asset, switching the harmonizer
+back on) starts afresh, because the cached past frames no longer precede the new frame. A free camera's
+stream continues while the camera moves smoothly (each frame enters the context, which follows the motion)
+and restarts after a teleport (more than ``teleport_m`` / ``teleport_deg`` since its previous frame), a
+pause longer than ``stream_gap_s``, a change of the scene, or a change of resolution.
+Split view (``split`` in (0, 1)): the left part of the shown frame is the raw render, the rest harmonized.
 Enhancer errors never take the viewer down: the raw frame is shown and the status says why.
+
+Any scene: :meth:`ViewerApp.from_paths` opens a scene folder (``Scene.save``), a reconstruction folder
+(``simharmony reconstruct --out``: ``scene.safetensors``) or a 3DGS ``.ply``; without a recorded trajectory the
+trajectory camera drives a straight line through the middle of the Gaussians (``--capture DIR`` gives a
+real capture's recorded path instead).
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import logging
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +70,18 @@ class ViewerConfig(Config):
     insert_lateral_m: float = 3.0
     insert_forward_m: float = 8.0
     insert_speed_scale: float = 1.0
+    teleport_m: float = 5.0  # a free camera moving further than this between frames starts a new context
+    teleport_deg: float = 30.0
+    stream_gap_s: float = 1.0  # ... and so does a pause longer than this
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.scale) and 0 < self.scale <= 4):
             raise ConfigError(f"scale must be in (0, 4], got {self.scale}")
         if not (math.isfinite(self.max_shift_m) and self.max_shift_m > 0):
             raise ConfigError(f"max_shift_m must be a positive number, got {self.max_shift_m}")
+        for name in ("teleport_m", "teleport_deg", "stream_gap_s"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ConfigError(f"{name} must be a positive number, got {getattr(self, name)}")
         for name in ("insert_lateral_m", "insert_forward_m", "insert_speed_scale"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{name} must be finite, got {getattr(self, name)}")
@@ -140,6 +159,8 @@ class ViewerApp:
         self._last_enhanced_key: tuple | None = None
         self._enhanced_cache: tuple[np.ndarray, float] | None = None
         self._last_error: str | None = None
+        self._split = 0.0
+        self._views: OrderedDict[str, tuple] = OrderedDict()  # free-camera streams (render_view)
         self.render_count = 0
 
     # ------------------------------------------------------------------ construction
@@ -152,22 +173,28 @@ class ViewerApp:
         *,
         config: ViewerConfig | None = None,
         device: str = "cpu",
+        trajectory_from: PathLike | None = None,
+        ground_camera_height_m: float | None = None,
     ) -> ViewerApp:
-        """Load a scene folder (with an ``ego_trajectory`` in its metadata), an asset bank and the enhancer.
+        """Open a scene and its trajectory, an asset bank and the enhancer.
 
+        scene_dir: a scene folder (``Scene.save``; its ``ego_trajectory`` is the trajectory), a reconstruction
+        folder (``scene.safetensors``) or a 3DGS ``.ply`` file. trajectory_from: a capture the trajectory camera
+        walks along (anything ``scene_tools.loaders.load_posed_images`` reads), moved into the street frame
+        with ``align_to_ground(ground_camera_height_m)`` when that is given (as ``simharmony bench-capture``
+        did before reconstructing); default: the scene's own, else a straight line through the Gaussians.
         model: "default" (weights/enhancer; an untrained Enhancer with a visible warning while it is
         missing), "untrained", a folder saved with ``Enhancer.save_pretrained``, or None (raw only).
         """
         from simharmony.sim import resolve_harmonizer
 
-        scene_dir = Path(scene_dir)
-        if not (scene_dir / "scene.yaml").is_file():
-            raise MissingFileError(f"scene not found: {scene_dir} (expected scene.yaml written by Scene.save)")
-        scene = Scene.load(scene_dir, device=device)
-        if "ego_trajectory" not in scene.metadata:
-            raise CorruptFileError(f"{scene_dir}/scene.yaml has no ego_trajectory in its metadata; the viewer "
-                                   "walks along it")
-        trajectory = Trajectory.from_dict(scene.metadata["ego_trajectory"])
+        scene, trajectory = load_scene_any(scene_dir, device)
+        if trajectory_from is not None:
+            trajectory = trajectory_of_capture(trajectory_from, ground_camera_height_m)
+        if trajectory is None:
+            trajectory = trajectory_through(scene)
+        if scene.intrinsics is None:
+            scene.intrinsics = trajectory.intrinsics
         bank = AssetBank(assets_dir, create=False) if assets_dir is not None else None
         harmonizer, note = resolve_harmonizer(model, device=device, untrained_fallback=model == "default")
         warning = None
@@ -216,6 +243,18 @@ class ViewerApp:
                 self._last_enhanced_key = None  # the cached context is from before the pause
             self._harmonize = on
 
+    @property
+    def split(self) -> float:
+        return self._split
+
+    def set_split(self, fraction: float) -> None:
+        """Show the left ``fraction`` of the frame raw and the rest harmonized (0 = harmonized only)."""
+        f = float(fraction)
+        if not 0.0 <= f <= 1.0:
+            raise InvalidInputError(f"split must be in [0, 1], got {fraction!r}")
+        with self._lock:
+            self._split = f
+
     def set_frame(self, index: int) -> None:
         """Go to ego frame ``index`` (0 .. num_frames - 1)."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
@@ -248,6 +287,32 @@ class ViewerApp:
             self._version += 1
             return iid
 
+    def park_asset(self, asset_id: str, x: float, y: float) -> int:
+        """Insert bank asset ``asset_id`` parked on the ground at (x, y), facing along the recorded path."""
+        from scene_tools.scene import yaw_pose
+
+        if self.bank is None:
+            raise InvalidInputError("no asset bank: start the viewer with --assets")
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise InvalidInputError(f"parking position must be finite, got ({x}, {y})")
+        with self._lock:
+            asset = self.bank.get(asset_id, device=str(self.scene.device))
+            forward = self.trajectory.poses[self._frame][:3, 2]
+            pose = yaw_pose(x, y, 0.0, math.atan2(forward[1], forward[0]))
+            times = self.trajectory.times
+            t0, t1 = float(times[0]), float(max(times[-1], times[0] + 1.0))
+            iid = self.scene.insert(asset, ObjectTrack(np.array([t0, t1]), np.stack([pose, pose])))
+            self._inserted.append((iid, asset.id))
+            self._version += 1
+            return iid
+
+    def inserted_tracks(self) -> dict[int, np.ndarray]:
+        """{instance id: [T, 3] positions over the recorded times} of the assets this viewer inserted."""
+        with self._lock:
+            mine = {iid for iid, _ in self._inserted}
+            return {o.instance_id: np.stack([o.track.pose_at(float(t))[:3, 3] for t in self.trajectory.times])
+                    for o in self.scene.objects if o.instance_id in mine}
+
     def remove_inserted(self) -> int:
         """Remove the asset this viewer inserted last; returns its instance id (InvalidInputError if none)."""
         with self._lock:
@@ -267,53 +332,164 @@ class ViewerApp:
         return (traj.shifted_laterally(s) if s else traj).poses[0]
 
     def render(self) -> ViewerFrame:
-        """Render the current state (the raw render is cached until frame, shift or scene contents change)."""
+        """Render the trajectory camera's current state (the raw render is cached until frame, shift or scene
+        contents change)."""
         with self._lock:
             key = (self._frame, self._shift, self._version, self.intrinsics.width, self.intrinsics.height)
             if self._raw_cache is not None and self._raw_cache[0] == key:
                 _, fr, render_ms = self._raw_cache
             else:
-                t0 = time.perf_counter()
-                self.scene.reset()  # every viewer frame is a sequence of its own: no flow needed
-                fr = self.scene.render_frame(self.camera_pose(), float(self.trajectory.times[self._frame]),
-                                             self.intrinsics)
-                render_ms = (time.perf_counter() - t0) * 1e3
+                fr, render_ms = self._render_raw(self.camera_pose(), float(self.trajectory.times[self._frame]),
+                                                 self.intrinsics)
                 self._raw_cache = (key, fr, render_ms)
-            raw = _to_uint8(fr.rgb)
-            harmonized, enhance_ms = None, None
             status = f"frame {self._frame + 1}/{self.num_frames}, shift {self._shift:+.1f} m, render {render_ms:.0f} ms"
+            harmonized, enhance_ms = None, None
             if self._harmonize and self.harmonizer is not None:
                 prev = self._last_enhanced_key
-                follows = prev is not None and prev[1:] == key[1:] and prev[0] + 1 == key[0]
-                t0 = time.perf_counter()
-                try:
-                    if prev == key and self._enhanced_cache is not None:  # same frame again: no second context entry
-                        harmonized, enhance_ms = self._enhanced_cache
-                    else:
-                        out = self.harmonizer.enhance(fr.rgb, mask=fr.inserted_mask, depth=fr.depth, stream=STREAM,
-                                                      cut=not follows)
-                        harmonized = _to_uint8(out)
-                        enhance_ms = (time.perf_counter() - t0) * 1e3
-                        self._enhanced_cache = (harmonized, enhance_ms)
-                    self._last_enhanced_key = key
-                    self._last_error = None
+                if prev == key and self._enhanced_cache is not None:  # same frame again: no second context entry
+                    harmonized, enhance_ms = self._enhanced_cache
                     status += f", harmonizer {enhance_ms:.0f} ms"
-                except (SimHarmonyError, RuntimeError, ValueError) as e:  # never take the viewer down
-                    self._last_enhanced_key = None
-                    self.harmonizer.reset(STREAM)
-                    msg = f"{type(e).__name__}: {e}"
-                    if msg != self._last_error:
-                        log.warning("harmonizer failed, showing the raw frame: %s", msg)
-                    self._last_error = msg
-                    status += f", harmonizer FAILED ({msg}); raw frame shown"
+                else:
+                    follows = prev is not None and prev[1:] == key[1:] and prev[0] + 1 == key[0]
+                    harmonized, enhance_ms, note = self._enhance(fr, STREAM, cut=not follows)
+                    status += note
+                    self._last_enhanced_key = key if harmonized is not None else None
+                    self._enhanced_cache = (harmonized, enhance_ms) if harmonized is not None else None
             elif self._harmonize:
                 status += ", no harmonizer"
-            self.render_count += 1
-            return ViewerFrame(
-                raw=raw, harmonized=harmonized, shown=harmonized if harmonized is not None else raw,
-                frame_index=self._frame, lateral_shift_m=self._shift, harmonize=self._harmonize, status=status,
-                render_ms=render_ms, enhance_ms=enhance_ms,
-            )
+            return self._frame_of(fr, harmonized, status, render_ms, enhance_ms)
+
+    def render_view(self, pose: np.ndarray, intrinsics: Intrinsics, stream: str, time_s: float | None = None) -> ViewerFrame:
+        """Render a free camera: camera-to-world ``pose`` [4, 4] (OpenCV) with ``intrinsics``, enhanced in its
+        own ``stream`` (one per viewer client; see the module docstring for when its context restarts).
+        ``time_s``: the scene time (inserted assets move with it; default: the current ego frame's)."""
+        from simharmony.plugin import pose_jump
+
+        pose = np.asarray(pose, dtype=np.float64)
+        if pose.shape != (4, 4) or not np.isfinite(pose).all():
+            raise InvalidInputError(f"pose must be a finite [4, 4] camera-to-world matrix, got shape {pose.shape}")
+        if not isinstance(intrinsics, Intrinsics):
+            raise InvalidInputError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
+        with self._lock:
+            t = float(self.trajectory.times[self._frame]) if time_s is None else float(time_s)
+            fr, render_ms = self._render_raw(pose, t, intrinsics)
+            status = f"free camera, {intrinsics.width}x{intrinsics.height}, render {render_ms:.0f} ms"
+            harmonized, enhance_ms = None, None
+            if self._harmonize and self.harmonizer is not None:
+                now = time.monotonic()
+                prev = self._views.get(stream)  # (pose, size, scene version, time) of the stream's last frame
+                cut = prev is None or prev[1] != (intrinsics.width, intrinsics.height) or prev[2] != self._version \
+                    or now - prev[3] > self.config.stream_gap_s
+                if not cut:
+                    moved_m, turned_deg = pose_jump(prev[0], pose)
+                    cut = moved_m > self.config.teleport_m or turned_deg > self.config.teleport_deg
+                harmonized, enhance_ms, note = self._enhance(fr, stream, cut=cut)
+                status += note + (" (new context)" if cut and harmonized is not None else "")
+                self._views[stream] = (pose, (intrinsics.width, intrinsics.height), self._version, now)
+                self._views.move_to_end(stream)
+                while len(self._views) > self.MAX_STREAMS:
+                    old, _ = self._views.popitem(last=False)
+                    self.harmonizer.reset(old)
+            elif self._harmonize:
+                status += ", no harmonizer"
+            return self._frame_of(fr, harmonized, status, render_ms, enhance_ms)
+
+    MAX_STREAMS = 16  # free-camera streams kept (viewer clients); the least recently used one is dropped
+
+    def _render_raw(self, pose: np.ndarray, time_s: float, intrinsics: Intrinsics):
+        t0 = time.perf_counter()
+        self.scene.reset()  # every viewer frame is a sequence of its own: no flow needed
+        fr = self.scene.render_frame(pose, time_s, intrinsics)
+        return fr, (time.perf_counter() - t0) * 1e3
+
+    def _enhance(self, fr, stream: str, cut: bool) -> tuple[np.ndarray | None, float | None, str]:
+        """(harmonized uint8 or None, ms, status note); enhancer errors show the raw frame and say why."""
+        t0 = time.perf_counter()
+        try:
+            out = self.harmonizer.enhance(fr.rgb, mask=fr.inserted_mask, depth=fr.depth, stream=stream, cut=cut)
+        except (SimHarmonyError, RuntimeError, ValueError) as e:  # never take the viewer down
+            self.harmonizer.reset(stream)
+            msg = f"{type(e).__name__}: {e}"
+            if msg != self._last_error:
+                log.warning("harmonizer failed, showing the raw frame: %s", msg)
+            self._last_error = msg
+            return None, None, f", harmonizer FAILED ({msg}); raw frame shown"
+        self._last_error = None
+        ms = (time.perf_counter() - t0) * 1e3
+        return _to_uint8(out), ms, f", harmonizer {ms:.0f} ms"
+
+    def _frame_of(self, fr, harmonized: np.ndarray | None, status: str, render_ms: float,
+                  enhance_ms: float | None) -> ViewerFrame:
+        raw = _to_uint8(fr.rgb)
+        shown = raw if harmonized is None else compose_split(raw, harmonized, self._split)
+        if harmonized is not None and 0 < self._split < 1:
+            status += f", split: raw | harmonized at {self._split:.0%}"
+        self.render_count += 1
+        return ViewerFrame(
+            raw=raw, harmonized=harmonized, shown=shown, frame_index=self._frame, lateral_shift_m=self._shift,
+            harmonize=self._harmonize, status=status, render_ms=render_ms, enhance_ms=enhance_ms,
+        )
 
 
-__all__ = ["ViewerApp", "ViewerConfig", "ViewerFrame"]
+def load_scene_any(path: PathLike, device: str = "cpu") -> tuple[Scene, Trajectory | None]:
+    """(scene, its recorded trajectory or None) from a scene folder, a reconstruction folder or a 3DGS .ply."""
+    from scene_tools.gaussians import GaussianScene
+    from scene_tools.ply import load_ply
+
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".ply":
+        return Scene(load_ply(path, device=device), name=path.stem), None
+    if (path / "scene.yaml").is_file():
+        scene = Scene.load(path, device=device)
+        traj = scene.metadata.get("ego_trajectory")
+        return scene, None if traj is None else Trajectory.from_dict(traj)
+    if (path / "scene.safetensors").is_file():  # simharmony reconstruct --out
+        return Scene(GaussianScene.load(path / "scene.safetensors", device=device), name=path.name), None
+    raise MissingFileError(f"no scene at {path}: expected a scene folder (scene.yaml), a reconstruction folder "
+                           "(scene.safetensors) or a 3DGS .ply file")
+
+
+def trajectory_of_capture(path: PathLike, ground_camera_height_m: float | None = None) -> Trajectory:
+    """The recorded path of a capture (downscaled to at most 480 pixels wide), in the street frame when
+    ``ground_camera_height_m`` is given."""
+    from scene_tools.capture import align_to_ground
+    from scene_tools.loaders import load_posed_images
+
+    images = load_posed_images(path, 1, progress=False)
+    if ground_camera_height_m is not None:
+        images, _ = align_to_ground(images, ground_camera_height_m)
+    factor = min(1.0, 480 / images.width)
+    return images.trajectory.scaled(factor) if factor < 1 else images.trajectory
+
+
+def trajectory_through(scene: Scene, frames: int = 40) -> Trajectory:
+    """A straight drive along +x through the middle of the scene's Gaussians (z up, as the street frame):
+    the trajectory camera's path for scenes recorded without one (a .ply, a reconstruction)."""
+    from scene_tools.cameras import look_at
+
+    means = scene.background.means.detach().cpu().numpy()
+    if len(means) == 0:
+        raise InvalidInputError("the scene has no Gaussians to look at")
+    lo, mid, hi = np.percentile(means, [10, 50, 90], axis=0)
+    reach = max(float(hi[0] - lo[0]), 1e-3)
+    xs = np.linspace(mid[0] - 0.6 * reach, mid[0] + 0.2 * reach, frames)
+    height = mid[2] + 0.05 * max(float(hi[2] - lo[2]), 1e-3)
+    poses = np.stack([look_at((x, mid[1], height), (x + reach, mid[1], height)) for x in xs])
+    return Trajectory(poses, Intrinsics.from_fov(70.0, 256, 144))
+
+
+def compose_split(raw: np.ndarray, harmonized: np.ndarray, split: float) -> np.ndarray:
+    """The left ``split`` of the width from ``raw``, the rest from ``harmonized``, with a 1-pixel white divider
+    (split 0: harmonized only; 1: raw only)."""
+    if split <= 0:
+        return harmonized
+    if split >= 1:
+        return raw
+    out = harmonized.copy()
+    x = int(round(split * raw.shape[1]))
+    out[:, :x] = raw[:, :x]
+    out[:, min(x, raw.shape[1] - 1)] = 255
+    return out
+
+
+__all__ = ["ViewerApp", "ViewerConfig", "ViewerFrame", "compose_split"]
