@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import math
 import re
 import socket
 
@@ -15,7 +16,7 @@ import torch
 from scene_tools.assets import AssetBank, extract_asset
 from scene_tools.cameras import Intrinsics, straight_trajectory
 from scene_tools.scene import Scene
-from simharmony.errors import InvalidInputError, UnknownAssetError
+from simharmony.errors import InvalidInputError, MissingFileError, UnknownAssetError
 from simharmony.harmonizer import Harmonizer
 from simharmony.models import Enhancer, EnhancerConfig
 from simharmony_viewer import ViewerApp, ViewerConfig, add_cli
@@ -229,3 +230,79 @@ def test_server_pushes_frames_and_reacts_to_gui_values(bank):
         assert list(srv.asset_dd.options) == bank.list()
     finally:
         srv.stop()
+
+
+# ---------------------------------------------------------------------------------------------- free camera
+def test_free_camera_renders_any_pose_with_one_stream_per_client():
+    from simharmony_viewer.app import compose_split
+
+    app = make_app()
+    pose0 = trajectory().poses[2]
+    k = Intrinsics.from_fov(70.0, 64, 36)
+    raw = app.render_view(pose0, k, stream="a")
+    assert raw.raw.shape == (36, 64, 3) and raw.harmonized is None and "free camera, 64x36" in raw.status
+    np.testing.assert_array_equal(raw.raw, _u8(app.scene.render_frame(pose0, float(app.trajectory.times[app.frame_index]), k).rgb))
+    app.set_harmonize(True)
+    h = app.harmonizer
+    for step in range(3):  # a smooth move: every frame enters the stream's context
+        pose = pose0.copy()
+        pose[:3, 3] += [0.2 * step, 0.0, 0.0]
+        frame = app.render_view(pose, k, stream="a")
+    assert h.context_length("a") == 3 and "(new context)" not in frame.status
+    assert np.abs(frame.shown.astype(int) - expected_shifted(frame.raw).astype(int)).max() <= 2
+    far = pose0.copy()
+    far[:3, 3] += [20.0, 0.0, 0.0]  # a teleport restarts the context
+    assert "(new context)" in app.render_view(far, k, stream="a").status and h.context_length("a") == 1
+    app.render_view(far, Intrinsics.from_fov(70.0, 32, 18), stream="a")  # so does a new resolution
+    assert h.context_length("a") == 1
+    app.render_view(pose0, k, stream="b")  # another client: its own stream
+    assert h.context_length("b") == 1 and h.context_length("a") == 1
+    # split view: left raw, right harmonized
+    app.set_split(0.5)
+    f = app.render_view(far, k, stream="a")
+    np.testing.assert_array_equal(f.shown[:, :31], f.raw[:, :31])
+    np.testing.assert_array_equal(f.shown[:, 33:], f.harmonized[:, 33:])
+    assert np.array_equal(compose_split(f.raw, f.harmonized, 0.0), f.harmonized)
+    with pytest.raises(InvalidInputError, match="split"):
+        app.set_split(1.5)
+    with pytest.raises(InvalidInputError, match="pose"):
+        app.render_view(np.eye(3), k, stream="a")
+
+
+def _u8(rgb) -> np.ndarray:
+    return (np.clip(rgb.detach().cpu().numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def test_any_scene_opens_ply_and_reconstruction_folders(tmp_path):
+    from scene_tools.ply import save_ply
+    from simharmony_viewer.app import load_scene_any, trajectory_through
+
+    gaussians = tiny_scene().background
+    save_ply(gaussians, tmp_path / "scene.ply")
+    (tmp_path / "recon").mkdir()
+    gaussians.save(tmp_path / "recon" / "scene.safetensors")
+    for path in (tmp_path / "scene.ply", tmp_path / "recon"):
+        app = ViewerApp.from_paths(path, None, None)
+        frame = app.render()
+        assert frame.raw.shape == (144, 256, 3) and frame.raw.std() > 5, f"{path}: nothing visible"
+        assert len(app.trajectory) == 40
+    scene, traj = load_scene_any(tmp_path / "recon")
+    assert traj is None and len(trajectory_through(scene, frames=5)) == 5
+    with pytest.raises(MissingFileError, match="no scene at"):
+        load_scene_any(tmp_path)
+
+
+def test_park_asset_at_a_ground_point_and_tracks(bank):
+    from simharmony_viewer.server import client_view, ground_hit, matrix_to_wxyz, wxyz_to_matrix
+
+    app = make_app(bank)
+    iid = app.park_asset(bank.list()[0], 6.0, -1.0)
+    tracks = app.inserted_tracks()
+    assert list(tracks) == [iid] and np.allclose(tracks[iid][:, :2], [6.0, -1.0]) and tracks[iid].shape == (6, 3)
+    # helpers of the server: ray to the ground, viser camera to pose + intrinsics, quaternions
+    assert np.allclose(ground_hit([0, 0, 2], [1, 0, -1]), [2, 0, 0]) and ground_hit([0, 0, 2], [0, 0, 1]) is None
+    r = trajectory().poses[1][:3, :3]
+    assert np.allclose(wxyz_to_matrix(matrix_to_wxyz(r)), r, atol=1e-9)
+    pose, k = client_view([1, 2, 3], matrix_to_wxyz(r), fov_y=math.radians(60), aspect=16 / 9, width_px=320)
+    assert np.allclose(pose[:3, :3], r) and (k.width, k.height) == (320, 180)
+    assert k.fy == pytest.approx(90 / math.tan(math.radians(30)))
