@@ -184,9 +184,15 @@ def viewport_rgb(drv) -> np.ndarray:
 def settled_frame(server, count_before: int, what: str):
     """Wait for a full-resolution frame of the free camera rendered after frame number ``count_before``."""
     wait_for(lambda: server.frames_shown > count_before, what=what)
-    wait_for(lambda: all(c.full_done and not c.dirty for c in server._clients.values()), what=f"{what} at full size")
-    time.sleep(1.0)  # the browser decodes and paints the background
-    return server.last_frame
+    for _ in range(30):  # the browser may echo camera updates: wait until no new frame comes for a second
+        wait_for(lambda: all(c.full_done and not c.dirty for c in server._clients.values()), what=f"{what} at full size")
+        n = server.frames_shown
+        time.sleep(1.0)  # the browser decodes and paints the background
+        last = server.last_frame
+        if server.frames_shown == n and last is not None and last.raw.shape[1] == server.full_width(
+                next(iter(server._clients.values()))):
+            return last
+    raise AssertionError(f"{what}: the frames never settled")
 
 
 def test_free_camera_fills_the_viewport_follows_the_client_camera_and_toggles(free_server, browser, tmp_path):

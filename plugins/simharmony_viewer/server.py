@@ -426,8 +426,7 @@ class ViewerServer:
                 continue
             c.dirty = False
             cam = c.handle.camera
-            canvas = getattr(cam, "image_width", None) or self.app.intrinsics.width * 2
-            width = min(MAX_RENDER_WIDTH, canvas * float(self.resolution_slider.value))
+            width = self.full_width(c)
             if not resting:
                 width /= 2  # moving: half resolution, as nerfview does
             else:
@@ -435,6 +434,11 @@ class ViewerServer:
             pose, k = client_view(cam.position, cam.wxyz, cam.fov, cam.aspect, width)
             frame = self.app.render_view(pose, k, stream=c.stream)
             self._publish(frame, [c.handle])
+
+    def full_width(self, client: _Client) -> int:
+        """The width of a resting client's frames: its canvas times "Resolution", at most MAX_RENDER_WIDTH."""
+        canvas = getattr(client.handle.camera, "image_width", None) or self.app.intrinsics.width * 2
+        return max(16, int(min(MAX_RENDER_WIDTH, canvas * float(self.resolution_slider.value))))
 
     def _publish(self, frame: ViewerFrame, clients: list) -> None:
         for client in clients:
