@@ -25,6 +25,10 @@ do); ``--sequences-only`` keeps only the clean holdout's multi-frame items. ``--
 of holdout sequences fed as one stream with no reset between them (the bench's ``holdout_cuts`` clips, a
 scene cut the caller did not signal): PSNR on B's frames, and its difference to B run on a fresh stream. ``--anchor-limits G M`` sets
 the colour anchor's ``max_log_gain`` / ``max_misfit`` of every model (``EnhancerConfig.anchor_max_*``).
+``--shadow-region`` adds, per stream, the mean squared error in the true cast-shadow region: pixels of the
+item's mask outside the object's own (model) mask where target and input differ (the shadow stream's
+missing shadow), and the same for the input. ``--hint-ablation`` adds, for models that read shadow hints,
+the same weights run without them (what the hint path does over the learned-only path).
 ``--anchor-stats`` prints what the anchor's fit reads (largest |log gain| over channels, misfit) on the
 flicker sequences, the clean sequences and the first frame after each missed cut (how its limits were
 chosen, on ``--holdout data/default``).
@@ -53,10 +57,20 @@ from simharmony.data.shards import ShardDataset
 from simharmony.harmonizer import Harmonizer
 
 
-def model_method(name: str, h: Harmonizer, streaming: bool = True) -> Method:
-    """``h`` as the bench runs it: masks and depth given, one stream per clip (``streaming``) or reset every frame."""
+def model_method(name: str, h: Harmonizer, streaming: bool = True, hints: bool = True) -> Method:
+    """``h`` as the bench runs it: masks, depth and shadow hints given, one stream per clip (``streaming``) or
+    reset every frame."""
     return harmonizer_method(name, name, h, streaming=streaming, kind="ours", source=name, mask_to_model=True,
-                             depth_to_model=True)
+                             depth_to_model=True, hint_to_model=hints)
+
+
+def shadow_region(clip: Clip) -> np.ndarray | None:
+    """[T, H, W] bool: the item's mask outside the object's own mask, where target and input differ."""
+    if clip.mask is None or clip.target is None or clip.model_mask is None:  # no object given: no cast shadow
+        return None
+    own = clip.model_mask
+    differs = np.abs(clip.target - clip.input).max(-1) > 1.5 / 255
+    return (clip.mask > 0.5) & (own < 0.5) & differs
 
 
 def run_clip(method: Method, clip: Clip) -> np.ndarray:
@@ -110,6 +124,8 @@ def main() -> None:
     p.add_argument("--cuts", type=int, default=0, help="pairs of holdout sequences fed without a reset between them")
     p.add_argument("--anchor-limits", type=float, nargs=2, default=None, metavar=("MAX_LOG_GAIN", "MAX_MISFIT"),
                    help="the colour anchor's limits for every model (0 = none)")
+    p.add_argument("--shadow-region", action="store_true", help="also MSE in the true cast-shadow region, per stream")
+    p.add_argument("--hint-ablation", action="store_true", help="also each hint-reading model without its hints")
     p.add_argument("--anchor-stats", action="store_true",
                    help="the anchor's fitted log gain and misfit on flicker / clean sequences and after missed cuts")
     p.add_argument("--threads", type=int, default=1)
@@ -130,6 +146,8 @@ def main() -> None:
                 h.model.config = dataclasses.replace(h.model.config, output_deadzone=level / 255)
             name = m if level is None else f"{m} (deadzone {level:g}/255)"
             models[name] = model_method(name, h)
+            if args.hint_ablation and h.reads_shadow_hint:
+                models[f"{name} (no shadow hint)"] = model_method(f"{name} (no hint)", h, hints=False)
             if getattr(h.model.backbone, "colour_anchor", None) is not None:
                 anchored[name] = h
             if args.context_ablation:
@@ -145,6 +163,8 @@ def main() -> None:
     split: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(4)) for m in models}
     # {model: {stream: [(mean RGB change made in the mask, change needed) per item]}}
     shifts: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
+    # {model: {stream: [squared error in the shadow region, its pixels, same for the input]}}
+    shade: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(3)) for m in models}
     _, clips = holdout_clips(args.holdout, args.max_items, maskless_streams=cfg.maskless_streams) if not args.no_clean else (None, [])
     for clip in clips:
         if args.sequences_only and clip.num_frames < 2:
@@ -159,6 +179,11 @@ def main() -> None:
                 split[name][clip.group] += (se[inside].sum(), inside.sum(), se[~inside].sum(), (~inside).sum())
                 inp = clip.input.astype(np.float64)
                 shifts[name][clip.group].append(((out - inp)[inside].mean(0), (clip.target - inp)[inside].mean(0)))
+            region = shadow_region(clip) if args.shadow_region else None
+            if region is not None and region.any():
+                se_out = ((out.astype(np.float64) - clip.target) ** 2).mean(-1)[region].sum()
+                se_in = ((clip.input.astype(np.float64) - clip.target) ** 2).mean(-1)[region].sum()
+                shade[name][clip.group] += (se_out, region.sum(), se_in)
     flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
     cuts = cut_clips(args.holdout, cfg) if args.cuts else []
     if cuts:  # a cut clip "A|B" is A's frames then B's: B starts after A's frames
@@ -183,6 +208,8 @@ def main() -> None:
             made, needed = np.mean(shifts[name][s], axis=0)
             print(f"  {s} MSE in mask {se_in / max(n_in, 1):.4e} outside {se_out / max(n_out, 1):.4e}; mean RGB change "
                   f"in mask made {np.array2string(made, precision=4, sign='+')} needed {np.array2string(needed, precision=4, sign='+')}")
+        for s, (se, n, se_in) in sorted(shade[name].items()):
+            print(f"  {s} shadow region ({int(n)} px): MSE {se / n:.4e}, input {se_in / n:.4e}, ratio {se / se_in:.3f}")
         if flicker:
             ms = [clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "

@@ -18,6 +18,10 @@ field              shape / dtype   meaning
                                    the motion of inserted objects; zeros for the first frame
 ``flow_valid``     [H, W] bool     pixels whose flow is trustworthy (not occluded, finite depth);
                                    all False for the first frame
+``shadow_hint``    [H, W] f32      where the inserted assets' cast shadows fall, in [0, 1]
+                   or None         (:func:`scene_tools.shadows.shadow_hint`); None when the scene has
+                                   no sun (:attr:`Scene.sun`), no inserted asset, or
+                                   ``RenderConfig.shadow_hints`` is off
 =================  ==============  =============================================================
 
 Everything is produced by one rasterize call per frame: colour channels are
@@ -50,6 +54,7 @@ from scene_tools.assets import Asset, AssetBank
 from scene_tools.cameras import Intrinsics, Trajectory, check_pose, check_poses
 from scene_tools.gaussians import CHECKSUM_KEY, GaussianScene, sh_degree_from_k, tensors_checksum, verify_checksum
 from scene_tools.sh import eval_sh
+from scene_tools.shadows import Caster, Sun, shadow_hint
 from scene_tools.transforms import matrix_to_quat, quat_multiply, quat_to_matrix
 from simharmony.errors import (
     ConfigError,
@@ -86,6 +91,7 @@ class RenderConfig(Config):
     frame_dt: float = 0.1  # time step assumed by render_frame(time=None)
     flow_rel_tol: float = 0.03  # relative depth tolerance of the flow occlusion test
     clamp_rgb: bool = True
+    shadow_hints: bool = True  # compute FrameRender.shadow_hint when the scene has a sun and inserted assets
 
     def __post_init__(self) -> None:
         if len(self.background_color) != 3 or not all(math.isfinite(c) for c in self.background_color):
@@ -278,6 +284,7 @@ class FrameRender:
     intrinsics: Intrinsics
     time: float
     index: int
+    shadow_hint: torch.Tensor | None = None
 
     @property
     def height(self) -> int:
@@ -360,7 +367,9 @@ class _State:
 class Scene:
     """A background Gaussian scene plus inserted assets; renders frames with G-buffers.
 
-    ``intrinsics`` is the default camera for :meth:`render_frame` calls that give none.
+    ``intrinsics`` is the default camera for :meth:`render_frame` calls that give none. ``metadata["sun"]``
+    ({azimuth_deg, elevation_deg}, :class:`~scene_tools.shadows.Sun`) is the scene's sun, which places the
+    inserted assets' shadow hints; scenes of synthetic streets fall back to their ``metadata["lighting"]``.
     """
 
     def __init__(
@@ -383,6 +392,26 @@ class Scene:
         self.intrinsics = intrinsics
         self.objects: list[InsertedObject] = []
         self._state = _State()
+        self.sun = self.sun  # check metadata["sun"] now: a bad one is named here, not mid-render
+
+    @property
+    def sun(self) -> Sun | None:
+        """The scene's sun (z up, azimuth from +x towards +y), or None when unknown."""
+        if self.metadata.get("sun") is not None:
+            return Sun.from_metadata(self.metadata["sun"])
+        light = self.metadata.get("lighting")
+        if isinstance(light, dict) and "sun_azimuth_deg" in light and float(light.get("sun_elevation_deg", 0)) > 0:
+            return Sun(light["sun_azimuth_deg"], light["sun_elevation_deg"])
+        return None
+
+    @sun.setter
+    def sun(self, value: Sun | dict | None) -> None:
+        """Set (a Sun or {azimuth_deg, elevation_deg}) or forget (None) the sun; kept in ``metadata["sun"]``."""
+        sun = Sun.from_metadata(value)
+        if sun is None:
+            self.metadata.pop("sun", None)
+        else:
+            self.metadata["sun"] = sun.to_dict()
 
     # ------------------------------------------------------------------ contents
     @property
@@ -491,11 +520,30 @@ class Scene:
         frame = FrameRender(
             rgb=bufs["rgb"], depth=bufs["depth"], alpha=bufs["alpha"], inserted_mask=bufs["inserted_mask"],
             instance_ids=bufs["instance_ids"], flow=flow, flow_valid=valid, pose=pose, intrinsics=intrinsics,
-            time=time, index=self._state.index,
+            time=time, index=self._state.index, shadow_hint=self._shadow_hint(bufs, pose, intrinsics, time),
         )
         self._state.prev = frame
         self._state.index += 1
         return frame
+
+    def _shadow_hint(self, bufs: dict[str, torch.Tensor], pose: np.ndarray, intr: Intrinsics, time: float) -> torch.Tensor | None:
+        sun = self.sun
+        if not (self.config.shadow_hints and self.objects and sun is not None):
+            return None
+        casters = []
+        for o in self.objects:
+            means, quats, _ = self._placed(o, time)
+            g = o.asset.gaussians
+            casters.append(Caster(means, quats, g.scales, g.opacities))
+        return shadow_hint(casters, sun, bufs["depth"], intr.K, pose, exclude=bufs["inserted_mask"])
+
+    def _placed(self, o: InsertedObject, time: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inserted object ``o`` at ``time``: world means [N, 3], quats [N, 4] and its rotation R [3, 3]."""
+        g = o.asset.gaussians
+        T = torch.as_tensor(o.track.pose_at(time), dtype=torch.float32, device=self.device)
+        R, t = T[:3, :3], T[:3, 3]
+        q = matrix_to_quat(R)[None].expand(len(g), 4)
+        return g.means @ R.T + t, quat_multiply(q, g.quats), R
 
     def _world_gaussians(self, time: float, campos: torch.Tensor) -> dict[str, torch.Tensor]:
         """All Gaussians in world space at ``time`` with colours evaluated for camera centre ``campos`` [3]."""
@@ -509,13 +557,10 @@ class Scene:
             ))
         for o in self.objects:
             g = o.asset.gaussians
-            T = torch.as_tensor(o.track.pose_at(time), dtype=torch.float32, device=self.device)
-            R, t = T[:3, :3], T[:3, 3]
-            means = g.means @ R.T + t
-            q = matrix_to_quat(R)[None].expand(len(g), 4)
+            means, quats, R = self._placed(o, time)
             dirs_local = (means - campos) @ R  # R^T (mean - campos): view direction in the asset frame
             parts.append(dict(
-                means=means, quats=quat_multiply(q, g.quats), scales=g.scales, opacities=g.opacities,
+                means=means, quats=quats, scales=g.scales, opacities=g.opacities,
                 rgb=eval_sh_colors(g.sh, dirs_local), ids=torch.full((len(g),), o.instance_id, dtype=torch.int32,
                                                                       device=self.device),
                 inserted=torch.ones(len(g), device=self.device),

@@ -152,19 +152,27 @@ class Harmonizer:
             del self._streams[oldest]
 
     # -- enhancement --------------------------------------------------------------------------------------
-    def enhance(self, frame, mask=None, depth=None, stream: Hashable = "default", cut: bool = False, clip: bool = False):
+    def enhance(self, frame, mask=None, depth=None, stream: Hashable = "default", cut: bool = False, clip: bool = False,
+                shadow_hint=None):
         """Enhance one frame of ``stream``; returns the same kind, layout and dtype as ``frame``.
 
         frame: numpy [H, W, 3] uint8 or float in [0, 1]; torch [3, H, W] or [H, W, 3] uint8 or float.
         mask: optional [H, W] (or [H, W, 1] / [1, H, W]) bool, uint8 (0..255) or float in [0, 1].
         depth: optional [H, W] z-depth, >= 0, inf = no hit. cut: reset the stream's context first.
+        shadow_hint: optional [H, W] in [0, 1] (as the mask): where inserted objects' cast shadows fall
+        (:func:`scene_tools.shadows.shadow_hint`); read by models built with ``use_shadow_hint``, ignored by others.
         clip: accept finite float frames up to :data:`CLIP_TOLERANCE` outside [0, 1] (3DGS renders overshoot)
         and clip them; frames further out raise InvalidInputError either way.
         Raises NonFiniteError when the enhancer's output is not finite (the stream's context is kept as it was).
         """
         check_hashable(stream, "stream")
         return self.enhance_batch({stream: frame}, masks={stream: mask}, depths={stream: depth},
-                                  cuts={stream} if cut else None, clip=clip)[stream]
+                                  cuts={stream} if cut else None, clip=clip, shadow_hints={stream: shadow_hint})[stream]
+
+    @property
+    def reads_shadow_hint(self) -> bool:
+        """Whether the model takes the shadow hint (others ignore a given one)."""
+        return bool(getattr(self.model.config, "use_shadow_hint", False))
 
     def enhance_batch(
         self,
@@ -173,24 +181,26 @@ class Harmonizer:
         depths: Mapping[Hashable, Any] | None = None,
         cuts: set | None = None,
         clip: bool = False,
+        shadow_hints: Mapping[Hashable, Any] | None = None,
     ) -> dict[Hashable, Any]:
         """Enhance one frame for each stream in ``frames`` ({stream: frame}); returns {stream: output}.
 
         Streams with the same frame size, context length and depth presence run as one batched forward
-        (streams with and without a mask together: ``Enhancer(mask_given=)``). ``masks`` / ``depths`` /
-        ``cuts`` may name only streams of ``frames`` (others raise InvalidInputError naming them).
+        (streams with and without a mask or shadow hint together: ``Enhancer(mask_given=)``). ``masks`` /
+        ``depths`` / ``shadow_hints`` / ``cuts`` may name only streams of ``frames`` (others raise
+        InvalidInputError naming them).
         All inputs are validated before any stream's context is touched, and outputs before any context is
         updated: a non-finite output (NaN / inf in an image or latent) raises NonFiniteError naming its streams.
         """
         if not isinstance(frames, Mapping) or not frames:
             raise InvalidInputError("frames must be a non-empty mapping {stream: frame}")
-        masks, depths, cuts = masks or {}, depths or {}, cuts or set()
-        for what, given in (("masks", masks), ("depths", depths)):
+        masks, depths, hints, cuts = masks or {}, depths or {}, shadow_hints or {}, cuts or set()
+        for what, given in (("masks", masks), ("depths", depths), ("shadow_hints", hints)):
             if not isinstance(given, Mapping):
                 raise InvalidInputError(f"{what} must be a mapping {{stream: value}} or None, got {type(given).__name__}")
         if isinstance(cuts, (str, bytes)) or not isinstance(cuts, Collection):
             raise InvalidInputError(f"cuts must be a set of stream ids or None, got {type(cuts).__name__} {cuts!r}")
-        for what, given in (("masks", masks), ("depths", depths), ("cuts", cuts)):
+        for what, given in (("masks", masks), ("depths", depths), ("shadow_hints", hints), ("cuts", cuts)):
             unknown = [s for s in given if s not in frames]
             if unknown:
                 raise InvalidInputError(f"{what} names streams {unknown!r} that are not in frames "
@@ -201,9 +211,10 @@ class Harmonizer:
             hw = tuple(p.x.shape[-2:])
             m = _prepare_map(masks.get(s), hw, "mask", self.device)
             d = _prepare_map(depths.get(s), hw, "depth", self.device)
-            prepared[s] = (p, m, d)
+            sh = _prepare_map(hints.get(s), hw, "shadow hint", self.device)
+            prepared[s] = (p, m, d, sh if self.reads_shadow_hint else None)
         groups: dict[tuple, list] = {}
-        for s, (p, m, d) in prepared.items():
+        for s, (p, m, d, _) in prepared.items():
             state = self._state(s, tuple(p.x.shape[-2:]), s in cuts)
             key = (tuple(p.x.shape[-2:]), len(state.context), d is not None)
             groups.setdefault(key, []).append(s)
@@ -213,9 +224,11 @@ class Harmonizer:
                 x = torch.stack([prepared[s][0].x for s in names]).to(self.dtype)
                 mask, given = _batched_masks([prepared[s][1] for s in names], hw, self.dtype, self.device)
                 depth = torch.stack([prepared[s][2] for s in names]).to(self.dtype) if has_d else None
+                hint, hint_given = _batched_masks([prepared[s][3] for s in names], hw, self.dtype, self.device)
                 states = [self._streams[s] for s in names]
                 past, past_kv = _batched_context(states) if n_past else (None, None)
-                out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv, mask_given=given)
+                extra = {"shadow_hint": hint, "shadow_hint_given": hint_given} if hint is not None else {}
+                out, z = self.model(x, past, mask=mask, depth=depth, past_kv=past_kv, mask_given=given, **extra)
                 if self.reencode_context:
                     z = self.model.encode(out)
                 results.append((names, states, out, z))
@@ -351,7 +364,7 @@ def _check_size(h: int, w: int) -> None:
 
 
 def _prepare_map(value, hw: tuple[int, int], what: str, device: torch.device) -> torch.Tensor | None:
-    """Mask or depth of any accepted kind -> [1, H, W] float32 on ``device`` (None stays None)."""
+    """Mask, shadow hint or depth of any accepted kind -> [1, H, W] float32 on ``device`` (None stays None)."""
     if value is None:
         return None
     if isinstance(value, np.ndarray):
@@ -372,17 +385,17 @@ def _prepare_map(value, hw: tuple[int, int], what: str, device: torch.device) ->
         raise ShapeMismatchError(f"{what} must be [H, W] (or [H, W, 1] / [1, H, W]), got shape {tuple(t.shape)}")
     if tuple(t.shape) != hw:
         raise ShapeMismatchError(f"{what} size {tuple(t.shape)} does not match the frame size {hw}")
-    if what == "mask":
+    if what != "depth":
         if t.dtype == torch.uint8:
             if int(t.max()) == 1:  # 0/1 would read as 0..1/255: almost no mask, silently
-                raise InvalidInputError("uint8 mask holds only 0 and 1, but uint8 masks are read as 0..255: pass "
-                                        "mask * 255, a bool mask or a float mask in [0, 1]")
+                raise InvalidInputError(f"uint8 {what} holds only 0 and 1, but uint8 maps are read as 0..255: pass "
+                                        f"{what} * 255, a bool map or a float map in [0, 1]")
             t = t.float() / 255.0
         elif not t.is_floating_point():
-            raise InvalidInputError(f"mask dtype must be bool, uint8 or float in [0, 1], got {t.dtype}")
-        _check_finite(t, "mask")
+            raise InvalidInputError(f"{what} dtype must be bool, uint8 or float in [0, 1], got {t.dtype}")
+        _check_finite(t, what)
         if float(t.min()) < 0 or float(t.max()) > 1:
-            raise InvalidInputError(f"float mask must be in [0, 1], got [{float(t.min()):.4g}, {float(t.max()):.4g}]")
+            raise InvalidInputError(f"float {what} must be in [0, 1], got [{float(t.min()):.4g}, {float(t.max()):.4g}]")
     else:
         if not t.is_floating_point():
             t = t.float()

@@ -15,10 +15,12 @@ What the render callable may return (:data:`RenderResult`):
 
 - a frame: numpy [H, W, 3] uint8 or float in [0, 1]; torch [3, H, W] or [H, W, 3] uint8 or float;
 - a mapping with ``"rgb"`` (a frame) and optionally ``"mask"`` (or ``"inserted_mask"``) [H, W],
-  ``"depth"`` [H, W] (inf = no hit) and ``"pose"`` [4, 4] camera-to-world (:class:`RenderOutput`); a
-  shallow copy comes back with ``"rgb"`` enhanced (plus ``"rgb_raw"`` when ``keep_raw=True``);
+  ``"depth"`` [H, W] (inf = no hit), ``"shadow_hint"`` [H, W] in [0, 1] (where inserted objects' shadows
+  fall, :func:`scene_tools.shadows.shadow_hint`) and ``"pose"`` [4, 4] camera-to-world
+  (:class:`RenderOutput`); a shallow copy comes back with ``"rgb"`` enhanced (plus ``"rgb_raw"`` when
+  ``keep_raw=True``);
 - an object with an ``rgb`` attribute (e.g. ``scene_tools.scene.FrameRender``, which also has
-  ``inserted_mask``, ``depth`` and ``pose``); a shallow copy comes back with ``rgb`` enhanced.
+  ``inserted_mask``, ``depth``, ``shadow_hint`` and ``pose``); a shallow copy comes back with ``rgb`` enhanced.
 
 Streams: one temporal stream per camera. The camera id is, in order, the ``camera_id=`` keyword of the
 call (consumed by the wrapper, never passed on), ``camera_key(camera, *args, **kwargs)``, or "default".
@@ -75,6 +77,7 @@ class RenderOutput(TypedDict, total=False):
     rgb: Frame
     mask: Frame  # [H, W] inserted-asset mask in [0, 1] (bool/uint8/float)
     depth: Frame  # [H, W] z-depth in metres, inf = no hit
+    shadow_hint: Frame  # [H, W] in [0, 1]: where inserted objects' cast shadows fall (models that read it)
     pose: Any  # [4, 4] (or [3, 4]) camera-to-world, used for teleport detection
 
 
@@ -101,6 +104,7 @@ class PluginConfig(Config):
     clip_input: bool = True  # clip float frames up to CLIP_TOLERANCE (0.25) outside [0, 1] (3DGS overshoot); further out fails
     use_mask: bool | None = None  # pass the mask on; None = when the model accepts one
     use_depth: bool | None = None  # pass depth on; None = when the model accepts it
+    use_shadow_hint: bool | None = None  # pass the shadow hint on; None = when the model reads one
     keep_raw: bool = False  # mapping results also get "rgb_raw"
     timing_window: int = 10000  # per camera, how many recent frames the timing medians cover
     max_cameras: int = 64  # cameras tracked at once; the least recently used one is dropped beyond this
@@ -209,6 +213,7 @@ class _Parts:
     depth: Any
     pose: np.ndarray | None
     rebuild: Callable[[Any], Any]  # enhanced rgb -> result of the caller's kind
+    shadow_hint: Any = None
 
 
 def _split(result: Any, keep_raw: bool) -> _Parts:
@@ -227,7 +232,8 @@ def _split(result: Any, keep_raw: bool) -> _Parts:
                 out["rgb_raw"] = result["rgb"]
             return out
 
-        return _Parts(result["rgb"], mask, result.get("depth"), as_pose(result.get("pose")), rebuild_map)
+        return _Parts(result["rgb"], mask, result.get("depth"), as_pose(result.get("pose")), rebuild_map,
+                      result.get("shadow_hint"))
     if hasattr(result, "rgb"):
         mask = getattr(result, "mask", None)
         if mask is None:
@@ -239,7 +245,7 @@ def _split(result: Any, keep_raw: bool) -> _Parts:
             return out
 
         return _Parts(result.rgb, mask, getattr(result, "depth", None), as_pose(getattr(result, "pose", None)),
-                      rebuild_obj)
+                      rebuild_obj, getattr(result, "shadow_hint", None))
     raise InvalidInputError(
         "render result must be a frame (numpy [H, W, 3] / torch [3, H, W] or [H, W, 3]), a mapping with 'rgb', "
         f"or an object with an rgb attribute; got {type(result).__name__}"
@@ -290,6 +296,8 @@ class HarmonizedRenderer:
         mcfg = self.harmonizer.model.config
         self._pass_mask = mcfg.use_mask if self.config.use_mask is None else (self.config.use_mask and mcfg.use_mask)
         self._pass_depth = mcfg.use_depth if self.config.use_depth is None else (self.config.use_depth and mcfg.use_depth)
+        reads_hint = self.harmonizer.reads_shadow_hint
+        self._pass_hint = reads_hint if self.config.use_shadow_hint is None else (self.config.use_shadow_hint and reads_hint)
         self._enabled = check_flag(enabled, "enabled")
         self._cams: OrderedDict[Hashable, _CameraState] = OrderedDict()
         self._failures: dict[str, int] = {}
@@ -446,7 +454,7 @@ class HarmonizedRenderer:
                 out = self.harmonizer.enhance(
                     parts.rgb, mask=parts.mask if self._pass_mask else None,
                     depth=parts.depth if self._pass_depth else None, stream=cid, cut=reason is not None,
-                    clip=self.config.clip_input,
+                    clip=self.config.clip_input, shadow_hint=parts.shadow_hint if self._pass_hint else None,
                 )
                 self._sync()
                 enhanced = parts.rebuild(out)

@@ -57,7 +57,8 @@ class SimFrame:
 
     raw / harmonized: [H, W, 3] float32 in [0, 1] (harmonized is raw when the enhancer is off, absent or
     failed on this frame: see ``enhanced``); depth: [H, W] float32 z-depth, inf = no hit; inserted_mask:
-    [H, W] float32 in [0, 1]; pose: [4, 4] camera-to-world (OpenCV).
+    [H, W] float32 in [0, 1]; pose: [4, 4] camera-to-world (OpenCV); shadow_hint: [H, W] float32 in [0, 1]
+    where the inserted assets' shadows fall, or None (the scene has no sun or no inserted asset).
     """
 
     index: int
@@ -71,6 +72,7 @@ class SimFrame:
     render_ms: float
     enhance_ms: float | None
     gbuffers: FrameRender
+    shadow_hint: np.ndarray | None = None
 
     @property
     def intrinsics(self) -> Intrinsics:
@@ -259,7 +261,8 @@ class Simulator:
     # ------------------------------------------------------------------ rendering
     def _render_raw(self, pose: np.ndarray, time_s: float | None, intrinsics: Intrinsics) -> dict[str, Any]:
         f = self.scene.render_frame(pose, time_s, intrinsics)
-        return {"rgb": f.rgb, "mask": f.inserted_mask, "depth": f.depth, "pose": f.pose, "frame": f}
+        return {"rgb": f.rgb, "mask": f.inserted_mask, "depth": f.depth, "shadow_hint": f.shadow_hint, "pose": f.pose,
+                "frame": f}
 
     def step(self, pose: np.ndarray, time: float | None = None, intrinsics: Intrinsics | None = None,
              camera_id: str | None = None) -> SimFrame:
@@ -294,6 +297,7 @@ class Simulator:
             index=f.index, time=f.time, pose=f.pose, raw=raw, harmonized=_to_numpy(out["rgb"]) if enhanced else raw,
             depth=_to_numpy(f.depth), inserted_mask=_to_numpy(f.inserted_mask), enhanced=enhanced,
             render_ms=float(render_ms), enhance_ms=enhance_ms, gbuffers=f,
+            shadow_hint=None if f.shadow_hint is None else _to_numpy(f.shadow_hint),
         )
 
     def render(self, trajectory: Trajectory, progress: bool | None = None) -> SimSequence:

@@ -306,3 +306,51 @@ def test_park_asset_at_a_ground_point_and_tracks(bank):
     pose, k = client_view([1, 2, 3], matrix_to_wxyz(r), fov_y=math.radians(60), aspect=16 / 9, width_px=320)
     assert np.allclose(pose[:3, :3], r) and (k.width, k.height) == (320, 180)
     assert k.fy == pytest.approx(90 / math.tan(math.radians(30)))
+
+
+def test_sun_control_gives_inserted_assets_a_shadow_hint_that_reaches_the_enhancer(bank):
+    app = make_app(bank, insert_lateral_m=1.0, insert_forward_m=6.0, insert_speed_scale=0.0)
+    app.insert_asset(app.asset_ids[0])
+    seen = []
+    real = app.harmonizer.enhance
+    app.harmonizer.enhance = lambda *a, **kw: seen.append(kw.get("shadow_hint")) or real(*a, **kw)
+    app.set_harmonize(True)
+    assert app.sun is None
+    app.render()
+    assert seen[-1] is None  # no sun: no hint
+    app.set_sun(90.0, 30.0)  # low sun on the left: the post's shadow falls to the right on the ground
+    assert app.sun.azimuth_deg == 90.0
+    app.render()
+    hint = seen[-1]
+    assert hint is not None and float(hint.max()) > 0.5
+    app.set_sun(None)
+    app.render()
+    assert app.sun is None and seen[-1] is None
+    with pytest.raises(InvalidInputError, match="elevation"):
+        app.set_sun(10.0, -3.0)
+
+
+def test_server_sun_controls_set_the_scene_sun(bank):
+    pytest.importorskip("viser")
+    from simharmony_viewer.server import ViewerServer
+
+    app = make_app(bank)
+    srv = ViewerServer(app, port=free_port())
+    try:
+        assert srv.wait_for_frames(1, timeout=60)
+        assert not srv.sun_cb.value and srv.sun_az.disabled
+        srv.sun_az.value = 200.0
+        srv.sun_cb.value = True  # as if clicked: runs the on_update callback
+        for _ in range(50):  # the callback runs on viser's thread pool
+            if app.sun is not None:
+                break
+            srv.wait_for_frames(srv.frames_shown + 1, timeout=0.2)
+        assert app.sun is not None and app.sun.azimuth_deg == 200.0 and not srv.sun_az.disabled
+        srv.sun_cb.value = False
+        for _ in range(50):
+            if app.sun is None:
+                break
+            srv.wait_for_frames(srv.frames_shown + 1, timeout=0.2)
+        assert app.sun is None
+    finally:
+        srv.stop()

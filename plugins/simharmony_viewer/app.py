@@ -287,6 +287,20 @@ class ViewerApp:
             self._version += 1
             return iid
 
+    @property
+    def sun(self):
+        """The scene's sun (:class:`scene_tools.shadows.Sun`) or None: it places inserted assets' shadow hints."""
+        return self.scene.sun
+
+    def set_sun(self, azimuth_deg: float | None, elevation_deg: float | None = None) -> None:
+        """Set the scene's sun (degrees; z up, azimuth from +x towards +y), or forget it with None."""
+        from scene_tools.shadows import Sun
+
+        sun = None if azimuth_deg is None else Sun(azimuth_deg, elevation_deg)  # InvalidInputError names a bad angle
+        with self._lock:
+            self.scene.sun = sun
+            self._version += 1  # renders and enhancer contexts are from the old light
+
     def park_asset(self, asset_id: str, x: float, y: float) -> int:
         """Insert bank asset ``asset_id`` parked on the ground at (x, y), facing along the recorded path."""
         from scene_tools.scene import yaw_pose
@@ -406,7 +420,8 @@ class ViewerApp:
         """(harmonized uint8 or None, ms, status note); enhancer errors show the raw frame and say why."""
         t0 = time.perf_counter()
         try:
-            out = self.harmonizer.enhance(fr.rgb, mask=fr.inserted_mask, depth=fr.depth, stream=stream, cut=cut)
+            out = self.harmonizer.enhance(fr.rgb, mask=fr.inserted_mask, depth=fr.depth, stream=stream, cut=cut,
+                                          shadow_hint=fr.shadow_hint)
         except (SimHarmonyError, RuntimeError, ValueError) as e:  # never take the viewer down
             self.harmonizer.reset(stream)
             msg = f"{type(e).__name__}: {e}"

@@ -229,6 +229,14 @@ class ViewerServer:
         self.insert_click_btn = gui.add_button("Insert at click", disabled=not ids,
                                                hint="then click the ground: the asset is parked there")
         self.remove_btn = gui.add_button("Remove inserted", disabled=True)
+        sun = app.sun
+        self.sun_cb = gui.add_checkbox("Sun known", initial_value=sun is not None,
+                                       hint="inserted assets get a shadow hint from this sun (enhancers that read it)")
+        self.sun_az = gui.add_slider("Sun azimuth (deg)", min=0.0, max=360.0, step=5.0,
+                                     initial_value=sun.azimuth_deg if sun else 150.0, disabled=sun is None,
+                                     hint="in the ground plane, from +x towards +y")
+        self.sun_el = gui.add_slider("Sun elevation (deg)", min=5.0, max=90.0, step=1.0,
+                                     initial_value=sun.elevation_deg if sun else 40.0, disabled=sun is None)
         self.warning_md = gui.add_markdown(f"**Warning:** {app.warning}" if app.warning else "", visible=bool(app.warning))
 
         @self.harmonize_cb.on_update
@@ -272,6 +280,14 @@ class ViewerServer:
         def _(_event) -> None:
             self._apply(app.remove_inserted)
             self._after_scene_change()
+
+        def set_sun(_event) -> None:
+            on = bool(self.sun_cb.value)
+            self.sun_az.disabled = self.sun_el.disabled = not on
+            self._apply(lambda: app.set_sun(float(self.sun_az.value) if on else None, float(self.sun_el.value)))
+
+        for control in (self.sun_cb, self.sun_az, self.sun_el):
+            control.on_update(set_sun)
 
     def _apply(self, change) -> None:
         try:

@@ -2,7 +2,8 @@
 
 A method is a :class:`Method`: ``reset()`` starts a new clip (stream), ``__call__(frame, mask, depth)``
 enhances one frame: frame [H, W, 3] float32 in [0, 1], mask [H, W] float32 | None, depth [H, W] | None
--> [H, W, 3] float32 in [0, 1]. A method that could not be built is a :class:`Unavailable` entry with
+-> [H, W, 3] float32 in [0, 1]. Methods built with ``takes_shadow_hint`` also get the clip's shadow hint
+([H, W] | None) as ``shadow_hint=``. A method that could not be built is a :class:`Unavailable` entry with
 the reason, so the report says "not available" instead of failing.
 
 Methods (names as in the report):
@@ -50,12 +51,14 @@ class Method:
     source: str = ""  # weights folder or module the method came from
     note: str = ""
     device: str = "cpu"
+    takes_shadow_hint: bool = False
 
     def reset(self) -> None:
         self.reset_fn()
 
-    def __call__(self, frame: np.ndarray, mask: np.ndarray | None = None, depth: np.ndarray | None = None) -> np.ndarray:
-        out = self.fn(frame, mask, depth)
+    def __call__(self, frame: np.ndarray, mask: np.ndarray | None = None, depth: np.ndarray | None = None,
+                 shadow_hint: np.ndarray | None = None) -> np.ndarray:
+        out = self.fn(frame, mask, depth, shadow_hint=shadow_hint) if self.takes_shadow_hint else self.fn(frame, mask, depth)
         return _as_frame(out, frame.shape)
 
 
@@ -123,18 +126,21 @@ def load_harmonizer(folder: str | Path, device: str):
 
 
 def harmonizer_method(name: str, label: str, harmonizer, *, streaming: bool, kind: str, source: str,
-                      mask_to_model: bool, depth_to_model: bool, ema_alpha: float | None = None, note: str = "") -> Method:
+                      mask_to_model: bool, depth_to_model: bool, ema_alpha: float | None = None, note: str = "",
+                      hint_to_model: bool = True) -> Method:
     """Wrap a Harmonizer: ``streaming`` keeps the temporal context within a clip, else it is reset every frame;
-    ``ema_alpha`` smooths the outputs with an EMA over the clip."""
+    ``ema_alpha`` smooths the outputs with an EMA over the clip; ``hint_to_model``: pass clips' shadow hints
+    (to models that read them)."""
     ema = EmaSmoother(ema_alpha) if ema_alpha is not None else None
     stream = f"bench-{name}"
     state = {"first": True}
 
-    def run(frame, mask, depth):
+    def run(frame, mask, depth, shadow_hint=None):
         cut = state["first"] or not streaming
         state["first"] = False
         out = harmonizer.enhance(frame, mask=mask if mask_to_model else None,
-                                 depth=depth if depth_to_model else None, stream=stream, cut=cut)
+                                 depth=depth if depth_to_model else None, stream=stream, cut=cut,
+                                 shadow_hint=shadow_hint if hint_to_model else None)
         return ema(out) if ema is not None else out
 
     def reset():
@@ -143,7 +149,8 @@ def harmonizer_method(name: str, label: str, harmonizer, *, streaming: bool, kin
         if ema is not None:
             ema.reset()
 
-    return Method(name, label, run, reset, kind=kind, source=source, note=note, device=str(harmonizer.device))
+    return Method(name, label, run, reset, kind=kind, source=source, note=note, device=str(harmonizer.device),
+                  takes_shadow_hint=hint_to_model and harmonizer.reads_shadow_hint)
 
 
 def resolve_ours(model: str, untrained_fallback: bool, untrained_config: dict, device: str):
@@ -226,7 +233,8 @@ def run_method(method: Method, clip) -> tuple[np.ndarray, float]:
     for t in range(clip.num_frames):
         mask = None if clip.model_mask is None else clip.model_mask[t]
         depth = None if clip.depth is None else clip.depth[t]
-        outs.append(method(clip.input[t], mask, depth))
+        hint = None if clip.shadow_hint is None else clip.shadow_hint[t]
+        outs.append(method(clip.input[t], mask, depth, shadow_hint=hint))
     return np.stack(outs), (time.perf_counter() - t0) * 1e3 / clip.num_frames
 
 

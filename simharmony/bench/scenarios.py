@@ -52,6 +52,7 @@ class Clip:
     - ``model_mask`` [T, H, W] | None: the mask the methods are given (None: they get none)
     - ``depth`` [T, H, W] | None (inf = no hit), ``flow`` [T, H, W, 2] backward flow t -> t-1 in pixels
       (entry 0 unused) and ``flow_valid`` [T, H, W] bool, for the warping error
+    - ``shadow_hint`` [T, H, W] | None: where the inserted object's shadow falls (given to methods that take it)
     """
 
     id: str
@@ -63,6 +64,7 @@ class Clip:
     depth: np.ndarray | None = None
     flow: np.ndarray | None = None
     flow_valid: np.ndarray | None = None
+    shadow_hint: np.ndarray | None = None
 
     @property
     def num_frames(self) -> int:
@@ -149,7 +151,7 @@ def holdout_clips(folder: str | Path, max_items_per_stream: int = 0, mask_to_mod
                 id=ds.records[i]["id"], group=it.stream, input=it.input, target=it.target, mask=it.mask,
                 model_mask=_model_mask(it, mask_to_model, maskless_streams),
                 depth=it.depth if it.metadata.get("has_depth", True) else None, flow=it.flow,
-                flow_valid=it.flow_valid,
+                flow_valid=it.flow_valid, shadow_hint=it.shadow_hint,
             )
 
     return len(picked), clips()

@@ -14,6 +14,8 @@ A :class:`PairItem` is one image (T = 1) or one short sequence (default T = 5) o
   everything in it must be JSON-serialisable (it goes into the shard manifest).
 - ``asset_mask`` optional [T, H, W] float32 in [0, 1]: the inserted object's own coverage, on items whose
   ``mask`` is cut out with the target's help (the shadow stream): the mask a simulator would give there.
+- ``shadow_hint`` optional [T, H, W] float32 in [0, 1]: where the inserted object's cast shadow falls,
+  computed from the object, the sun and the depth as at run time (:func:`scene_tools.shadows.shadow_hint`).
 
 The mask means one thing in every stream: **the inserted object, as a simulator gives it** (its soft
 coverage; all zero = nothing was inserted). That is what models are given (:meth:`PairItem.model_mask`). Where
@@ -51,7 +53,7 @@ import numpy as np
 from simharmony.errors import InvalidInputError, NonFiniteError, ShapeMismatchError
 
 ARRAY_FIELDS = ("input", "target", "mask", "depth", "flow", "flow_valid")
-OPTIONAL_ARRAY_FIELDS = ("asset_mask",)
+OPTIONAL_ARRAY_FIELDS = ("asset_mask", "shadow_hint")
 REQUIRED_METADATA = {"stream": str, "params": dict, "seed": int, "scene_id": str}
 # Streams whose item mask is cut out with the target's help (the cast shadow's extent; where a
 # reconstruction is wrong): a simulator could not give it, so models are never shown it (training:
@@ -92,6 +94,7 @@ class PairItem:
     flow_valid: np.ndarray
     metadata: dict = field(default_factory=dict)
     asset_mask: np.ndarray | None = None
+    shadow_hint: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.input = _as_array("input", self.input, np.float32)
@@ -105,14 +108,15 @@ class PairItem:
             "flow": (T, H, W, 2),
             "flow_valid": (T, H, W),
         }
-        if self.asset_mask is not None:
-            expected["asset_mask"] = (T, H, W)
+        for name in OPTIONAL_ARRAY_FIELDS:
+            if getattr(self, name) is not None:
+                expected[name] = (T, H, W)
         for name, shape in expected.items():
             arr = _as_array(name, getattr(self, name), bool if name == "flow_valid" else np.float32)
             if arr.shape != shape:
                 raise ShapeMismatchError(f"PairItem.{name} must be {list(shape)} to match input, got {list(arr.shape)}")
             setattr(self, name, arr)
-        for name in ("input", "target", "mask", "asset_mask"):
+        for name in ("input", "target", "mask") + OPTIONAL_ARRAY_FIELDS:
             arr = getattr(self, name)
             if arr is None:
                 continue
@@ -176,8 +180,8 @@ class PairItem:
         flow, valid = self.flow[sl].copy(), self.flow_valid[sl].copy()
         flow[0], valid[0] = 0.0, False
         md = dict(self.metadata, frame_start=int(start) + int(self.metadata.get("frame_start", 0)))
-        asset = None if self.asset_mask is None else self.asset_mask[sl]
-        return PairItem(self.input[sl], self.target[sl], self.mask[sl], self.depth[sl], flow, valid, md, asset)
+        optional = {n: None if getattr(self, n) is None else getattr(self, n)[sl] for n in OPTIONAL_ARRAY_FIELDS}
+        return PairItem(self.input[sl], self.target[sl], self.mask[sl], self.depth[sl], flow, valid, md, **optional)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Every array field the item has (the optional ones only when present)."""

@@ -9,7 +9,7 @@ Layout of a dataset folder::
       shards/<stream>-<chunk>.safetensors   the items' arrays under "<item id>/<field>" keys
       shards/<stream>-<chunk>.yaml          that shard's record: bytes, sha256, manifest lines
 
-Stored dtypes: input/target/mask and the optional asset_mask uint8 (value * 255, rounded), depth float16
+Stored dtypes: input/target/mask and the optional asset_mask and shadow_hint uint8 (value * 255, rounded), depth float16
 (inf kept), flow float16 (pixels; ~0.03 px resolution below 64 px of motion), flow_valid uint8. An item's ``sha256`` hashes its
 stored arrays (name, dtype, shape, bytes, in sorted key order). The manifest hash (dataset version) is
 the sha256 of the sorted manifest lines (compact, key-sorted JSON), so it depends on content only.
@@ -62,7 +62,7 @@ FORMAT = "simharmony.pair_shards"
 FORMAT_VERSION = 1
 
 _STORED = {  # field -> stored dtype
-    "input": np.uint8, "target": np.uint8, "mask": np.uint8, "asset_mask": np.uint8,
+    "input": np.uint8, "target": np.uint8, "mask": np.uint8, "asset_mask": np.uint8, "shadow_hint": np.uint8,
     "depth": np.float16, "flow": np.float16, "flow_valid": np.uint8,
 }
 
@@ -475,7 +475,7 @@ class ShardDataset:
     ``ds[i]`` -> dict of torch tensors ``input``/``target`` [T, H, W, 3] float32, ``mask``/``depth``
     [T, H, W], ``flow`` [T, H, W, 2], ``flow_valid`` [T, H, W] bool, ``asset_mask`` [T, H, W] (zeros where
     the item has none) with ``has_asset_mask`` [] bool (so items with and without stack into one batch),
-    plus ``id`` and ``stream`` strings.
+    ``shadow_hint`` [T, H, W] with ``has_shadow_hint`` [] bool likewise, plus ``id`` and ``stream`` strings.
     ``ds[(i, start, length)]`` serves frames [start, start + length) of item i (flow reset at the first).
     ``streams`` keeps only these streams.
     """
@@ -582,9 +582,10 @@ class ShardDataset:
             i = as_finite_number(key, "item index", integer=True)
             item = self.load_item(i)
         out: dict[str, Any] = {name: torch.from_numpy(np.ascontiguousarray(getattr(item, name))) for name in ARRAY_FIELDS}
-        has_asset = item.asset_mask is not None
-        out["asset_mask"] = torch.from_numpy(item.asset_mask) if has_asset else torch.zeros_like(out["mask"])
-        out["has_asset_mask"] = torch.tensor(has_asset)
+        for name, flag in (("asset_mask", "has_asset_mask"), ("shadow_hint", "has_shadow_hint")):
+            value = getattr(item, name)
+            out[name] = torch.from_numpy(value) if value is not None else torch.zeros_like(out["mask"])
+            out[flag] = torch.tensor(value is not None)
         out["id"] = self.records[i]["id"]
         out["stream"] = item.stream
         return out

@@ -19,7 +19,10 @@ image (one random frame, T = 1) or, with probability ``sequence_prob``, the whol
   mapped -> input; the full render -> target. Mask = the object's coverage, union where the target is
   darker than the input by more than ``shadow_threshold`` (its cast shadow), dilated by a pixel; outside
   the mask the input is the target (the renders differ there only by Monte Carlo noise). ``asset_mask`` =
-  the object's coverage alone, dilated by a pixel: the mask a simulator would give.
+  the object's coverage alone, dilated by a pixel: the mask a simulator would give. ``shadow_hint`` = where
+  the object's shadow falls by shadow mapping (:func:`scene_tools.shadows.shadow_hint`: the object's mesh as
+  Gaussians, the street's sun moved by a random ``hint_sun_jitter_deg`` error, the target's depth), as a
+  simulator computes it at run time.
 - ``rpb``: Random Poisson Blending (R2R): the object is Poisson-blended (``cv2.seamlessClone``) onto a
   random region of a reference image (the same frame index of the generator's next street, under other
   lighting), the blended foreground F_p is mixed ``alpha * F_p + (1 - alpha) * F_t`` and pasted back
@@ -335,16 +338,22 @@ class ShadowStreamConfig(_StreamCommon, Config):
       1.5-4.5, sky 0.25-0.7)
     - ``shadow_threshold``: display-space luma drop (default 0.03) above which a pixel counts as shadow;
       ``shadow_min_pixels`` (default 4): items whose object casts fewer visible shadow pixels are skipped
+    - ``hint_sun_jitter_deg``: standard deviation of the error on the sun's azimuth and elevation (degrees)
+      with which the item's ``shadow_hint`` is computed (default 4: a model trained on it tolerates an
+      imperfect sun estimate; the holdout preset uses 0, the exact sun)
     """
 
     items_per_scene: int = 2
     shadow_threshold: float = 0.03
     shadow_min_pixels: int = 4
+    hint_sun_jitter_deg: float = 4.0
 
     def __post_init__(self) -> None:
         self._check_common()
         if not 0 < self.shadow_threshold < 1:
             raise ConfigError(f"ShadowStreamConfig: shadow_threshold={self.shadow_threshold} must be in (0, 1)")
+        if not 0 <= self.hint_sun_jitter_deg <= 45:
+            raise ConfigError(f"ShadowStreamConfig: hint_sun_jitter_deg={self.hint_sun_jitter_deg} must be in [0, 45]")
 
 
 def open_2x2(binary: np.ndarray) -> np.ndarray:
@@ -377,6 +386,7 @@ def shadow_mask(inp: np.ndarray, target: np.ndarray, obj_alpha: np.ndarray, thre
 
 def _make_shadow(config: ShadowStreamConfig, seed: int, scene: _Scene, rng: np.random.Generator, index: int) -> PairItem | None:
     from scene_tools.pbr import render_street, tonemap
+    from scene_tools.shadows import Sun
 
     idx = _item_frames(scene, rng, config.sequence_prob)
     cands = _candidates(scene, config.categories, idx, config.min_object_pixels)
@@ -404,8 +414,29 @@ def _make_shadow(config: ShadowStreamConfig, seed: int, scene: _Scene, rng: np.r
         })
         # the object's own coverage: the mask a simulator inserting it gives (``mask`` needs the target)
         asset = coverage_mask(fg.alpha, dilate=1)
-        return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md, asset_mask=asset)
+        # its own generator: the hint's sun error leaves the item's other draws (and so its pixels) as they were
+        sun = Sun(layout.lighting.sun_azimuth_deg, max(layout.lighting.sun_elevation_deg, 1.0)).jittered(
+            np.random.default_rng([int(seed), int(index), 0x5AD0]), config.hint_sun_jitter_deg)
+        hint = object_shadow_hint(layout, obj, sun, fr.depth[idx], fr.trajectory, idx, asset)
+        md["params"]["hint_sun"] = sun.to_dict()
+        return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md, asset_mask=asset, shadow_hint=hint)
     return None
+
+
+def object_shadow_hint(layout, obj: int, sun, depth: np.ndarray, trajectory, idx: list[int],
+                       exclude: np.ndarray) -> np.ndarray:
+    """[T, H, W] shadow hint of street object ``obj`` (its mesh as Gaussians at each frame's time) in frames
+    ``idx`` of ``trajectory`` with the items' ``depth`` [T, H, W], scaled down on ``exclude`` (its coverage)."""
+    from scene_tools.shadows import mesh_caster, shadow_hint
+
+    o = layout.object(obj)
+    mesh = o.mesh
+    out = []
+    for k, i in enumerate(idx):
+        caster = mesh_caster(mesh, o.pose(float(trajectory.times[i])))
+        out.append(shadow_hint([caster], sun, depth[k], trajectory.intrinsics_at(i).K, trajectory.poses[i],
+                               exclude=exclude[k]).numpy())
+    return np.stack(out).astype(np.float32)
 
 
 def generate_shadow(config: ShadowStreamConfig | None = None, seed: int = 0, count: int | None = None) -> Iterator[PairItem]:
@@ -655,9 +686,9 @@ def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, c
 
 # Bumped when a stream's items change for the same config and seed (2: shadow items carry asset_mask; 3:
 # re-insertion and novel-view reconstructions no longer depend on the thread count; 4: re-insertion's
-# background is reconstructed without the object, so its shadow is missing from the input), so caches of
-# generated items (the bench's smoke holdout) are made anew.
-ITEMS_REVISION = 4
+# background is reconstructed without the object, so its shadow is missing from the input; 5: shadow items
+# carry shadow_hint), so caches of generated items (the bench's smoke holdout) are made anew.
+ITEMS_REVISION = 5
 def psnr_in_mask(inp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
     """PSNR (dB) of ``inp`` vs ``target`` [..., H, W, 3] inside ``mask`` [..., H, W], pooled over all frames:
     :func:`simharmony.metrics.fpsnr` of the frames stacked into one image; inf if identical inside the

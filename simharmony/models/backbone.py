@@ -70,6 +70,7 @@ class EnhancerConfig(Config):
     context_frames: int = 4  # K: most past latents the model attends to
     use_mask: bool = True  # accept an inserted-asset mask channel (optional at run time)
     use_depth: bool = True  # accept a depth channel (optional at run time)
+    use_shadow_hint: bool = False  # accept a cast-shadow hint channel (optional; scene_tools.shadows)
     depth_scale: float = 10.0  # depth d (metres) enters as s / (s + d): 1 at the camera, 0 at infinity
     maca: bool = False  # mask-aware adaptive channel attention on the mask path
     null_timestep: int = 999  # the fixed timestep whose embedding is the "null" time buffer
@@ -129,7 +130,12 @@ class EnhancerConfig(Config):
 
     @property
     def cond_channels(self) -> int:
-        return 2 * int(self.use_mask) + 2 * int(self.use_depth)
+        """Condition channels after the latent: (value, presence flag) for mask, depth, then the shadow hint."""
+        return 2 * int(self.use_mask) + 2 * int(self.use_depth) + 2 * int(self.use_shadow_hint)
+
+    @property
+    def hint_channels(self) -> int:
+        return 2 * int(self.use_shadow_hint)
 
 
 class TemporalUNet(nn.Module):
@@ -148,7 +154,10 @@ class TemporalUNet(nn.Module):
         self.register_buffer("null_cond", torch.zeros(cfg.cond_dim))
         self.time_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.cond_proj = nn.Linear(cfg.cond_dim, e)
-        self.conv_in = nn.Conv2d(cz + cfg.cond_channels, ch[0], 3, padding=1)
+        self.conv_in = nn.Conv2d(cz + cfg.cond_channels - cfg.hint_channels, ch[0], 3, padding=1)
+        # the shadow hint enters through its own zero-initialised conv: a model fine-tuned to take it starts
+        # as the model without it
+        self.hint_in = zero_module(nn.Conv2d(cfg.hint_channels, ch[0], 3, padding=1)) if cfg.use_shadow_hint else None
 
         def temporal(c: int) -> CausalTemporalAttention:
             return CausalTemporalAttention(c, cz, cfg.heads, max(cfg.context_frames, 1))
@@ -252,8 +261,13 @@ class TemporalUNet(nn.Module):
             # Pool the past latents once per level (shared by all temporal layers of that level).
             pyramid = [None] * len(cfg.channels) if past is None else [
                 p.reshape(*past.shape[:2], *p.shape[1:]) for p in self._latent_pyramid(past.flatten(0, 1))]
-        x = torch.cat([z, cond], dim=1) if cond is not None else z
+        hint = None
+        if cond is not None and self.hint_in is not None:
+            cond, hint = cond[:, : -cfg.hint_channels], cond[:, -cfg.hint_channels :]
+        x = torch.cat([z, cond], dim=1) if cond is not None and cond.shape[1] else z
         h = self.conv_in(x)
+        if hint is not None:
+            h = h + self.hint_in(hint)
         skips = []
         for lv in range(len(cfg.channels)):
             for block in self.down[lv]:

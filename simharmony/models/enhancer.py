@@ -112,6 +112,8 @@ class Enhancer(nn.Module):
         past_kv: list[list[torch.Tensor]] | None = None,
         mask_given: torch.Tensor | None = None,
         depth_given: torch.Tensor | None = None,
+        shadow_hint: torch.Tensor | None = None,
+        shadow_hint_given: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Enhance one frame per batch item.
 
@@ -120,6 +122,9 @@ class Enhancer(nn.Module):
         depth [B, 1, H, W] (z-depth, inf = no hit) or None. mask_given [B] bool: which items' masks count
         (the others are treated exactly as mask=None, so one batch can mix items with and without a mask);
         None = all of them. depth_given [B] bool: the same for depth (items without geometry, e.g. real photos).
+        shadow_hint [B, 1, H, W] in [0, 1] or None: where inserted objects' cast shadows fall
+        (:func:`scene_tools.shadows.shadow_hint`; models built with ``use_shadow_hint``), shadow_hint_given [B]
+        as for the mask.
         past_kv: instead of ``past_latents``, per temporal layer a list over past frames (most recent first)
         of their :meth:`context_features` entries (what a stream caches: K past frames cost one projection each).
         Returns (out [B, 3, H, W] clamped to [0, 1], latent_out [B, Cz, h, w] at the padded latent size).
@@ -130,7 +135,8 @@ class Enhancer(nn.Module):
         x, _ = _pad_to_multiple(frame, cfg.total_downscale)
         z, feats = self.codec.encode(x, return_features=True)
         past = self._stack_past(past_latents, z)
-        cond, mask_lat = self._conditions(b, height, width, z, mask, depth, mask_given, depth_given)
+        cond, mask_lat = self._conditions(b, height, width, z, {"mask": (mask, mask_given), "depth": (depth, depth_given),
+                                                               "shadow_hint": (shadow_hint, shadow_hint_given)})
         if past_kv is not None:
             z_out = self.backbone(z, cond, None, mask_lat, past_kv=past_kv)
         else:
@@ -176,10 +182,15 @@ class Enhancer(nn.Module):
             raise ShapeMismatchError(f"past latents {tuple(past.shape)} do not match the current latent {tuple(z.shape)}")
         return past[:, : self.config.context_frames].to(z.dtype)
 
-    def _conditions(self, b, height, width, z, mask, depth, mask_given=None, depth_given=None):
-        """Mask/depth (+ presence flags) at latent size. Returns (cond [B, Cc, h, w] | None, mask_lat | None)."""
+    def _conditions(self, b, height, width, z, inputs: dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]):
+        """Mask, depth and shadow hint (value, presence flag) at latent size, in ``cond_channels`` order.
+        ``inputs`` {name: (value [B, 1, H, W] | None, given [B] bool | None)}. Returns (cond [B, Cc, h, w] | None,
+        mask_lat [B, 1, h, w] | None)."""
         cfg = self.config
-        for name, value, given in (("mask", mask, mask_given), ("depth", depth, depth_given)):
+        used = {"mask": cfg.use_mask, "depth": cfg.use_depth, "shadow_hint": getattr(cfg, "use_shadow_hint", False)}
+        for name, (value, given) in inputs.items():
+            if value is not None and not used[name]:
+                raise InvalidInputError(f"this model was built with use_{name}=False; pass {name}=None")
             if given is None:
                 continue
             if value is None:
@@ -190,10 +201,8 @@ class Enhancer(nn.Module):
         h, w = z.shape[-2:]
         chans = []
         mask_lat = None
-        for name, value, used, given in (("mask", mask, cfg.use_mask, mask_given), ("depth", depth, cfg.use_depth, depth_given)):
-            if value is not None and not used:
-                raise InvalidInputError(f"this model was built with use_{name}=False; pass {name}=None")
-            if not used:
+        for name, (value, given) in inputs.items():
+            if not used[name]:
                 continue
             if value is None:
                 chans += [z.new_zeros(b, 1, h, w), z.new_zeros(b, 1, h, w)]
@@ -210,9 +219,9 @@ class Enhancer(nn.Module):
                     raise InvalidInputError("depth must be >= 0 (inf = no hit) and not NaN")
                 value = cfg.depth_scale / (cfg.depth_scale + value)  # inf -> 0
             elif not torch.isfinite(value).all():
-                raise InvalidInputError("mask must be finite")
+                raise InvalidInputError(f"{name} must be finite")
             value, _ = _pad_to_multiple(value, cfg.total_downscale)
-            lat = F.adaptive_avg_pool2d(value, (h, w))  # area average: soft mask coverage per latent cell
+            lat = F.adaptive_avg_pool2d(value, (h, w))  # area average: soft coverage per latent cell
             flag = torch.ones_like(lat)
             if given is not None:  # absent items: (0, 0) as for None
                 flag = flag * given.to(lat.dtype)[:, None, None, None]

@@ -113,6 +113,7 @@ class TrainConfig(Config):
     # optional inputs and context
     mask_dropout: float = 0.5
     depth_dropout: float = 0.5
+    shadow_hint_dropout: float = 0.5
     context_grad: bool = False
     flicker_prob: float = 0.0
     flicker: FlickerConfig = field(default_factory=FlickerConfig)
@@ -171,7 +172,8 @@ class TrainConfig(Config):
         lo, hi = self.patch_range
         require(len(self.patch_range) == 2 and 0 < lo <= hi <= 1, o, f"patch_range {self.patch_range} must be 0 < lo <= hi <= 1 (fractions of the image height)")
         require(self.num_patches >= 1, o, "num_patches must be >= 1")
-        require(0 <= self.mask_dropout <= 1 and 0 <= self.depth_dropout <= 1, o, "mask_dropout and depth_dropout must be in [0, 1]")
+        require(0 <= self.mask_dropout <= 1 and 0 <= self.depth_dropout <= 1 and 0 <= self.shadow_hint_dropout <= 1, o,
+                "mask_dropout, depth_dropout and shadow_hint_dropout must be in [0, 1]")
         require(all_finite(self.flicker_prob) and 0 <= self.flicker_prob <= 1, o, f"flicker_prob {self.flicker_prob!r} must be in [0, 1]")
         require(all_finite(self.occluder_prob) and 0 <= self.occluder_prob <= 1, o, f"occluder_prob {self.occluder_prob!r} must be in [0, 1]")
         require(all_finite(self.identity_prob) and 0 <= self.identity_prob <= 1, o, f"identity_prob {self.identity_prob!r} must be in [0, 1]")

@@ -25,7 +25,9 @@ Batches (schedule in :class:`~simharmony.training.config.TrainConfig`):
   ``depth_dropout``: the model sees "absent" exactly as at inference without them. Items of
   ``maskless_streams`` (masks cut out with the target's help) never get theirs: they get the object's own
   ``asset_mask`` where they carry one, else none (``Enhancer(mask_given=)``). Items of
-  ``depthless_streams`` (real images: no geometry) never get depth (``Enhancer(depth_given=)``).
+  ``depthless_streams`` (real images: no geometry) never get depth (``Enhancer(depth_given=)``). Models
+  built with ``use_shadow_hint`` get the items' ``shadow_hint`` where they carry one (``shadow_hint_given``),
+  dropped for the whole batch with ``shadow_hint_dropout``.
 
 Reproducibility: every random draw of step s comes from generators seeded by (seed, s, rank), batches
 from :class:`~simharmony.data.shards.MixingBatchSampler` with epoch = s (rank r takes batch r of that
@@ -168,7 +170,8 @@ class _StepBatches:
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    keys = ("input", "target", "mask", "asset_mask", "has_asset_mask", "depth", "flow", "flow_valid")
+    keys = ("input", "target", "mask", "asset_mask", "has_asset_mask", "shadow_hint", "has_shadow_hint", "depth", "flow",
+            "flow_valid")
     out: dict[str, Any] = {k: torch.stack([it[k] for it in items]) for k in keys}
     out["id"] = [it["id"] for it in items]
     out["stream"] = [it["stream"] for it in items]
@@ -241,6 +244,8 @@ class StepModule(nn.Module):
         draws = torch.rand(2, generator=generator)
         use_mask = mcfg.use_mask and bool(draws[0] >= cfg.mask_dropout)
         use_depth = mcfg.use_depth and bool(draws[1] >= cfg.depth_dropout)
+        # drawn only for models that take a hint, so older configs keep their random sequence
+        use_hint = getattr(mcfg, "use_shadow_hint", False) and bool(torch.rand(1, generator=generator)[0] >= cfg.shadow_hint_dropout)
         k = self.model.context_frames
         outs, ctx = [], []
         for t in range(t_len):
@@ -249,7 +254,9 @@ class StepModule(nn.Module):
             past = ctx[:k] if (k and ctx) else None
             out, z = self.model(inp[:, t], past, mask=mask, depth=depth,
                                 mask_given=batch.get("mask_given") if use_mask else None,
-                                depth_given=batch.get("depth_given") if use_depth else None)
+                                depth_given=batch.get("depth_given") if use_depth else None,
+                                shadow_hint=batch["shadow_hint"][:, t, None] if use_hint else None,
+                                shadow_hint_given=batch["has_shadow_hint"] if use_hint else None)
             outs.append(out)
             ctx.insert(0, z if cfg.context_grad else z.detach())
             del ctx[max(k, 1):]
@@ -340,12 +347,14 @@ def evaluate(model: Enhancer, dataset: ShardDataset, items: int = 60, device: st
         mask, given = batch_model_mask(it, maskless_streams)
         give_mask = model.config.use_mask and bool(given)
         give_depth = model.config.use_depth and it["stream"] not in depthless_streams
+        give_hint = getattr(model.config, "use_shadow_hint", False) and bool(it["has_shadow_hint"])
         ctx: list[torch.Tensor] = []
         outs = []
         for t in range(inp.shape[0]):
             out, z = model(inp[t : t + 1], ctx[: model.context_frames] or None,
                            mask=mask[t][None, None].to(device) if give_mask else None,
-                           depth=it["depth"][t][None, None].to(device) if give_depth else None)
+                           depth=it["depth"][t][None, None].to(device) if give_depth else None,
+                           shadow_hint=it["shadow_hint"][t][None, None].to(device) if give_hint else None)
             outs.append(out[0].permute(1, 2, 0).float().cpu())
             ctx.insert(0, z)
         tgt = it["target"]

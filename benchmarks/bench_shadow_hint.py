@@ -1,0 +1,82 @@
+"""What the shadow hint costs per frame, against the enhancer's own time, on the demo street.
+
+    python benchmarks/bench_shadow_hint.py --threads 2 --res 512x288 --repeats 20
+
+Renders the demo street's ego frames (its inserted vehicle, the street's sun) at ``--res``, then times, per
+frame and alternating in one run: :func:`scene_tools.shadows.shadow_hint` for the inserted vehicle, and the
+enhancer (``--model``, default weights/enhancer) on the frame with mask, depth and, for models that read it,
+the hint. Prints medians and the hint's cost as a share of the enhancer's time (the issue's bar: at most 10 %
+at 512x288). The G-buffer render itself is not counted: the simulator pays it with or without the hint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+
+def main() -> None:
+    from scene_tools.cameras import Intrinsics, Trajectory
+    from scene_tools.scene import RenderConfig, Scene
+    from scene_tools.shadows import Caster, shadow_hint
+    from simharmony.harmonizer import Harmonizer
+    from simharmony.paths import DEMO_SCENE_DIR
+    from simharmony.utils.checks import arg_int
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="default")
+    p.add_argument("--res", default="512x288", help="WxH")
+    p.add_argument("--repeats", type=arg_int(1), default=20, help="frames timed (after 3 warm-up frames)")
+    p.add_argument("--threads", type=arg_int(1), default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    w, h = (int(v) for v in args.res.lower().split("x"))
+
+    scene = Scene.load(DEMO_SCENE_DIR)
+    scene.config = RenderConfig(**{**scene.config.to_dict(), "shadow_hints": False})  # timed separately below
+    traj = Trajectory.from_dict(scene.metadata["ego_trajectory"])
+    k = traj.intrinsics
+    intr = Intrinsics(k.fx * w / k.width, k.fy * h / k.height, k.cx * w / k.width, k.cy * h / k.height, w, h)
+    harm = Harmonizer.from_pretrained(args.model)
+    sun = scene.sun
+    n = args.repeats + 3
+    hint_ms, enh_ms, hint_px = [], [], []
+    for i in range(n):
+        t = i % len(traj)
+        scene.reset()
+        fr = scene.render_frame(traj.poses[t], float(traj.times[t]), intr)
+        t0 = time.perf_counter()
+        casters = []
+        for o in scene.objects:
+            means, quats, _ = scene._placed(o, float(traj.times[t]))
+            casters.append(Caster(means, quats, o.asset.gaussians.scales, o.asset.gaussians.opacities))
+        hint = shadow_hint(casters, sun, fr.depth, intr.K, fr.pose, exclude=fr.inserted_mask)
+        t1 = time.perf_counter()
+        harm.enhance(fr.rgb, mask=fr.inserted_mask, depth=fr.depth, shadow_hint=hint, stream="bench", cut=t == 0)
+        t2 = time.perf_counter()
+        if i >= 3:
+            hint_ms.append((t1 - t0) * 1e3)
+            enh_ms.append((t2 - t1) * 1e3)
+            hint_px.append(int((hint > 0.3).sum()))
+    mh, me = statistics.median(hint_ms), statistics.median(enh_ms)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"{args.threads} threads, load {os.getloadavg()[0]:.1f}; model {args.model} "
+          f"(reads the hint: {harm.reads_shadow_hint}); {len(scene.objects)} inserted object(s), "
+          f"{sum(len(o.asset.gaussians) for o in scene.objects)} Gaussians; sun {sun}")
+    print(f"{w}x{h}, {args.repeats} frames: shadow hint median {mh:.2f} ms (p90 {np.percentile(hint_ms, 90):.2f}), "
+          f"enhancer median {me:.2f} ms; hint / enhancer = {mh / me:.3f}; hint pixels > 0.3: median "
+          f"{statistics.median(hint_px)}")
+
+
+if __name__ == "__main__":
+    main()

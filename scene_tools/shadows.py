@@ -1,0 +1,254 @@
+"""Shadow hints: where an inserted object's cast shadow falls in a frame, from what the simulator knows.
+
+The simulator knows the inserted object's Gaussians and pose, the rendered depth of the frame and, when the
+scene has one, the sun. That is enough for classic shadow mapping, done with the project's own rasterizer:
+
+1. render the caster's opacity and expected depth as seen from the sun (a directional light: a far pinhole
+   camera on the sun's side with a narrow field of view, so its projection is near-orthographic);
+2. lift every frame pixel to world space through the depth buffer and project it into that light view;
+3. a surface point lies in the shadow where the light view's opacity is high and the caster is nearer the
+   sun than the point.
+
+The result, :func:`shadow_hint`, is a soft [H, W] map in [0, 1]: the share of direct sunlight the inserted
+objects block at each pixel's surface (0 on the sky and on the objects themselves, whose own shading is
+their appearance, not a cast shadow). The enhancer takes it as an optional input beside mask and depth; it
+learns the shadow's darkness, colour and softness from the pixels.
+
+World frame: the project's street frame, z up, metres (synthetic streets; real captures moved there by
+:func:`scene_tools.capture.align_to_ground`). The sun is given as azimuth (in the ground plane, from +x
+towards +y, the direction *towards* the sun) and elevation above the horizon, as in
+:class:`scene_tools.street.LightingConfig`, and stored in a scene's metadata under ``"sun"``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from simharmony.errors import InvalidCameraError, InvalidInputError, ShapeMismatchError
+from simharmony.utils.config import Config
+
+LIGHT_MAP_PX = 96  # light-view resolution per caster: a car's 5 m over 96 px is 5 cm per texel
+SHADOW_BIAS_M = 0.05  # a receiver must lie this far behind the caster (along the light) to be shadowed
+SHADOW_RAMP_M = 0.10  # ... and is fully shadowed this much further: no acne on the caster's own surface
+HINT_STRIDE = 2  # the shadow test runs on 2 x 2 pixel blocks: the enhancer pools the hint to 1/4 size anyway
+
+
+def sun_direction(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
+    """[3] unit vector from the scene towards the sun (z up; azimuth from +x towards +y)."""
+    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
+    return np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+
+
+@dataclass
+class Sun(Config):
+    """A directional sun: ``azimuth_deg`` (ground plane, from +x towards +y) and ``elevation_deg`` (0-90]."""
+
+    azimuth_deg: float = 150.0
+    elevation_deg: float = 40.0
+
+    def __post_init__(self) -> None:
+        for name in ("azimuth_deg", "elevation_deg"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+                raise InvalidInputError(f"Sun.{name} must be a finite number, got {v!r}")
+        if not 0.0 < self.elevation_deg <= 90.0:
+            raise InvalidInputError(
+                f"Sun.elevation_deg={self.elevation_deg} must be in (0, 90]: a sun at or below the horizon casts no "
+                "shadow a hint could place"
+            )
+        self.azimuth_deg, self.elevation_deg = float(self.azimuth_deg), float(self.elevation_deg)
+
+    @property
+    def direction(self) -> np.ndarray:
+        return sun_direction(self.azimuth_deg, self.elevation_deg)
+
+    def jittered(self, rng: np.random.Generator, sigma_deg: float) -> Sun:
+        """This sun moved by a Gaussian error of ``sigma_deg`` on each angle (an imperfect estimate)."""
+        if sigma_deg <= 0:
+            return self
+        el = float(np.clip(self.elevation_deg + rng.normal(0.0, sigma_deg), 2.0, 90.0))
+        return Sun((self.azimuth_deg + rng.normal(0.0, sigma_deg)) % 360.0, el)
+
+    @classmethod
+    def from_metadata(cls, value: Any) -> Sun | None:
+        """A scene's ``metadata["sun"]`` ({azimuth_deg, elevation_deg}) -> Sun; None stays None."""
+        if value is None:
+            return None
+        if isinstance(value, Sun):
+            return value
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"scene metadata 'sun' must be a mapping {{azimuth_deg, elevation_deg}}, got {value!r}")
+        return cls.from_dict(value)
+
+
+@dataclass
+class Caster:
+    """Gaussians that cast a shadow, in world space: means [N, 3], quats [N, 4] (wxyz), scales [N, 3], opacities [N]."""
+
+    means: torch.Tensor
+    quats: torch.Tensor
+    scales: torch.Tensor
+    opacities: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = self.means.shape[0] if isinstance(self.means, torch.Tensor) and self.means.ndim == 2 else -1
+        shapes = {"means": (n, 3), "quats": (n, 4), "scales": (n, 3), "opacities": (n,)}
+        for name, shape in shapes.items():
+            t = getattr(self, name)
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+                raise ShapeMismatchError(f"Caster.{name} must be a tensor {shape}, got {getattr(t, 'shape', type(t))}")
+            setattr(self, name, t.float())
+
+
+def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -> dict[str, torch.Tensor]:
+    """A near-orthographic pinhole camera looking along ``-direction`` (towards the scene from the sun) that
+    frames the caster: returns {"viewmat" [4, 4] world-to-light, "K" [3, 3], "size"} (float32)."""
+    dev = caster.means.device
+    d = np.asarray(direction, np.float64)
+    d = d / np.linalg.norm(d)
+    m = caster.means.double().cpu().numpy()
+    centre = 0.5 * (m.min(0) + m.max(0))
+    sig = caster.scales.double().cpu().numpy().max(1, initial=0.0)
+    radius = float(np.max(np.linalg.norm(m - centre, axis=1) + 3.0 * sig)) + 1e-3
+    dist = 200.0 * radius  # far away: rays within 0.3 degrees of parallel
+    fwd = -d
+    ref = np.array([0.0, 0.0, 1.0]) if abs(fwd[2]) < 0.99 else np.array([1.0, 0.0, 0.0])
+    x = np.cross(fwd, ref)
+    x /= np.linalg.norm(x)
+    y = np.cross(fwd, x)
+    R = np.stack([x, y, fwd])  # rows: light camera axes in world coordinates (OpenCV: x right, y down, z forward)
+    eye = centre + d * dist
+    view = np.eye(4)
+    view[:3, :3], view[:3, 3] = R, -R @ eye
+    f = 0.5 * size * dist / radius
+    K = np.array([[f, 0.0, size / 2.0], [0.0, f, size / 2.0], [0.0, 0.0, 1.0]])
+    return {"viewmat": torch.as_tensor(view, dtype=torch.float32, device=dev),
+            "K": torch.as_tensor(K, dtype=torch.float32, device=dev), "size": size,
+            "near": dist - 2.0 * radius, "far": dist + 2.0 * radius}
+
+
+def light_map(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -> dict[str, Any]:
+    """The caster seen from the sun: ``light_view`` plus "alpha" [S, S] (opacity) and "depth" [S, S]
+    (expected distance along the light; meaningful where alpha > 0)."""
+    from scene_tools.rasterize import rasterize
+
+    view = light_view(caster, direction, size)
+    ones = torch.ones(len(caster.means), 1, device=caster.means.device)
+    out, alphas, _ = rasterize(caster.means, caster.quats, caster.scales, caster.opacities, ones, view["viewmat"][None],
+                               view["K"][None], size, size, near_plane=view["near"], far_plane=view["far"],
+                               render_mode="ED")
+    return {**view, "alpha": alphas[0, ..., 0], "depth": out[0, ..., 0]}
+
+
+def shadow_hint(
+    casters: list[Caster],
+    sun: Sun | np.ndarray,
+    depth: torch.Tensor | np.ndarray,
+    K: np.ndarray | torch.Tensor,
+    pose: np.ndarray | torch.Tensor,
+    *,
+    exclude: torch.Tensor | np.ndarray | None = None,
+    size: int = LIGHT_MAP_PX,
+    bias_m: float = SHADOW_BIAS_M,
+    ramp_m: float = SHADOW_RAMP_M,
+    stride: int = HINT_STRIDE,
+) -> torch.Tensor:
+    """Soft map [H, W] float32 in [0, 1] of where ``casters`` shadow the surfaces seen in a frame.
+
+    ``sun``: a :class:`Sun` or a [3] direction towards it; ``depth`` [H, W] z-depth of the frame (inf = sky),
+    ``K`` [3, 3] its intrinsics, ``pose`` [4, 4] camera-to-world (OpenCV). ``exclude`` [H, W] in [0, 1]: the
+    casters' own coverage (the inserted mask), where the hint is scaled by ``1 - exclude``. Several casters
+    combine as independent occluders: ``1 - prod(1 - hint_i)``. ``stride``: the shadow test runs at the
+    centres of ``stride`` x ``stride`` pixel blocks and is upsampled bilinearly (the enhancer reads the hint
+    at a quarter of the frame's resolution; 1 = every pixel).
+    """
+    direction = sun.direction if isinstance(sun, Sun) else np.asarray(sun, np.float64)
+    if direction.shape != (3,) or not np.isfinite(direction).all() or np.linalg.norm(direction) < 1e-9:
+        raise InvalidInputError(f"sun direction must be a finite non-zero [3] vector, got {direction}")
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= 16:
+        raise InvalidInputError(f"stride must be an int in [1, 16], got {stride!r}")
+    depth = torch.as_tensor(depth, dtype=torch.float32)
+    if depth.ndim != 2:
+        raise ShapeMismatchError(f"depth must be [H, W], got {tuple(depth.shape)}")
+    if torch.isnan(depth).any():
+        raise InvalidInputError("depth contains NaN (use inf where nothing was hit)")
+    dev = depth.device
+    h, w = depth.shape
+    K = torch.as_tensor(np.asarray(K, np.float64) if not isinstance(K, torch.Tensor) else K, dtype=torch.float64)
+    c2w = torch.as_tensor(np.asarray(pose, np.float64) if not isinstance(pose, torch.Tensor) else pose, dtype=torch.float64)
+    if K.shape != (3, 3) or c2w.shape != (4, 4):
+        raise InvalidCameraError(f"K must be [3, 3] and pose [4, 4], got {tuple(K.shape)} and {tuple(c2w.shape)}")
+    ex = None
+    if exclude is not None:
+        ex = torch.as_tensor(exclude, dtype=torch.float32, device=dev)
+        if ex.shape != (h, w):
+            raise ShapeMismatchError(f"exclude must be [H, W] = {(h, w)}, got {tuple(ex.shape)}")
+    casters = [c for c in casters if len(c.means)]
+    if not casters:
+        return torch.zeros(h, w, dtype=torch.float32, device=dev)
+    # block centres (x * stride + stride / 2 in pixel units), each with the depth of the pixel it falls in
+    s = stride if min(h, w) >= 2 * stride else 1
+    hs, ws = -(-h // s), -(-w // s)
+    xs = torch.arange(ws, device=dev, dtype=torch.float32) * s + s / 2.0
+    ys = torch.arange(hs, device=dev, dtype=torch.float32) * s + s / 2.0
+    d = depth[ys.long().clamp_max(h - 1)][:, xs.long().clamp_max(w - 1)]
+    finite = torch.isfinite(d)
+    d = torch.where(finite, d, torch.zeros_like(d))
+    u = (xs - float(K[0, 2])) / float(K[0, 0])
+    v = (ys - float(K[1, 2])) / float(K[1, 1])
+    cam = torch.stack([u[None, :] * d, v[:, None] * d, d], dim=-1)  # [hs, ws, 3]
+    R, t = c2w[:3, :3].float().to(dev), c2w[:3, 3].float().to(dev)
+    world = cam @ R.T + t
+    lit = torch.ones(hs, ws, dtype=torch.float32, device=dev)  # product of (1 - hint_i)
+    for caster in casters:
+        lm = light_map(caster, direction, size)
+        pl = world @ lm["viewmat"][:3, :3].T + lm["viewmat"][:3, 3]  # [hs, ws, 3] in the light camera
+        inv_z = 1.0 / pl[..., 2].clamp_min(1e-6)
+        scale = 2.0 / size  # pixel -> grid_sample's [-1, 1] (align_corners=False)
+        gx = (lm["K"][0, 0] * pl[..., 0] * inv_z + lm["K"][0, 2]) * scale - 1.0
+        gy = (lm["K"][1, 1] * pl[..., 1] * inv_z + lm["K"][1, 2]) * scale - 1.0
+        maps = torch.stack([lm["alpha"], lm["depth"] * lm["alpha"]])[None]  # depth premultiplied: no halo
+        sampled = F.grid_sample(maps, torch.stack([gx, gy], dim=-1)[None], mode="bilinear", padding_mode="zeros",
+                                align_corners=False)[0]
+        alpha = sampled[0].clamp(0.0, 1.0)
+        occ_depth = sampled[1] / alpha.clamp_min(1e-6)
+        behind = ((pl[..., 2] - occ_depth - bias_m) / ramp_m).clamp(0.0, 1.0)
+        lit = lit * (1.0 - alpha * behind)
+    blocked = (1.0 - lit) * finite
+    if s > 1:
+        blocked = F.interpolate(blocked[None, None], scale_factor=s, mode="bilinear", align_corners=False)[0, 0, :h, :w]
+        blocked = blocked * torch.isfinite(depth)
+    if ex is not None:
+        blocked = blocked * (1.0 - ex.clamp(0.0, 1.0))
+    return blocked.contiguous()
+
+
+def mesh_caster(mesh, pose: np.ndarray | None = None, spacing_m: float = 0.08, seed: int = 0) -> Caster:
+    """Gaussians on a triangle mesh's surface (a ``trimesh.Trimesh``, local frame; ``pose`` [4, 4] to world):
+    the synthetic streets' objects as the shadow hint sees a reconstructed asset. Even samples ``spacing_m``
+    apart, isotropic, opaque."""
+    import trimesh
+
+    area = float(mesh.area)
+    if area <= 0:
+        raise InvalidInputError("mesh_caster: the mesh has no surface area")
+    count = max(16, math.ceil(area / spacing_m**2))
+    pts, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    pts = np.asarray(pts, np.float64)
+    if pose is not None:
+        pts = pts @ np.asarray(pose)[:3, :3].T + np.asarray(pose)[:3, 3]
+    n = len(pts)
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0
+    return Caster(torch.as_tensor(pts, dtype=torch.float32), quats, torch.full((n, 3), 0.6 * spacing_m),
+                  torch.full((n,), 0.95))
+
+
+__all__ = ["LIGHT_MAP_PX", "Caster", "Sun", "light_map", "light_view", "mesh_caster", "shadow_hint", "sun_direction"]
