@@ -25,9 +25,9 @@ do); ``--sequences-only`` keeps only the clean holdout's multi-frame items. ``--
 of holdout sequences fed as one stream with no reset between them (the bench's ``holdout_cuts`` clips, a
 scene cut the caller did not signal): PSNR on B's frames, and its difference to B run on a fresh stream. ``--anchor-limits G M`` sets
 the colour anchor's ``max_log_gain`` / ``max_misfit`` of every model (``EnhancerConfig.anchor_max_*``).
-``--shadow-region`` adds, per stream, the mean squared error in the true cast-shadow region: pixels of the
-item's mask outside the object's own (model) mask where target and input differ (the shadow stream's
-missing shadow), and the same for the input. ``--hint-ablation`` adds, for models that read shadow hints,
+``--shadow-region`` adds, per stream, the mean squared error in the cast-shadow region (:func:`shadow_region`:
+the shadow stream's true missing shadow; on re-insertion items the shadow hint's region), and the same for the
+input. ``--hint-ablation`` adds, for models that read shadow hints,
 the same weights run without them (what the hint path does over the learned-only path).
 ``--anchor-stats`` prints what the anchor's fit reads (largest |log gain| over channels, misfit) on the
 flicker sequences, the clean sequences and the first frame after each missed cut (how its limits were
@@ -65,23 +65,17 @@ def model_method(name: str, h: Harmonizer, streaming: bool = True, hints: bool =
 
 
 def shadow_region(clip: Clip) -> np.ndarray | None:
-    """[T, H, W] bool: the item's mask outside the object's own mask, where target and input differ."""
-    if clip.mask is None or clip.target is None or clip.model_mask is None:  # no object given: no cast shadow
+    """[T, H, W] bool, where the inserted object's missing cast shadow is: on items whose mask marks it (the
+    shadow stream: mask outside the object's own mask, where target and input differ), that; on other items
+    with a shadow hint (re-insertion), where the hint exceeds 0.3 outside the object's mask; else None."""
+    if clip.target is None or clip.model_mask is None:  # no object given: no cast shadow
         return None
-    own = clip.model_mask
-    differs = np.abs(clip.target - clip.input).max(-1) > 1.5 / 255
-    return (clip.mask > 0.5) & (own < 0.5) & differs
-
-
-def run_clip(method: Method, clip: Clip) -> np.ndarray:
-    """The clip's frames through a fresh state of ``method`` -> [T, H, W, 3]."""
-    return run_method(method, clip)[0]
-
-
-def from_frame(clip: Clip, t: int) -> Clip:
-    """The clip from frame ``t`` on (every per-frame field sliced)."""
-    fields = ("input", "target", "mask", "model_mask", "depth", "flow", "flow_valid")
-    return dataclasses.replace(clip, **{f: None if getattr(clip, f) is None else getattr(clip, f)[t:] for f in fields})
+    own = clip.model_mask < 0.5
+    if clip.mask is not None and ((clip.mask > 0.5) & own).any():
+        return (clip.mask > 0.5) & own & (np.abs(clip.target - clip.input).max(-1) > 1.5 / 255)
+    if clip.shadow_hint is not None:
+        return (clip.shadow_hint > 0.3) & own
+    return None
 
 
 def _set_anchor_limits(h: Harmonizer, limits: list[float] | None) -> None:
@@ -124,6 +118,7 @@ def main() -> None:
     p.add_argument("--cuts", type=int, default=0, help="pairs of holdout sequences fed without a reset between them")
     p.add_argument("--anchor-limits", type=float, nargs=2, default=None, metavar=("MAX_LOG_GAIN", "MAX_MISFIT"),
                    help="the colour anchor's limits for every model (0 = none)")
+    p.add_argument("--streams", nargs="+", default=None, help="only these holdout streams (default: all)")
     p.add_argument("--shadow-region", action="store_true", help="also MSE in the true cast-shadow region, per stream")
     p.add_argument("--hint-ablation", action="store_true", help="also each hint-reading model without its hints")
     p.add_argument("--anchor-stats", action="store_true",
@@ -167,7 +162,7 @@ def main() -> None:
     shade: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(3)) for m in models}
     _, clips = holdout_clips(args.holdout, args.max_items, maskless_streams=cfg.maskless_streams) if not args.no_clean else (None, [])
     for clip in clips:
-        if args.sequences_only and clip.num_frames < 2:
+        if (args.sequences_only and clip.num_frames < 2) or (args.streams and clip.group not in args.streams):
             continue
         for name, method in models.items():
             out = run_clip(method, clip)

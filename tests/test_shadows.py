@@ -297,3 +297,42 @@ def test_shadow_stream_items_carry_a_hint_that_meets_the_rendered_shadow():
         hits += (it.shadow_hint[shade] > 0.2).sum()
         total += shade.sum()
     assert total > 10 and hits / total > 0.5, (hits, total)
+
+
+def test_shadow_head_darkens_only_where_the_hint_is_and_starts_as_the_identity():
+    from simharmony.models.backbone import EnhancerConfig
+    from simharmony.models.enhancer import Enhancer
+    from simharmony.training.trainer import with_added_modules
+
+    with pytest.raises(ConfigError, match="shadow_head"):
+        EnhancerConfig(shadow_head=True)
+    torch.manual_seed(0)
+    base = Enhancer(EnhancerConfig(channels=(8, 16), heads=4, temporal_levels=(1,), context_frames=2)).eval()
+    grown = with_added_modules(base, {"use_shadow_hint": True, "shadow_head": True}).eval()
+    x = torch.rand(2, 3, 32, 48) * 0.8 + 0.1
+    hint = torch.zeros(2, 1, 32, 48)
+    hint[:, :, 8:24, 16:40] = 1.0
+    a, _ = base(x)
+    torch.testing.assert_close(grown(x, shadow_hint=hint)[0], a, atol=0, rtol=0)  # zero last conv: no change
+    with torch.no_grad():
+        grown.shadow_head.out.bias.copy_(torch.tensor([0.5, 0.4, 0.2]))  # a bluish shadow
+    out, _ = grown(x, shadow_hint=hint, shadow_hint_given=torch.tensor([True, False]))
+    inside, outside = hint[0, 0] > 0, hint[0, 0] == 0
+    ratio = out[0][:, inside] / a[0][:, inside]
+    torch.testing.assert_close(ratio.mean(1), torch.tensor([0.5, 0.6, 0.8]), atol=0.02, rtol=0)
+    torch.testing.assert_close(out[0][:, outside], a[0][:, outside])  # no hint: no shadow
+    torch.testing.assert_close(out[1], a[1])  # an item without a hint is left as it was
+
+
+def test_a_new_shadow_head_learns_it_gets_gradient_at_its_zero_start():
+    """A fresh head changes nothing yet must still receive gradient (a plain clamp at zero would give none)."""
+    from simharmony.models.layers import ShadowHead
+
+    torch.manual_seed(0)
+    head = ShadowHead(48)
+    x, hint = torch.rand(1, 3, 16, 16), torch.ones(1, 1, 16, 16)
+    target = x * 0.6  # a shadow
+    out = ShadowHead.apply(x, hint, head(torch.rand(1, 48, 4, 4), torch.ones(1, 1, 4, 4)))
+    torch.testing.assert_close(out, x)
+    ((out - target) ** 2).mean().backward()
+    assert head.out.bias.grad is not None and bool((head.out.bias.grad < 0).all())  # darker is better: a grows

@@ -336,10 +336,12 @@ def scene_clips(cfg: BenchConfig) -> tuple[list[Clip], list[Clip], dict]:
     ins_traj = _scaled(ego.shifted_laterally(cfg.insert_shift_m), cfg.render_scale, cfg.num_frames)
     renders = scene.render(ins_traj, progress=cfg.progress)
     inserted = _np(renders.inserted_mask).astype(np.float32)
+    hints = [f.shadow_hint for f in renders]
     insertion = Clip(
         id=f"demo_street_insert_shift{cfg.insert_shift_m:g}m", group="insertion",
         input=_np(renders.rgb).astype(np.float32), target=None, mask=inserted, model_mask=inserted,
         depth=_np(renders.depth), flow=_np(renders.flow), flow_valid=_np(renders.flow_valid),
+        shadow_hint=None if any(h is None for h in hints) else np.stack([_np(h) for h in hints]).astype(np.float32),
     )
     info["insertion"] = {"shift_m": cfg.insert_shift_m, "frames": len(ins_traj), "size": [intr.width, intr.height],
                          "inserted_assets": [o.asset.id for o in objects],

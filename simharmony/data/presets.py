@@ -153,7 +153,8 @@ def relight_street_preset() -> DatasetPreset:
 
 def holdout_preset() -> DatasetPreset:
     overrides = {k: dict(v) for k, v in DEFAULT_OVERRIDES.items()}
-    overrides["shadow"] = {**overrides["shadow"], "hint_sun_jitter_deg": 0.0}  # evaluated with the exact sun
+    for stream in ("shadow", "reinsert"):  # evaluated with the exact sun
+        overrides[stream] = {**overrides[stream], "hint_sun_jitter_deg": 0.0}
     return DatasetPreset(name="holdout", streams={k: 100 for k in SYNTHETIC_STREAMS}, seed=1_000_003, shard_size=25,
                          scene=SceneSource(spp=DEFAULT_SPP, seed_range=HOLDOUT_SEED_RANGE), overrides=overrides)
 

@@ -151,16 +151,21 @@ def cached_reconstruction(images, recon_config, cache_dir: Path, scene_id: str, 
     return result.scene, path, False
 
 
-def render_gaussians(gaussians, trajectory, inserts=()) -> dict[str, np.ndarray]:
+def render_gaussians(gaussians, trajectory, inserts=(), sun=None) -> dict[str, np.ndarray]:
     """Render a GaussianScene (plus ``inserts`` = [(asset, ObjectTrack)]) along ``trajectory``:
-    {rgb [T, H, W, 3], depth [T, H, W], inserted_mask [T, H, W]} as numpy float32."""
+    {rgb [T, H, W, 3], depth [T, H, W], inserted_mask [T, H, W]} as numpy float32, and ``shadow_hint``
+    [T, H, W] when a ``sun`` (:class:`scene_tools.shadows.Sun`) is given and something is inserted."""
     from scene_tools.scene import Scene
 
     scene = Scene(gaussians, intrinsics=trajectory.intrinsics)
+    scene.sun = sun
     for asset, track in inserts:
         scene.insert(asset, track)
     frames = scene.render(trajectory, progress=False)
-    return {name: frames.stack(name).detach().cpu().numpy().astype(np.float32) for name in ("rgb", "depth", "inserted_mask")}
+    out = {name: frames.stack(name).detach().cpu().numpy().astype(np.float32) for name in ("rgb", "depth", "inserted_mask")}
+    if sun is not None and inserts:
+        out["shadow_hint"] = np.stack([f.shadow_hint.detach().cpu().numpy() for f in frames]).astype(np.float32)
+    return out
 
 
 def _scene_key(src: SceneSource, scene: _Scene) -> dict:
@@ -251,6 +256,9 @@ class ReinsertStreamConfig(_ReconStreamCommon, Config):
     - ``recon``: :class:`scene_tools.reconstruct.ReconstructionConfig` fields as a dict (:func:`default_recon`);
       ``cache_dir`` ("" = ``$SIMHARMONY_RECON_CACHE`` or ``data/cache/recon``)
     - ``mask_alpha`` (0.3): inserted-opacity threshold of the mask; ``mask_dilate`` (1 px)
+    - ``hint_sun_jitter_deg`` (4; the holdout preset: 0): the items' ``shadow_hint`` (the re-inserted asset's
+      shadow by shadow mapping, as ``Scene.render_frame`` computes it) uses the street's sun moved by this
+      random error on each angle
     """
 
     categories: tuple[str, ...] = ("vehicle",)
@@ -259,9 +267,12 @@ class ReinsertStreamConfig(_ReconStreamCommon, Config):
     background: str = "object_removed"
     objects_per_scene: int = 2
     mask_alpha: float = 0.3
+    hint_sun_jitter_deg: float = 4.0
 
     def __post_init__(self) -> None:
         self._check_common()
+        if not 0 <= self.hint_sun_jitter_deg <= 45:
+            raise ConfigError(f"ReinsertStreamConfig: hint_sun_jitter_deg={self.hint_sun_jitter_deg} must be in [0, 45]")
         if not 0 < self.mask_alpha < 1:
             raise ConfigError(f"ReinsertStreamConfig: mask_alpha={self.mask_alpha} must be in (0, 1)")
         if self.min_asset_gaussians < 1:
@@ -303,6 +314,7 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
 
     from scene_tools.assets import extract_asset
     from scene_tools.scene import ObjectTrack
+    from scene_tools.shadows import Sun
 
     fr, layout = scene.frames, scene.layout
     gs, cache_path, _hit = _street_reconstruction(config, scene)
@@ -345,8 +357,12 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
     item_times = times[idx]
     poses = np.stack([layout.object_pose(obj, t) @ np.linalg.inv(pose_ref) @ source_pose for t in item_times])
     track = ObjectTrack(item_times, poses)
+    # the hint's sun error has its own generator: the item's other draws (and so its pixels) stay as they were
+    light = layout.lighting
+    sun = Sun(light.sun_azimuth_deg, max(light.sun_elevation_deg, 1.0)).jittered(
+        np.random.default_rng([int(seed), int(index), 0x5AD1]), config.hint_sun_jitter_deg)
     with torch.no_grad():
-        out = render_gaussians(background, fr.trajectory[idx], inserts=[(asset, track)])
+        out = render_gaussians(background, fr.trajectory[idx], inserts=[(asset, track)], sun=sun)
     target = fr.rgb[idx]
     inp = np.clip(out["rgb"], 0.0, 1.0)
     k = np.ones((2 * config.mask_dilate + 1,) * 2, np.uint8)
@@ -362,9 +378,9 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
         "asset_gaussians": len(asset.gaussians), "background_gaussians": len(background),
         "lighting": layout.lighting.to_dict(), "recon_iterations": int(make_recon_config(config.recon).iterations),
         "reconstruction": cache_path.name, "background": config.background, "background_reconstruction": bg_path.name,
-        "psnr_in_mask": round(psnr_in_mask(inp, target, mask), 4),
+        "psnr_in_mask": round(psnr_in_mask(inp, target, mask), 4), "hint_sun": sun.to_dict(),
     })
-    return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md)
+    return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md, shadow_hint=out["shadow_hint"])
 
 
 def generate_reinsert(config: ReinsertStreamConfig | None = None, seed: int = 0, count: int | None = None) -> Iterator[PairItem]:

@@ -686,8 +686,8 @@ def generate_relight(config: RelightStreamConfig | None = None, seed: int = 0, c
 
 # Bumped when a stream's items change for the same config and seed (2: shadow items carry asset_mask; 3:
 # re-insertion and novel-view reconstructions no longer depend on the thread count; 4: re-insertion's
-# background is reconstructed without the object, so its shadow is missing from the input; 5: shadow items
-# carry shadow_hint), so caches of generated items (the bench's smoke holdout) are made anew.
+# background is reconstructed without the object, so its shadow is missing from the input; 5: shadow and
+# re-insertion items carry shadow_hint), so caches of generated items (the bench's smoke holdout) are made anew.
 ITEMS_REVISION = 5
 def psnr_in_mask(inp: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
     """PSNR (dB) of ``inp`` vs ``target`` [..., H, W, 3] inside ``mask`` [..., H, W], pooled over all frames:

@@ -71,6 +71,7 @@ class EnhancerConfig(Config):
     use_mask: bool = True  # accept an inserted-asset mask channel (optional at run time)
     use_depth: bool = True  # accept a depth channel (optional at run time)
     use_shadow_hint: bool = False  # accept a cast-shadow hint channel (optional; scene_tools.shadows)
+    shadow_head: bool = False  # darken where the hint says the sun is blocked, by a learned amount (layers.ShadowHead)
     depth_scale: float = 10.0  # depth d (metres) enters as s / (s + d): 1 at the camera, 0 at infinity
     maca: bool = False  # mask-aware adaptive channel attention on the mask path
     null_timestep: int = 999  # the fixed timestep whose embedding is the "null" time buffer
@@ -112,6 +113,8 @@ class EnhancerConfig(Config):
             raise ConfigError(f"depth_scale must be > 0, got {self.depth_scale}")
         if self.maca and not self.use_mask:
             raise ConfigError("maca=True needs use_mask=True")
+        if self.shadow_head and not self.use_shadow_hint:
+            raise ConfigError("shadow_head=True needs use_shadow_hint=True")
         check_output_deadzone(self.output_deadzone)
         if self.anchor_max_log_gain < 0 or self.anchor_max_misfit < 0:
             raise ConfigError(f"anchor_max_log_gain and anchor_max_misfit must be >= 0 (0 = no limit), got "

@@ -30,6 +30,7 @@ from torch import nn
 from simharmony.errors import ConfigError, CorruptFileError, InvalidInputError, MissingFileError, ShapeMismatchError
 from simharmony.models.backbone import EnhancerConfig, TemporalUNet
 from simharmony.models.codec import Codec, build_codec
+from simharmony.models.layers import ShadowHead
 from simharmony.utils.checks import resolve_device
 from simharmony.utils.io import load_tensors, load_yaml, save_tensors, save_yaml, tensor_shapes
 
@@ -72,6 +73,7 @@ class Enhancer(nn.Module):
             )
         self.codec.freeze()
         self.backbone = TemporalUNet(config)
+        self.shadow_head = ShadowHead(config.latent_channels) if getattr(config, "shadow_head", False) else None
 
     # -- codec side ---------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Enhancer:
@@ -142,6 +144,14 @@ class Enhancer(nn.Module):
         else:
             z_out = self.backbone(z, cond, past, mask_lat)
         out = self.codec.decode(z_out, skips=feats)[..., :height, :width]
+        if self.shadow_head is not None and shadow_hint is not None:
+            # the shadow is drawn on the image only: the context latents stay shadow-free, and every frame's
+            # shadow comes from its own hint (geometry, so it is as steady as the hint)
+            hint = shadow_hint if shadow_hint.ndim == 4 else shadow_hint[:, None]
+            if shadow_hint_given is not None:
+                hint = hint * shadow_hint_given.to(hint.dtype)[:, None, None, None]
+            hint_lat = cond[:, -2:-1]  # the hint at latent size (cond ends with hint, flag)
+            out = ShadowHead.apply(out, hint.to(out.dtype), self.shadow_head(z, hint_lat))
         if cfg.output_deadzone > 0 and not self.training:
             # Soft-threshold the change: sub-level residual noise on pixels that need no fix (most pixels
             # of a harmonisation frame) is dropped; not while training, where it would zero small gradients.

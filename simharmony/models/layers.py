@@ -321,3 +321,32 @@ class MACA(nn.Module):
         bg_mean, bg_std = masked_stats(x, 1.0 - m)
         scale, shift = self.mlp(torch.cat([fg_mean, fg_std, bg_mean, bg_std], dim=1)).chunk(2, dim=1)
         return x + m * (x * scale[:, :, None, None] + shift[:, :, None, None])
+
+
+class ShadowHead(nn.Module):
+    """How much direct light a cast shadow removes, per colour, where a shadow hint says it is blocked.
+
+    From the input latent ``z [B, Cz, h, w]`` (is this surface sunlit? what colour is it?) and the hint at
+    latent size ``hint_lat [B, 1, h, w]``, predicts an attenuation ``a [B, 3, h, w]`` in [0, 1]; the image
+    then becomes ``x * (1 - hint * a)`` with the hint at full resolution (:meth:`apply`). A shadow darkens the
+    sun's share of the light and keeps the sky's, so ``a`` differs per colour (bluish shadows). The last conv
+    starts at zero: a new head changes nothing until trained.
+    """
+
+    def __init__(self, latent_channels: int, width: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(latent_channels + 1, width, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(width, width, 3, padding=1), nn.SiLU())
+        self.out = zero_module(nn.Conv2d(width, 3, 3, padding=1))
+
+    def forward(self, z: torch.Tensor, hint_lat: torch.Tensor) -> torch.Tensor:
+        raw = self.out(self.net(torch.cat([z, hint_lat.to(z.dtype)], dim=1)))
+        # clamped values, straight-through gradient: a plain clamp has no gradient at the zero it starts from
+        return raw + (raw.clamp(0.0, 1.0) - raw).detach()
+
+    @staticmethod
+    def apply(image: torch.Tensor, hint: torch.Tensor, attenuation: torch.Tensor) -> torch.Tensor:
+        """image [B, 3, H, W], hint [B, 1, H, W], attenuation [B, 3, h, w] (upsampled bilinearly) -> image."""
+        a = F.interpolate(attenuation, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return image * (1.0 - hint.to(image.dtype) * a)
+
