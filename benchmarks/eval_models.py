@@ -78,6 +78,17 @@ def shadow_region(clip: Clip) -> np.ndarray | None:
     return None
 
 
+def run_clip(method: Method, clip: Clip) -> np.ndarray:
+    """The clip's frames through a fresh state of ``method`` -> [T, H, W, 3]."""
+    return run_method(method, clip)[0]
+
+
+def from_frame(clip: Clip, t: int) -> Clip:
+    """The clip from frame ``t`` on (every per-frame field sliced)."""
+    fields = ("input", "target", "mask", "model_mask", "depth", "flow", "flow_valid", "shadow_hint")
+    return dataclasses.replace(clip, **{f: None if getattr(clip, f) is None else getattr(clip, f)[t:] for f in fields})
+
+
 def _set_anchor_limits(h: Harmonizer, limits: list[float] | None) -> None:
     anchor = getattr(h.model.backbone, "colour_anchor", None)
     if limits is not None and anchor is not None:
