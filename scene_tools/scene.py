@@ -392,6 +392,7 @@ class Scene:
         self.intrinsics = intrinsics
         self.objects: list[InsertedObject] = []
         self._state = _State()
+        self._light_maps: dict = {}  # shadow_hint's cache of the assets' light views
         self.sun = self.sun  # check metadata["sun"] now: a bad one is named here, not mid-render
 
     @property
@@ -530,12 +531,13 @@ class Scene:
         sun = self.sun
         if not (self.config.shadow_hints and self.objects and sun is not None):
             return None
-        casters = []
-        for o in self.objects:
-            means, quats, _ = self._placed(o, time)
-            g = o.asset.gaussians
-            casters.append(Caster(means, quats, g.scales, g.opacities))
-        return shadow_hint(casters, sun, bufs["depth"], intr.K, pose, exclude=bufs["inserted_mask"])
+        # each asset in its own frame, placed by its track: a light view is reused while the sun keeps its
+        # direction relative to the asset (a parked car, a car driving straight)
+        casters = [Caster(o.asset.gaussians.means, o.asset.gaussians.quats, o.asset.gaussians.scales,
+                          o.asset.gaussians.opacities, pose=o.track.pose_at(time), key=o.asset.id)
+                   for o in self.objects]
+        return shadow_hint(casters, sun, bufs["depth"], intr.K, pose, exclude=bufs["inserted_mask"],
+                           cache=self._light_maps)
 
     def _placed(self, o: InsertedObject, time: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inserted object ``o`` at ``time``: world means [N, 3], quats [N, 4] and its rotation R [3, 3]."""

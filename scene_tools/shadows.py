@@ -37,6 +37,9 @@ from simharmony.utils.config import Config
 LIGHT_MAP_PX = 96  # light-view resolution per caster: a car's 5 m over 96 px is 5 cm per texel
 SHADOW_BIAS_M = 0.05  # a receiver must lie this far behind the caster (along the light) to be shadowed
 SHADOW_RAMP_M = 0.10  # ... and is fully shadowed this much further: no acne on the caster's own surface
+LIGHT_MAP_CACHE = 64  # light views kept by a shadow_hint cache
+# a cached light view serves sun directions (in the caster's frame) that round alike to 0.01: within about
+# 0.6 degrees, well inside the 4-degree sun error the enhancer is trained to tolerate
 HINT_STRIDE = 2  # the shadow test runs on 2 x 2 pixel blocks: the enhancer pools the hint to 1/4 size anyway
 
 
@@ -90,12 +93,17 @@ class Sun(Config):
 
 @dataclass
 class Caster:
-    """Gaussians that cast a shadow, in world space: means [N, 3], quats [N, 4] (wxyz), scales [N, 3], opacities [N]."""
+    """Gaussians that cast a shadow: means [N, 3], quats [N, 4] (wxyz), scales [N, 3], opacities [N], in the
+    frame ``pose`` [4, 4] places in the world (None: already in world space). ``key`` (hashable, optional)
+    names the Gaussians for a light-map cache: a caster that keeps its Gaussians and only moves or turns
+    reuses its light view while the sun keeps its direction in the caster's own frame."""
 
     means: torch.Tensor
     quats: torch.Tensor
     scales: torch.Tensor
     opacities: torch.Tensor
+    pose: np.ndarray | None = None
+    key: Any = None
 
     def __post_init__(self) -> None:
         n = self.means.shape[0] if isinstance(self.means, torch.Tensor) and self.means.ndim == 2 else -1
@@ -105,6 +113,14 @@ class Caster:
             if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
                 raise ShapeMismatchError(f"Caster.{name} must be a tensor {shape}, got {getattr(t, 'shape', type(t))}")
             setattr(self, name, t.float())
+        if self.pose is not None:
+            self.pose = np.asarray(self.pose, np.float64)
+            if self.pose.shape != (4, 4) or not np.isfinite(self.pose).all():
+                raise InvalidInputError(f"Caster.pose must be a finite [4, 4] matrix, got shape {self.pose.shape}")
+
+    def local_direction(self, direction: np.ndarray) -> np.ndarray:
+        """A world direction in the caster's own frame."""
+        return direction if self.pose is None else self.pose[:3, :3].T @ direction
 
 
 def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -> dict[str, torch.Tensor]:
@@ -159,6 +175,7 @@ def shadow_hint(
     bias_m: float = SHADOW_BIAS_M,
     ramp_m: float = SHADOW_RAMP_M,
     stride: int = HINT_STRIDE,
+    cache: dict | None = None,
 ) -> torch.Tensor:
     """Soft map [H, W] float32 in [0, 1] of where ``casters`` shadow the surfaces seen in a frame.
 
@@ -167,7 +184,8 @@ def shadow_hint(
     casters' own coverage (the inserted mask), where the hint is scaled by ``1 - exclude``. Several casters
     combine as independent occluders: ``1 - prod(1 - hint_i)``. ``stride``: the shadow test runs at the
     centres of ``stride`` x ``stride`` pixel blocks and is upsampled bilinearly (the enhancer reads the hint
-    at a quarter of the frame's resolution; 1 = every pixel).
+    at a quarter of the frame's resolution; 1 = every pixel). ``cache``: a dict that keeps the light views
+    of keyed casters (:class:`Caster`) between calls; at most :data:`LIGHT_MAP_CACHE` entries are kept.
     """
     direction = sun.direction if isinstance(sun, Sun) else np.asarray(sun, np.float64)
     if direction.shape != (3,) or not np.isfinite(direction).all() or np.linalg.norm(direction) < 1e-9:
@@ -208,8 +226,21 @@ def shadow_hint(
     world = cam @ R.T + t
     lit = torch.ones(hs, ws, dtype=torch.float32, device=dev)  # product of (1 - hint_i)
     for caster in casters:
-        lm = light_map(caster, direction, size)
-        pl = world @ lm["viewmat"][:3, :3].T + lm["viewmat"][:3, 3]  # [hs, ws, 3] in the light camera
+        local_dir = caster.local_direction(direction / np.linalg.norm(direction))
+        key = None if caster.key is None or cache is None else (caster.key, tuple(np.round(local_dir, 2)), size)
+        lm = cache.get(key) if key is not None else None
+        if lm is None:
+            lm = light_map(caster, local_dir, size)
+            if key is not None:
+                while len(cache) >= LIGHT_MAP_CACHE:
+                    cache.pop(next(iter(cache)))
+                cache[key] = lm
+        pts = world
+        if caster.pose is not None:  # the receivers in the caster's own frame: R^T (x - t)
+            Rc = torch.as_tensor(caster.pose[:3, :3], dtype=torch.float32, device=dev)
+            tc = torch.as_tensor(caster.pose[:3, 3], dtype=torch.float32, device=dev)
+            pts = (world - tc) @ Rc
+        pl = pts @ lm["viewmat"][:3, :3].T + lm["viewmat"][:3, 3]  # [hs, ws, 3] in the light camera
         inv_z = 1.0 / pl[..., 2].clamp_min(1e-6)
         scale = 2.0 / size  # pixel -> grid_sample's [-1, 1] (align_corners=False)
         gx = (lm["K"][0, 0] * pl[..., 0] * inv_z + lm["K"][0, 2]) * scale - 1.0

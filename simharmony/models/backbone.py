@@ -70,7 +70,7 @@ class EnhancerConfig(Config):
     context_frames: int = 4  # K: most past latents the model attends to
     use_mask: bool = True  # accept an inserted-asset mask channel (optional at run time)
     use_depth: bool = True  # accept a depth channel (optional at run time)
-    use_shadow_hint: bool = False  # accept a cast-shadow hint channel (optional; scene_tools.shadows)
+    use_shadow_hint: bool = False  # accept a cast-shadow hint channel (optional; the simulator's shadow mapping)
     shadow_head: bool = False  # darken where the hint says the sun is blocked, by a learned amount (layers.ShadowHead)
     depth_scale: float = 10.0  # depth d (metres) enters as s / (s + d): 1 at the camera, 0 at infinity
     maca: bool = False  # mask-aware adaptive channel attention on the mask path

@@ -125,7 +125,7 @@ class Enhancer(nn.Module):
         (the others are treated exactly as mask=None, so one batch can mix items with and without a mask);
         None = all of them. depth_given [B] bool: the same for depth (items without geometry, e.g. real photos).
         shadow_hint [B, 1, H, W] in [0, 1] or None: where inserted objects' cast shadows fall
-        (:func:`scene_tools.shadows.shadow_hint`; models built with ``use_shadow_hint``), shadow_hint_given [B]
+        (the simulator's shadow mapping; models built with ``use_shadow_hint``), shadow_hint_given [B]
         as for the mask.
         past_kv: instead of ``past_latents``, per temporal layer a list over past frames (most recent first)
         of their :meth:`context_features` entries (what a stream caches: K past frames cost one projection each).
@@ -144,7 +144,7 @@ class Enhancer(nn.Module):
         else:
             z_out = self.backbone(z, cond, past, mask_lat)
         out = self.codec.decode(z_out, skips=feats)[..., :height, :width]
-        if self.shadow_head is not None and shadow_hint is not None:
+        if getattr(self, "shadow_head", None) is not None and shadow_hint is not None:
             # the shadow is drawn on the image only: the context latents stay shadow-free, and every frame's
             # shadow comes from its own hint (geometry, so it is as steady as the hint)
             hint = shadow_hint if shadow_hint.ndim == 4 else shadow_hint[:, None]
