@@ -393,7 +393,7 @@ class Scene:
         self.objects: list[InsertedObject] = []
         self._state = _State()
         self._light_maps: dict = {}  # shadow_hint's cache of the assets' light views
-        self.sun = self.sun  # check metadata["sun"] now: a bad one is named here, not mid-render
+        Sun.from_metadata(self.metadata.get("sun"))  # a bad metadata["sun"] is named here, not mid-render
 
     @property
     def sun(self) -> Sun | None:
@@ -401,8 +401,9 @@ class Scene:
         if self.metadata.get("sun") is not None:
             return Sun.from_metadata(self.metadata["sun"])
         light = self.metadata.get("lighting")
-        if isinstance(light, dict) and "sun_azimuth_deg" in light and float(light.get("sun_elevation_deg", 0)) > 0:
-            return Sun(light["sun_azimuth_deg"], light["sun_elevation_deg"])
+        elevation = light.get("sun_elevation_deg") if isinstance(light, dict) else None
+        if isinstance(elevation, (int, float)) and elevation > 0 and "sun_azimuth_deg" in light:
+            return Sun(light["sun_azimuth_deg"], elevation)
         return None
 
     @sun.setter

@@ -339,3 +339,30 @@ def test_a_new_shadow_head_learns_it_gets_gradient_at_its_zero_start():
     torch.testing.assert_close(out, x)
     ((out - target) ** 2).mean().backward()
     assert head.out.bias.grad is not None and bool((head.out.bias.grad < 0).all())  # darker is better: a grows
+
+
+def test_render_hook_and_simulator_pass_the_hint_on():
+    from simharmony.harmonizer import Harmonizer
+    from simharmony.plugin import HarmonizedRenderer
+
+    h = Harmonizer.from_pretrained(_hint_model())
+    seen = []
+    real = h.enhance
+    h.enhance = lambda *a, **kw: seen.append(kw.get("shadow_hint")) or real(*a, **kw)
+    frame = np.random.default_rng(0).uniform(size=(32, 48, 3)).astype(np.float32)
+    hint = np.full((32, 48), 0.5, np.float32)
+    render = HarmonizedRenderer(lambda cam: {"rgb": frame, "shadow_hint": hint}, h, strict=True)
+    render(0)
+    assert seen[-1] is hint
+    off = HarmonizedRenderer(lambda cam: {"rgb": frame, "shadow_hint": hint}, h, strict=True, use_shadow_hint=False)
+    off(0)
+    assert seen[-1] is None
+    # a Simulator over a scene with a sun hands the scene's hint to the enhancer and keeps it on the frame
+    from simharmony.sim import Simulator
+
+    pose = look_at(eye=(0.0, 0.0, 3.0), target=(10.0, 0.5, 0.0), up=(0.0, 0.0, 1.0))
+    scene = Scene(_ground(), intrinsics=INTR, metadata={"sun": {"azimuth_deg": 90.0, "elevation_deg": 35.0}})
+    scene.insert(_box_asset(), ObjectTrack.static(yaw_pose(10.0, 0.5, 0.0, 0.2)))
+    f = Simulator(scene, h).step(pose)
+    assert f.shadow_hint is not None and f.shadow_hint.max() > 0.5
+    np.testing.assert_array_equal(seen[-1].numpy() if hasattr(seen[-1], "numpy") else seen[-1], f.shadow_hint)
