@@ -29,7 +29,7 @@ import torch
 def main() -> None:
     from scene_tools.cameras import Intrinsics, Trajectory
     from scene_tools.scene import RenderConfig, Scene
-    from scene_tools.shadows import Caster, shadow_hint
+    from scene_tools.shadows import shadow_hint
     from simharmony.harmonizer import Harmonizer
     from simharmony.paths import DEMO_SCENE_DIR
     from simharmony.utils.checks import arg_int
@@ -57,9 +57,7 @@ def main() -> None:
         t = i % len(traj)
         scene.reset()
         fr = scene.render_frame(traj.poses[t], float(traj.times[t]), intr)
-        casters = [Caster(o.asset.gaussians.means, o.asset.gaussians.quats, o.asset.gaussians.scales,
-                          o.asset.gaussians.opacities, pose=o.track.pose_at(float(traj.times[t])), key=o.asset.id)
-                   for o in scene.objects]
+        casters = scene.shadow_casters(float(traj.times[t]))
         t0 = time.perf_counter()
         shadow_hint(casters, sun, fr.depth, intr.K, fr.pose, exclude=fr.inserted_mask, cache={})
         t1 = time.perf_counter()

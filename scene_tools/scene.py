@@ -528,25 +528,19 @@ class Scene:
         self._state.index += 1
         return frame
 
+    def shadow_casters(self, time: float) -> list[Caster]:
+        """The inserted assets as shadow casters at ``time``: each in its own frame, placed by its track, so a
+        light view is reused while the sun keeps its direction relative to the asset (a parked car, a car
+        driving straight)."""
+        return [Caster(o.asset.gaussians.means, o.asset.gaussians.quats, o.asset.gaussians.scales,
+                       o.asset.gaussians.opacities, pose=o.track.pose_at(time), key=o.asset.id) for o in self.objects]
+
     def _shadow_hint(self, bufs: dict[str, torch.Tensor], pose: np.ndarray, intr: Intrinsics, time: float) -> torch.Tensor | None:
         sun = self.sun
         if not (self.config.shadow_hints and self.objects and sun is not None):
             return None
-        # each asset in its own frame, placed by its track: a light view is reused while the sun keeps its
-        # direction relative to the asset (a parked car, a car driving straight)
-        casters = [Caster(o.asset.gaussians.means, o.asset.gaussians.quats, o.asset.gaussians.scales,
-                          o.asset.gaussians.opacities, pose=o.track.pose_at(time), key=o.asset.id)
-                   for o in self.objects]
-        return shadow_hint(casters, sun, bufs["depth"], intr.K, pose, exclude=bufs["inserted_mask"],
+        return shadow_hint(self.shadow_casters(time), sun, bufs["depth"], intr.K, pose, exclude=bufs["inserted_mask"],
                            cache=self._light_maps)
-
-    def _placed(self, o: InsertedObject, time: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Inserted object ``o`` at ``time``: world means [N, 3], quats [N, 4] and its rotation R [3, 3]."""
-        g = o.asset.gaussians
-        T = torch.as_tensor(o.track.pose_at(time), dtype=torch.float32, device=self.device)
-        R, t = T[:3, :3], T[:3, 3]
-        q = matrix_to_quat(R)[None].expand(len(g), 4)
-        return g.means @ R.T + t, quat_multiply(q, g.quats), R
 
     def _world_gaussians(self, time: float, campos: torch.Tensor) -> dict[str, torch.Tensor]:
         """All Gaussians in world space at ``time`` with colours evaluated for camera centre ``campos`` [3]."""
@@ -560,10 +554,13 @@ class Scene:
             ))
         for o in self.objects:
             g = o.asset.gaussians
-            means, quats, R = self._placed(o, time)
+            T = torch.as_tensor(o.track.pose_at(time), dtype=torch.float32, device=self.device)
+            R, t = T[:3, :3], T[:3, 3]
+            means = g.means @ R.T + t
+            q = matrix_to_quat(R)[None].expand(len(g), 4)
             dirs_local = (means - campos) @ R  # R^T (mean - campos): view direction in the asset frame
             parts.append(dict(
-                means=means, quats=quats, scales=g.scales, opacities=g.opacities,
+                means=means, quats=quat_multiply(q, g.quats), scales=g.scales, opacities=g.opacities,
                 rgb=eval_sh_colors(g.sh, dirs_local), ids=torch.full((len(g),), o.instance_id, dtype=torch.int32,
                                                                       device=self.device),
                 inserted=torch.ones(len(g), device=self.device),

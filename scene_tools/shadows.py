@@ -31,7 +31,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from simharmony.errors import InvalidCameraError, InvalidInputError, ShapeMismatchError
+from scene_tools.cameras import check_pose
+from scene_tools.flow import check_K
+from scene_tools.street import sun_direction
+from simharmony.errors import InvalidInputError, ShapeMismatchError
 from simharmony.utils.config import Config
 
 LIGHT_MAP_PX = 96  # light-view resolution per caster: a car's 5 m over 96 px is 5 cm per texel
@@ -41,12 +44,6 @@ LIGHT_MAP_CACHE = 64  # light views kept by a shadow_hint cache
 # a cached light view serves sun directions (in the caster's frame) that round alike to 0.01: within about
 # 0.6 degrees, well inside the 4-degree sun error the enhancer is trained to tolerate
 HINT_STRIDE = 2  # the shadow test runs on 2 x 2 pixel blocks: the enhancer pools the hint to 1/4 size anyway
-
-
-def sun_direction(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
-    """[3] unit vector from the scene towards the sun (z up; azimuth from +x towards +y)."""
-    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
-    return np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
 
 
 @dataclass
@@ -125,7 +122,7 @@ class Caster:
 
 def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -> dict[str, torch.Tensor]:
     """A near-orthographic pinhole camera looking along ``-direction`` (towards the scene from the sun) that
-    frames the caster: returns {"viewmat" [4, 4] world-to-light, "K" [3, 3], "size"} (float32)."""
+    frames the caster: returns {"viewmat" [4, 4] world-to-light, "K" [3, 3]} (float32) and its "near" / "far"."""
     dev = caster.means.device
     d = np.asarray(direction, np.float64)
     d = d / np.linalg.norm(d)
@@ -146,7 +143,7 @@ def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) 
     f = 0.5 * size * dist / radius
     K = np.array([[f, 0.0, size / 2.0], [0.0, f, size / 2.0], [0.0, 0.0, 1.0]])
     return {"viewmat": torch.as_tensor(view, dtype=torch.float32, device=dev),
-            "K": torch.as_tensor(K, dtype=torch.float32, device=dev), "size": size,
+            "K": torch.as_tensor(K, dtype=torch.float32, device=dev),
             "near": dist - 2.0 * radius, "far": dist + 2.0 * radius}
 
 
@@ -199,10 +196,8 @@ def shadow_hint(
         raise InvalidInputError("depth contains NaN (use inf where nothing was hit)")
     dev = depth.device
     h, w = depth.shape
-    K = torch.as_tensor(np.asarray(K, np.float64) if not isinstance(K, torch.Tensor) else K, dtype=torch.float64)
-    c2w = torch.as_tensor(np.asarray(pose, np.float64) if not isinstance(pose, torch.Tensor) else pose, dtype=torch.float64)
-    if K.shape != (3, 3) or c2w.shape != (4, 4):
-        raise InvalidCameraError(f"K must be [3, 3] and pose [4, 4], got {tuple(K.shape)} and {tuple(c2w.shape)}")
+    K = check_K(K)
+    c2w = check_pose(pose.detach().cpu().numpy() if isinstance(pose, torch.Tensor) else pose, "camera pose")
     ex = None
     if exclude is not None:
         ex = torch.as_tensor(exclude, dtype=torch.float32, device=dev)
@@ -222,7 +217,8 @@ def shadow_hint(
     u = (xs - float(K[0, 2])) / float(K[0, 0])
     v = (ys - float(K[1, 2])) / float(K[1, 1])
     cam = torch.stack([u[None, :] * d, v[:, None] * d, d], dim=-1)  # [hs, ws, 3]
-    R, t = c2w[:3, :3].float().to(dev), c2w[:3, 3].float().to(dev)
+    R = torch.as_tensor(c2w[:3, :3], dtype=torch.float32, device=dev)
+    t = torch.as_tensor(c2w[:3, 3], dtype=torch.float32, device=dev)
     world = cam @ R.T + t
     lit = torch.ones(hs, ws, dtype=torch.float32, device=dev)  # product of (1 - hint_i)
     for caster in casters:

@@ -52,6 +52,12 @@ def _check_rgb(owner: str, name: str, rgb) -> None:
     require(len(rgb) == 3 and all_finite(*rgb) and min(rgb) >= 0, owner, f"{name}={rgb} must be 3 finite values >= 0")
 
 
+def sun_direction(azimuth_deg: float, elevation_deg: float) -> np.ndarray:
+    """[3] unit vector from the scene towards the sun (z up; azimuth from +x towards +y)."""
+    az, el = np.deg2rad(azimuth_deg), np.deg2rad(elevation_deg)
+    return np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+
+
 @dataclass
 class LightingConfig(Config):
     """Sun (a directional emitter) plus a uniform sky (a constant environment emitter).
@@ -84,8 +90,7 @@ class LightingConfig(Config):
 
     def sun_direction(self) -> np.ndarray:
         """[3] unit vector from the scene towards the sun."""
-        az, el = np.deg2rad(self.sun_azimuth_deg), np.deg2rad(self.sun_elevation_deg)
-        return np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+        return sun_direction(self.sun_azimuth_deg, self.sun_elevation_deg)
 
     def sun_irradiance(self) -> np.ndarray:
         """[3] linear RGB irradiance on a surface facing the sun."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import math
 import re
 import socket
@@ -206,30 +207,42 @@ def decode_panel_image(markdown: str) -> np.ndarray:
     return img[..., ::-1]
 
 
-def test_server_pushes_frames_and_reacts_to_gui_values(bank):
+@contextlib.contextmanager
+def served(app: ViewerApp):
+    """A ViewerServer of ``app`` that has shown its first frame; stopped afterwards."""
     pytest.importorskip("viser")
     from simharmony_viewer.server import ViewerServer
 
-    app = make_app(bank)
     srv = ViewerServer(app, port=free_port())
     try:
         assert srv.wait_for_frames(1, timeout=60)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def settle(srv, done) -> None:
+    """GUI callbacks run on viser's thread pool: wait (frame by frame, 10 s at most) until ``done()``."""
+    for _ in range(50):
+        if done():
+            return
+        srv.wait_for_frames(srv.frames_shown + 1, timeout=0.2)
+
+
+def test_server_pushes_frames_and_reacts_to_gui_values(bank):
+    app = make_app(bank)
+    with served(app) as srv:
         raw = decode_panel_image(srv.image_md.content)
         np.testing.assert_array_equal(raw, app.render().raw)
         assert "**raw**" in srv.image_md.content
         n = srv.frames_shown
         srv.harmonize_cb.value = True  # as if clicked: runs the on_update callback
         assert srv.wait_for_frames(n + 1, timeout=60)
-        for _ in range(50):  # the callback runs on viser's thread pool; wait until its refresh landed
-            if "**harmonized**" in srv.image_md.content:
-                break
-            srv.wait_for_frames(srv.frames_shown + 1, timeout=0.2)
+        settle(srv, lambda: "**harmonized**" in srv.image_md.content)
         assert app.harmonize
         shown = decode_panel_image(srv.image_md.content)
         assert np.abs(shown.astype(int) - expected_shifted(raw).astype(int)).max() <= 2
         assert list(srv.asset_dd.options) == bank.list()
-    finally:
-        srv.stop()
 
 
 # ---------------------------------------------------------------------------------------------- free camera
@@ -331,26 +344,13 @@ def test_sun_control_gives_inserted_assets_a_shadow_hint_that_reaches_the_enhanc
 
 
 def test_server_sun_controls_set_the_scene_sun(bank):
-    pytest.importorskip("viser")
-    from simharmony_viewer.server import ViewerServer
-
     app = make_app(bank)
-    srv = ViewerServer(app, port=free_port())
-    try:
-        assert srv.wait_for_frames(1, timeout=60)
+    with served(app) as srv:
         assert not srv.sun_cb.value and srv.sun_az.disabled
         srv.sun_az.value = 200.0
         srv.sun_cb.value = True  # as if clicked: runs the on_update callback
-        for _ in range(50):  # the callback runs on viser's thread pool
-            if app.sun is not None:
-                break
-            srv.wait_for_frames(srv.frames_shown + 1, timeout=0.2)
+        settle(srv, lambda: app.sun is not None)
         assert app.sun is not None and app.sun.azimuth_deg == 200.0 and not srv.sun_az.disabled
         srv.sun_cb.value = False
-        for _ in range(50):
-            if app.sun is None:
-                break
-            srv.wait_for_frames(srv.frames_shown + 1, timeout=0.2)
+        settle(srv, lambda: app.sun is None)
         assert app.sun is None
-    finally:
-        srv.stop()

@@ -140,7 +140,7 @@ def harmonizer_method(name: str, label: str, harmonizer, *, streaming: bool, kin
         state["first"] = False
         out = harmonizer.enhance(frame, mask=mask if mask_to_model else None,
                                  depth=depth if depth_to_model else None, stream=stream, cut=cut,
-                                 shadow_hint=shadow_hint if hint_to_model else None)
+                                 shadow_hint=shadow_hint)  # None unless takes_shadow_hint
         return ema(out) if ema is not None else out
 
     def reset():

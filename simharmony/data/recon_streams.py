@@ -66,6 +66,7 @@ from simharmony.data.streams import (
     _metadata,
     _Scene,
     _StreamCommon,
+    hint_sun,
     object_motions,
 )
 from simharmony.errors import ConfigError, CorruptFileError
@@ -314,7 +315,6 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
 
     from scene_tools.assets import extract_asset
     from scene_tools.scene import ObjectTrack
-    from scene_tools.shadows import Sun
 
     fr, layout = scene.frames, scene.layout
     gs, cache_path, _hit = _street_reconstruction(config, scene)
@@ -357,10 +357,7 @@ def _make_reinsert(config: ReinsertStreamConfig, seed: int, scene: _Scene, rng: 
     item_times = times[idx]
     poses = np.stack([layout.object_pose(obj, t) @ np.linalg.inv(pose_ref) @ source_pose for t in item_times])
     track = ObjectTrack(item_times, poses)
-    # the hint's sun error has its own generator: the item's other draws (and so its pixels) stay as they were
-    light = layout.lighting
-    sun = Sun(light.sun_azimuth_deg, max(light.sun_elevation_deg, 1.0)).jittered(
-        np.random.default_rng([int(seed), int(index), 0x5AD1]), config.hint_sun_jitter_deg)
+    sun = hint_sun(layout.lighting, [seed, index, 0x5AD1], config.hint_sun_jitter_deg)
     with torch.no_grad():
         out = render_gaussians(background, fr.trajectory[idx], inserts=[(asset, track)], sun=sun)
     target = fr.rgb[idx]

@@ -386,7 +386,6 @@ def shadow_mask(inp: np.ndarray, target: np.ndarray, obj_alpha: np.ndarray, thre
 
 def _make_shadow(config: ShadowStreamConfig, seed: int, scene: _Scene, rng: np.random.Generator, index: int) -> PairItem | None:
     from scene_tools.pbr import render_street, tonemap
-    from scene_tools.shadows import Sun
 
     idx = _item_frames(scene, rng, config.sequence_prob)
     cands = _candidates(scene, config.categories, idx, config.min_object_pixels)
@@ -414,13 +413,21 @@ def _make_shadow(config: ShadowStreamConfig, seed: int, scene: _Scene, rng: np.r
         })
         # the object's own coverage: the mask a simulator inserting it gives (``mask`` needs the target)
         asset = coverage_mask(fg.alpha, dilate=1)
-        # its own generator: the hint's sun error leaves the item's other draws (and so its pixels) as they were
-        sun = Sun(layout.lighting.sun_azimuth_deg, max(layout.lighting.sun_elevation_deg, 1.0)).jittered(
-            np.random.default_rng([int(seed), int(index), 0x5AD0]), config.hint_sun_jitter_deg)
+        sun = hint_sun(layout.lighting, [seed, index, 0x5AD0], config.hint_sun_jitter_deg)
         hint = object_shadow_hint(layout, obj, sun, fr.depth[idx], fr.trajectory, idx, asset)
         md["params"]["hint_sun"] = sun.to_dict()
         return PairItem(inp, target, mask, fr.depth[idx], flow, valid, md, asset_mask=asset, shadow_hint=hint)
     return None
+
+
+def hint_sun(lighting, rng_key: list[int], sigma_deg: float):
+    """The street's sun (a LightingConfig) as an item's shadow hint sees it: moved by a random ``sigma_deg``
+    error drawn from a generator of its own (``rng_key``), so the item's other draws, and so its pixels, stay
+    as they were."""
+    from scene_tools.shadows import Sun
+
+    sun = Sun(lighting.sun_azimuth_deg, max(lighting.sun_elevation_deg, 1.0))
+    return sun.jittered(np.random.default_rng([int(k) for k in rng_key]), sigma_deg)
 
 
 def object_shadow_hint(layout, obj: int, sun, depth: np.ndarray, trajectory, idx: list[int],
