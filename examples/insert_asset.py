@@ -3,6 +3,7 @@
     python examples/insert_asset.py                                   # first vehicle, 3 m to the left
     python examples/insert_asset.py --asset demo_street_seed0-23-89603723 --lateral -3 --speed 4
     python examples/insert_asset.py --category vehicle --frames 20 --scale 0.5 --model path/to/enhancer
+    python examples/insert_asset.py --sun 60 25                       # a low sun from the front left
 
 Steps, all public API:
 
@@ -13,7 +14,9 @@ Steps, all public API:
    ``--lateral`` metres (+ = left; the paper inserts along a 3 m shift), ``--forward`` metres ahead, at
    ``--speed`` m/s.
 4. ``Simulator.render(trajectory)``: raw and harmonized frames with depth and the inserted-asset mask.
-5. Writes ``insert_asset.mp4`` (raw | harmonized | mask), ``frame_XXX.png`` for the first, middle and last
+   The demo street knows its sun (``--sun`` sets another), so every frame also carries the shadow hint: where
+   the asset's shadow falls and where the street shades the asset; the enhancer darkens there.
+5. Writes ``insert_asset.mp4`` (raw | harmonized | mask | shadow hint), ``frame_XXX.png`` for the first, middle and last
    frames, ``contact_sheet.png`` and ``insert_asset.json`` (asset info, track, timings).
 """
 
@@ -27,10 +30,12 @@ import sys
 import numpy as np
 
 from scene_tools.scene import ObjectTrack
+from scene_tools.shadows import Sun
+from simharmony.errors import InvalidInputError
 from simharmony.paths import DEMO_ASSETS_DIR
 from simharmony.sim import Simulator, resolve_harmonizer
 from simharmony.utils.io import ensure_writable_dir, write_text_atomic
-from simharmony.visualize import contact_sheet, save_png, side_by_side, write_video
+from simharmony.visualize import contact_sheet, save_png, shadow_panel, side_by_side, write_video
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,10 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="default",
                     help="'default' (weights/enhancer; an untrained Enhancer with a warning while it is missing), "
                          "'untrained', or a folder saved with Enhancer.save_pretrained")
+    ap.add_argument("--sun", type=float, nargs=2, metavar=("AZIMUTH", "ELEVATION"), default=None,
+                    help="the sun in degrees (azimuth from the street's +x towards +y, elevation above the horizon); "
+                         "default: the demo street's own")
     ap.add_argument("--keep-existing", action="store_true", help="keep the demo scene's own inserted vehicle")
     ap.add_argument("--out", default="outputs/insert_asset", help="output folder")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
+    sun = None
+    if args.sun is not None:
+        try:
+            sun = Sun(*args.sun)
+        except InvalidInputError as e:
+            ap.error(f"--sun: {e}")
     for name in ("lateral", "forward", "speed"):
         if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
             ap.error(f"--{name} must be finite")
@@ -75,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: weights/enhancer holds no trained weights yet; using an UNTRAINED Enhancer, which is the "
               "identity (harmonized == raw). Train it or pass --model PATH.", file=sys.stderr)
     sim = Simulator.from_demo(harmonizer, scale=args.scale, progress=not args.quiet)
+    if sun is not None:
+        sim.scene.metadata["sun"] = sun.to_dict()
     if not args.keep_existing:
         for iid in list(sim.scene.inserted_ids):
             sim.scene.remove(iid)
@@ -94,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # 5. save
     out = ensure_writable_dir(args.out)
-    rows = [side_by_side([f.raw, f.harmonized, f.inserted_mask], ["raw render", "harmonized", "inserted mask"])
-            for f in seq]
+    rows = [side_by_side([f.raw, f.harmonized, f.inserted_mask, shadow_panel(f.shadow_hint, f.raw)],
+                         ["raw render", "harmonized", "inserted mask", "shadow hint"]) for f in seq]
     video = write_video(out / "insert_asset.mp4", rows, fps=1.0 / sim.scene.config.frame_dt)
     pngs = []
     for i in sorted({0, len(seq) // 2, len(seq) - 1}):

@@ -18,8 +18,9 @@ field              shape / dtype   meaning
                                    the motion of inserted objects; zeros for the first frame
 ``flow_valid``     [H, W] bool     pixels whose flow is trustworthy (not occluded, finite depth);
                                    all False for the first frame
-``shadow_hint``    [H, W] f32      where the inserted assets' cast shadows fall, in [0, 1]
-                   or None         (:func:`scene_tools.shadows.shadow_hint`); None when the scene has
+``shadow_hint``    [H, W] f32      where the sun is blocked at a surface rendered lit, in [0, 1]: the
+                   or None         inserted assets' cast shadows, and the scene's shadow on the assets
+                                   (:func:`scene_tools.shadows.shadow_hint`); None when the scene has
                                    no sun (:attr:`Scene.sun`), no inserted asset, or
                                    ``RenderConfig.shadow_hints`` is off
 =================  ==============  =============================================================
@@ -92,6 +93,7 @@ class RenderConfig(Config):
     flow_rel_tol: float = 0.03  # relative depth tolerance of the flow occlusion test
     clamp_rgb: bool = True
     shadow_hints: bool = True  # compute FrameRender.shadow_hint when the scene has a sun and inserted assets
+    scene_shadows_on_assets: bool = True  # the hint also covers where the background shades an inserted asset
 
     def __post_init__(self) -> None:
         if len(self.background_color) != 3 or not all(math.isfinite(c) for c in self.background_color):
@@ -393,6 +395,7 @@ class Scene:
         self.objects: list[InsertedObject] = []
         self._state = _State()
         self._light_maps: dict = {}  # shadow_hint's cache of the assets' light views
+        self._occluders: tuple[GaussianScene, Caster] | None = None
         Sun.from_metadata(self.metadata.get("sun"))  # a bad metadata["sun"] is named here, not mid-render
 
     @property
@@ -539,8 +542,17 @@ class Scene:
         sun = self.sun
         if not (self.config.shadow_hints and self.objects and sun is not None):
             return None
+        occluders = self.shadow_occluders() if self.config.scene_shadows_on_assets else None
         return shadow_hint(self.shadow_casters(time), sun, bufs["depth"], intr.K, pose, exclude=bufs["inserted_mask"],
-                           cache=self._light_maps)
+                           cache=self._light_maps, occluders=occluders)
+
+    def shadow_occluders(self) -> Caster:
+        """The background Gaussians as what may shade an inserted asset (world space; kept while the
+        background object stays the same)."""
+        bg = self.background
+        if self._occluders is None or self._occluders[0] is not bg:
+            self._occluders = (bg, Caster(bg.means, bg.quats, bg.scales, bg.opacities))
+        return self._occluders[1]
 
     def _world_gaussians(self, time: float, campos: torch.Tensor) -> dict[str, torch.Tensor]:
         """All Gaussians in world space at ``time`` with colours evaluated for camera centre ``campos`` [3]."""

@@ -10,9 +10,11 @@ scene has one, the sun. That is enough for classic shadow mapping, done with the
    sun than the point.
 
 The result, :func:`shadow_hint`, is a soft [H, W] map in [0, 1]: the share of direct sunlight the inserted
-objects block at each pixel's surface (0 on the sky and on the objects themselves, whose own shading is
-their appearance, not a cast shadow). The enhancer takes it as an optional input beside mask and depth; it
-learns the shadow's darkness, colour and softness from the pixels.
+objects block at each pixel's surface (0 on the sky). On the objects' own pixels it is, given the scene's
+Gaussians as ``occluders``, the share the scene blocks there (the same shadow map, drawn with the scene around
+the object from the sun: a car in a building's shadow), since an inserted object is rendered as if alone under
+the sun. Both say the same to the enhancer: the sun is blocked where the render shows it lit. It takes the hint
+as an optional input beside mask and depth and learns the shadow's darkness, colour and softness from the pixels.
 
 World frame: the project's street frame, z up, metres (synthetic streets; real captures moved there by
 :func:`scene_tools.capture.align_to_ground`). The sun is given as azimuth (in the ground plane, from +x
@@ -44,6 +46,8 @@ LIGHT_MAP_CACHE = 64  # light views kept by a shadow_hint cache
 # a cached light view serves sun directions (in the caster's frame) that round alike to 0.01: within about
 # 0.6 degrees, well inside the 4-degree sun error the enhancer is trained to tolerate
 HINT_STRIDE = 2  # the shadow test runs on 2 x 2 pixel blocks: the enhancer pools the hint to 1/4 size anyway
+OCCLUDER_REACH_M = 80.0  # how far towards the sun scene occluders of an inserted object are looked for: a 20 m
+# building under a 15-degree sun is 77 m away along the light from the end of its shadow
 
 
 @dataclass
@@ -115,14 +119,24 @@ class Caster:
             if self.pose.shape != (4, 4) or not np.isfinite(self.pose).all():
                 raise InvalidInputError(f"Caster.pose must be a finite [4, 4] matrix, got shape {self.pose.shape}")
 
+    def in_world(self) -> Caster:
+        """The same Gaussians with their means moved to world space (rotations and scales are kept: the light
+        view needs only where they are and how big)."""
+        if self.pose is None:
+            return self
+        R = torch.as_tensor(self.pose[:3, :3], dtype=torch.float32, device=self.means.device)
+        t = torch.as_tensor(self.pose[:3, 3], dtype=torch.float32, device=self.means.device)
+        return Caster(self.means @ R.T + t, self.quats, self.scales, self.opacities)
+
     def local_direction(self, direction: np.ndarray) -> np.ndarray:
         """A world direction in the caster's own frame."""
         return direction if self.pose is None else self.pose[:3, :3].T @ direction
 
 
-def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -> dict[str, torch.Tensor]:
+def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, reach_m: float = 0.0) -> dict[str, Any]:
     """A near-orthographic pinhole camera looking along ``-direction`` (towards the scene from the sun) that
-    frames the caster: returns {"viewmat" [4, 4] world-to-light, "K" [3, 3]} (float32) and its "near" / "far"."""
+    frames the caster (its Gaussians in their own frame): returns {"viewmat" [4, 4] world-to-light, "K" [3, 3]}
+    (float32), its "near" / "far" planes (``reach_m`` beyond the caster towards the sun) and its "radius"."""
     dev = caster.means.device
     d = np.asarray(direction, np.float64)
     d = d / np.linalg.norm(d)
@@ -130,7 +144,8 @@ def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) 
     centre = 0.5 * (m.min(0) + m.max(0))
     sig = caster.scales.double().cpu().numpy().max(1, initial=0.0)
     radius = float(np.max(np.linalg.norm(m - centre, axis=1) + 3.0 * sig)) + 1e-3
-    dist = 200.0 * radius  # far away: rays within 0.3 degrees of parallel
+    # far away: rays within 0.3 degrees of parallel, and at most a tenth of the caster's size apart reach_m away
+    dist = max(200.0 * radius, 10.0 * reach_m)
     fwd = -d
     ref = np.array([0.0, 0.0, 1.0]) if abs(fwd[2]) < 0.99 else np.array([1.0, 0.0, 0.0])
     x = np.cross(fwd, ref)
@@ -144,7 +159,8 @@ def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) 
     K = np.array([[f, 0.0, size / 2.0], [0.0, f, size / 2.0], [0.0, 0.0, 1.0]])
     return {"viewmat": torch.as_tensor(view, dtype=torch.float32, device=dev),
             "K": torch.as_tensor(K, dtype=torch.float32, device=dev),
-            "near": dist - 2.0 * radius, "far": dist + 2.0 * radius}
+            "near": dist - max(2.0 * radius, reach_m), "far": dist + 2.0 * radius, "radius": radius,
+            "dist": dist}
 
 
 def light_map(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -> dict[str, Any]:
@@ -160,6 +176,47 @@ def light_map(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -
     return {**view, "alpha": alphas[0, ..., 0], "depth": out[0, ..., 0]}
 
 
+def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX,
+                 reach_m: float = OCCLUDER_REACH_M) -> dict[str, Any]:
+    """The scene's Gaussians ``occluders`` (world space) seen from the sun in the light view that frames the
+    caster ``frame``, from ``reach_m`` on its sun side to just behind it: like :func:`light_map`, a shadow map,
+    here of what may shade the inserted object itself. Only the occluders inside that narrow frustum are drawn."""
+    from scene_tools.rasterize import rasterize
+
+    view = light_view(frame.in_world(), direction, size, reach_m)
+    R, t = view["viewmat"][:3, :3], view["viewmat"][:3, 3]
+    pl = occluders.means @ R.T + t  # [N, 3] in the light camera
+    margin = 3.0 * occluders.scales.max(dim=1).values
+    half_width = view["radius"] * pl[:, 2] / view["dist"]  # the frustum's half width at each Gaussian's depth
+    keep = ((pl[:, 2] > view["near"] - margin) & (pl[:, 2] < view["far"] + margin)
+            & (pl[:, 0].abs() < half_width + margin) & (pl[:, 1].abs() < half_width + margin))
+    alpha = torch.zeros(size, size, device=pl.device)
+    depth = torch.zeros(size, size, device=pl.device)
+    if bool(keep.any()):
+        idx = keep.nonzero()[:, 0]
+        ones = torch.ones(len(idx), 1, device=pl.device)
+        out, alphas, _ = rasterize(occluders.means[idx], occluders.quats[idx], occluders.scales[idx],
+                                   occluders.opacities[idx], ones, view["viewmat"][None], view["K"][None], size, size,
+                                   near_plane=view["near"], far_plane=view["far"], render_mode="ED")
+        alpha, depth = alphas[0, ..., 0], out[0, ..., 0]
+    return {**view, "alpha": alpha, "depth": depth}
+
+
+def _shade(lm: dict[str, Any], pts: torch.Tensor, size: int, bias_m: float, ramp_m: float) -> torch.Tensor:
+    """How much of the sun the shadow map ``lm`` blocks at world points ``pts`` [..., 3] (in ``lm``'s frame)."""
+    pl = pts @ lm["viewmat"][:3, :3].T + lm["viewmat"][:3, 3]  # [..., 3] in the light camera
+    inv_z = 1.0 / pl[..., 2].clamp_min(1e-6)
+    scale = 2.0 / size  # pixel -> grid_sample's [-1, 1] (align_corners=False)
+    gx = (lm["K"][0, 0] * pl[..., 0] * inv_z + lm["K"][0, 2]) * scale - 1.0
+    gy = (lm["K"][1, 1] * pl[..., 1] * inv_z + lm["K"][1, 2]) * scale - 1.0
+    maps = torch.stack([lm["alpha"], lm["depth"] * lm["alpha"]])[None]  # depth premultiplied: no halo
+    sampled = F.grid_sample(maps, torch.stack([gx, gy], dim=-1)[None], mode="bilinear", padding_mode="zeros",
+                            align_corners=False)[0]
+    alpha = sampled[0].clamp(0.0, 1.0)
+    occ_depth = sampled[1] / alpha.clamp_min(1e-6)
+    return alpha * ((pl[..., 2] - occ_depth - bias_m) / ramp_m).clamp(0.0, 1.0)
+
+
 def shadow_hint(
     casters: list[Caster],
     sun: Sun | np.ndarray,
@@ -173,8 +230,11 @@ def shadow_hint(
     ramp_m: float = SHADOW_RAMP_M,
     stride: int = HINT_STRIDE,
     cache: dict | None = None,
+    occluders: Caster | None = None,
+    reach_m: float = OCCLUDER_REACH_M,
 ) -> torch.Tensor:
-    """Soft map [H, W] float32 in [0, 1] of where ``casters`` shadow the surfaces seen in a frame.
+    """Soft map [H, W] float32 in [0, 1] of where the sun is blocked at a surface the frame shows lit: where
+    ``casters`` (the inserted objects) shadow the scene, and, given ``occluders``, where the scene shadows them.
 
     ``sun``: a :class:`Sun` or a [3] direction towards it; ``depth`` [H, W] z-depth of the frame (inf = sky),
     ``K`` [3, 3] its intrinsics, ``pose`` [4, 4] camera-to-world (OpenCV). ``exclude`` [H, W] in [0, 1]: the
@@ -183,6 +243,10 @@ def shadow_hint(
     centres of ``stride`` x ``stride`` pixel blocks and is upsampled bilinearly (the enhancer reads the hint
     at a quarter of the frame's resolution; 1 = every pixel). ``cache``: a dict that keeps the light views
     of keyed casters (:class:`Caster`) between calls; at most :data:`LIGHT_MAP_CACHE` entries are kept.
+    ``occluders``: the scene's Gaussians in world space (a :class:`Caster` without pose). The casters were
+    rendered as if alone under the sun; on their own pixels (``exclude``, required then) the hint is where the
+    scene, up to ``reach_m`` towards the sun, blocks it (:func:`occluder_map`): a car driving into a building's
+    shadow. The scene's shadows on itself are in its pixels already and are not part of the hint.
     """
     direction = sun.direction if isinstance(sun, Sun) else np.asarray(sun, np.float64)
     if direction.shape != (3,) or not np.isfinite(direction).all() or np.linalg.norm(direction) < 1e-9:
@@ -199,6 +263,10 @@ def shadow_hint(
     K = check_K(K)
     c2w = check_pose(pose.detach().cpu().numpy() if isinstance(pose, torch.Tensor) else pose, "camera pose")
     ex = None
+    if occluders is not None and exclude is None:
+        raise InvalidInputError("shadow_hint: occluders need exclude (the casters' own coverage, where they apply)")
+    if occluders is not None and occluders.pose is not None:
+        raise InvalidInputError("shadow_hint: occluders must be in world space (a Caster without pose)")
     if exclude is not None:
         ex = torch.as_tensor(exclude, dtype=torch.float32, device=dev)
         if ex.shape != (h, w):
@@ -236,25 +304,29 @@ def shadow_hint(
             Rc = torch.as_tensor(caster.pose[:3, :3], dtype=torch.float32, device=dev)
             tc = torch.as_tensor(caster.pose[:3, 3], dtype=torch.float32, device=dev)
             pts = (world - tc) @ Rc
-        pl = pts @ lm["viewmat"][:3, :3].T + lm["viewmat"][:3, 3]  # [hs, ws, 3] in the light camera
-        inv_z = 1.0 / pl[..., 2].clamp_min(1e-6)
-        scale = 2.0 / size  # pixel -> grid_sample's [-1, 1] (align_corners=False)
-        gx = (lm["K"][0, 0] * pl[..., 0] * inv_z + lm["K"][0, 2]) * scale - 1.0
-        gy = (lm["K"][1, 1] * pl[..., 1] * inv_z + lm["K"][1, 2]) * scale - 1.0
-        maps = torch.stack([lm["alpha"], lm["depth"] * lm["alpha"]])[None]  # depth premultiplied: no halo
-        sampled = F.grid_sample(maps, torch.stack([gx, gy], dim=-1)[None], mode="bilinear", padding_mode="zeros",
-                                align_corners=False)[0]
-        alpha = sampled[0].clamp(0.0, 1.0)
-        occ_depth = sampled[1] / alpha.clamp_min(1e-6)
-        behind = ((pl[..., 2] - occ_depth - bias_m) / ramp_m).clamp(0.0, 1.0)
-        lit = lit * (1.0 - alpha * behind)
-    blocked = (1.0 - lit) * finite
-    if s > 1:
-        blocked = F.interpolate(blocked[None, None], scale_factor=s, mode="bilinear", align_corners=False)[0, 0, :h, :w]
-        blocked = blocked * torch.isfinite(depth)
-    if ex is not None:
-        blocked = blocked * (1.0 - ex.clamp(0.0, 1.0))
+        lit = lit * (1.0 - _shade(lm, pts, size, bias_m, ramp_m))
+    blocked = _full_size((1.0 - lit) * finite, s, depth)
+    if ex is None:
+        return blocked.contiguous()
+    ex = ex.clamp(0.0, 1.0)
+    blocked = blocked * (1.0 - ex)
+    if occluders is not None and len(occluders.means):
+        unit = direction / np.linalg.norm(direction)
+        lit_self = torch.ones(hs, ws, dtype=torch.float32, device=dev)
+        for caster in casters:
+            om = occluder_map(caster, occluders, unit, size, reach_m)
+            lit_self = lit_self * (1.0 - _shade(om, world, size, bias_m, ramp_m))
+        blocked = blocked + _full_size((1.0 - lit_self) * finite, s, depth) * ex
     return blocked.contiguous()
+
+
+def _full_size(blocks: torch.Tensor, stride: int, depth: torch.Tensor) -> torch.Tensor:
+    """A [hs, ws] map on ``stride`` x ``stride`` blocks upsampled to ``depth``'s [H, W] (zero on the sky)."""
+    if stride == 1:
+        return blocks
+    h, w = depth.shape
+    up = F.interpolate(blocks[None, None], scale_factor=stride, mode="bilinear", align_corners=False)[0, 0, :h, :w]
+    return up * torch.isfinite(depth)
 
 
 def mesh_caster(mesh, pose: np.ndarray | None = None, spacing_m: float = 0.08, seed: int = 0) -> Caster:
@@ -278,4 +350,5 @@ def mesh_caster(mesh, pose: np.ndarray | None = None, spacing_m: float = 0.08, s
                   torch.full((n,), 0.95))
 
 
-__all__ = ["LIGHT_MAP_PX", "Caster", "Sun", "light_map", "light_view", "mesh_caster", "shadow_hint", "sun_direction"]
+__all__ = ["LIGHT_MAP_PX", "OCCLUDER_REACH_M", "Caster", "Sun", "light_map", "light_view", "mesh_caster", "occluder_map",
+           "shadow_hint", "sun_direction"]

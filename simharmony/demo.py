@@ -4,7 +4,8 @@ Renders the ego trajectory (optionally shifted sideways for a novel view) throug
 ``simharmony.sim.Simulator``, which passes every frame (with its inserted-asset mask and depth) through
 the render hook and the streaming Harmonizer (default: the shipped weights/enhancer), and
 writes a side-by-side video and contact sheet: render | harmonized | |difference| x4 | depth | inserted
-mask | geometric flow.
+mask | shadow hint (where the vehicle's shadow falls and the street shades it, from the scene's sun) |
+geometric flow.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from scene_tools.scene import Scene
 from simharmony.errors import CorruptFileError, MissingFileError
 from simharmony.paths import DEMO_SCENE_DIR
 from simharmony.utils.io import PathLike, write_text_atomic
-from simharmony.visualize import colorize_depth, colorize_flow, contact_sheet, save_png, side_by_side, write_video
+from simharmony.visualize import (colorize_depth, colorize_flow, contact_sheet, save_png, shadow_panel, side_by_side,
+                                  write_video)
 
 
 @dataclass
@@ -83,8 +85,9 @@ def run_demo(
             panels += [f.harmonized, np.clip(np.abs(f.harmonized - np.clip(f.raw, 0, 1)) * 4.0, 0, 1)]
             labels += ["harmonized", "|difference| x4"]
         g = f.gbuffers
-        panels += [colorize_depth(f.depth), f.inserted_mask, colorize_flow(g.flow.cpu().numpy(), g.flow_valid.cpu().numpy())]
-        labels += ["depth", "inserted mask", "flow to t-1"]
+        panels += [colorize_depth(f.depth), f.inserted_mask, shadow_panel(f.shadow_hint, f.raw),
+                   colorize_flow(g.flow.cpu().numpy(), g.flow_valid.cpu().numpy())]
+        labels += ["depth", "inserted mask", "shadow hint", "flow to t-1"]
         rows.append(side_by_side(panels, labels))
     video = write_video(out / "demo.mp4", rows, fps=10)
     sheet = out / "contact_sheet.png"

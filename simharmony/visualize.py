@@ -62,6 +62,18 @@ def label(image: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+def shadow_panel(hint: np.ndarray | None, frame: np.ndarray) -> np.ndarray:
+    """The shadow hint [H, W] in [0, 1] drawn over a dimmed grey copy of ``frame`` [H, W, 3] (float in [0, 1] or
+    uint8) in orange, so one sees where it falls; without a hint (None), the grey frame alone."""
+    f = np.asarray(frame)
+    f = f.astype(np.float32) / 255.0 if f.dtype == np.uint8 else f.astype(np.float32)
+    grey = np.repeat(f.mean(-1, keepdims=True), 3, axis=-1) * 0.5
+    if hint is None:
+        return np.clip(grey, 0.0, 1.0)
+    h = np.clip(np.asarray(hint, np.float32), 0.0, 1.0)[..., None]
+    return np.clip(grey * (1.0 - h) + h * np.array([1.0, 0.55, 0.1], np.float32), 0.0, 1.0)
+
+
 def side_by_side(panels: Sequence[np.ndarray], titles: Sequence[str] | None = None) -> np.ndarray:
     """Concatenate same-sized images horizontally, each optionally titled."""
     if not panels:

@@ -96,6 +96,36 @@ def test_caster_below_the_receiver_casts_nothing_and_exclude_and_several_casters
     assert shadow_hint([], sun, depth, INTR.K, pose).max() == 0
 
 
+@pytest.mark.parametrize("wall_height, shaded_from_x", [(3.0, None), (4.0, 0.5), (6.5, -1.0)])
+def test_scene_occluders_shade_the_caster_itself(wall_height, shaded_from_x):
+    """A wall at x = 3..3.2 under a sun from +x at 45 degrees shades the plane z = 1.5 (the box's top) from
+    x = 3 - (height - 1.5) on: not at all, its far half, or all of it. The hint on the box's pixels says so;
+    off the box (the ground) it stays the box's own cast shadow."""
+    pose, depth, pts = ground_view()
+    top = (np.abs(pts[..., 0]) <= 1.0) & (np.abs(pts[..., 1]) <= 0.5)
+    depth = np.where(top, depth - 1.5, depth).astype(np.float32)
+    pts = np.where(top[..., None], pts + np.array([0.0, 0.0, 1.5]), pts)
+    wall = box_caster(centre=(3.1, 0.0), size=(0.2, 10.0), z=(0.0, wall_height), step=0.1)
+    sun = Sun(0.0, 45.0)
+    ex = top.astype(np.float32)
+    plain = shadow_hint([box_caster()], sun, depth, INTR.K, pose, exclude=ex, stride=1)
+    hint = shadow_hint([box_caster()], sun, depth, INTR.K, pose, exclude=ex, stride=1, occluders=wall).numpy()
+    np.testing.assert_array_equal(hint[~top], plain.numpy()[~top])
+    assert plain.numpy()[top].max() == 0  # without occluders nothing shades the box
+    inner = top & (np.abs(pts[..., 0]) < 0.85) & (np.abs(pts[..., 1]) < 0.35)  # two pixels from the box's edges
+    if shaded_from_x is None:
+        assert hint[top].max() < 0.05
+    else:
+        want = pts[..., 0] > shaded_from_x
+        edge = np.abs(pts[..., 0] - shaded_from_x) < 0.3  # the wall top's soft splats
+        assert (hint[inner & want & ~edge] > 0.8).all() and (hint[inner & ~want & ~edge] < 0.2).all()
+    with pytest.raises(InvalidInputError, match="exclude"):
+        shadow_hint([box_caster()], sun, depth, INTR.K, pose, occluders=wall)
+    with pytest.raises(InvalidInputError, match="world space"):
+        shadow_hint([box_caster()], sun, depth, INTR.K, pose, exclude=ex, occluders=Caster(
+            wall.means, wall.quats, wall.scales, wall.opacities, pose=np.eye(4)))
+
+
 def test_light_view_is_near_orthographic_and_frames_the_caster():
     c = box_caster()
     view = light_view(c, sun_direction(40.0, 30.0), size=64)

@@ -218,5 +218,8 @@ def test_examples_run_end_to_end(tmp_path):
     assert (tmp_path / "cl" / "closed_loop.mp4").stat().st_size > 0
     ia = _load_example("insert_asset")
     assert ia.main(["--frames", "3", "--scale", "0.25", "--model", "untrained", "--out", str(tmp_path / "ia"),
-                    "--quiet"]) == 0
+                    "--sun", "60", "25", "--quiet"]) == 0
     assert (tmp_path / "ia" / "insert_asset.json").is_file()
+    with pytest.raises(SystemExit):  # a sun below the horizon is refused before anything is rendered
+        ia.main(["--sun", "60", "-5", "--out", str(tmp_path / "ia2"), "--quiet"])
+    assert not (tmp_path / "ia2").exists()

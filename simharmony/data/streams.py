@@ -430,20 +430,47 @@ def hint_sun(lighting, rng_key: list[int], sigma_deg: float):
     return sun.jittered(np.random.default_rng([int(k) for k in rng_key]), sigma_deg)
 
 
+FLAT_CATEGORIES = ("ground", "road", "sidewalk", "lane_marking")  # surfaces that shade nothing standing on them
+OCCLUDER_SPACING_M = 0.15  # the street as Gaussians for the hint: coarser than an asset, its shadows are large
+
+
 def object_shadow_hint(layout, obj: int, sun, depth: np.ndarray, trajectory, idx: list[int],
                        exclude: np.ndarray) -> np.ndarray:
     """[T, H, W] shadow hint of street object ``obj`` (its mesh as Gaussians at each frame's time) in frames
-    ``idx`` of ``trajectory`` with the items' ``depth`` [T, H, W], scaled down on ``exclude`` (its coverage)."""
-    from scene_tools.shadows import mesh_caster, shadow_hint
+    ``idx`` of ``trajectory`` with the items' ``depth`` [T, H, W]; on ``exclude`` (its coverage) the hint is
+    where the rest of the street (its standing objects as Gaussians, as a reconstruction gives them) shades it."""
+    from scene_tools.shadows import OCCLUDER_REACH_M, mesh_caster, shadow_hint
 
     o = layout.object(obj)
     mesh = o.mesh
     out = []
     for k, i in enumerate(idx):
-        caster = mesh_caster(mesh, o.pose(float(trajectory.times[i])))
+        t = float(trajectory.times[i])
+        caster = mesh_caster(mesh, o.pose(t))
+        occluders = street_occluders(layout, obj, t, caster.means.mean(0).numpy(), OCCLUDER_REACH_M + 10.0)
         out.append(shadow_hint([caster], sun, depth[k], trajectory.intrinsics_at(i).K, trajectory.poses[i],
-                               exclude=exclude[k]).numpy())
+                               exclude=exclude[k], occluders=occluders).numpy())
     return np.stack(out).astype(np.float32)
+
+
+def street_occluders(layout, skip: int, t: float, centre: np.ndarray, radius_m: float):
+    """The street's standing objects (all but ``skip`` and the flat ground) whose bounds come within
+    ``radius_m`` of ``centre`` [3] at time ``t``, as one world-space Caster (see ``mesh_caster``)."""
+    import torch
+
+    from scene_tools.shadows import Caster, mesh_caster
+
+    parts = []
+    for o in layout.objects:
+        if o.instance_id == skip or o.category in FLAT_CATEGORIES:
+            continue
+        lo, hi = o.world_bounds(t)
+        if np.linalg.norm(np.clip(centre, lo, hi) - centre) > radius_m:
+            continue
+        parts.append(mesh_caster(o.mesh, o.pose(t), spacing_m=OCCLUDER_SPACING_M, seed=o.instance_id))
+    if not parts:
+        return None
+    return Caster(*(torch.cat([getattr(c, f) for c in parts]) for f in ("means", "quats", "scales", "opacities")))
 
 
 def generate_shadow(config: ShadowStreamConfig | None = None, seed: int = 0, count: int | None = None) -> Iterator[PairItem]:
