@@ -27,7 +27,7 @@ scene cut the caller did not signal): PSNR on B's frames, and its difference to 
 the colour anchor's ``max_log_gain`` / ``max_misfit`` of every model (``EnhancerConfig.anchor_max_*``).
 ``--shadow-region`` adds, per stream, the mean squared error in the cast-shadow region (:func:`shadow_region`:
 the shadow stream's true missing shadow; on re-insertion items the shadow hint's region), and the same for the
-input. ``--hint-ablation`` adds, for models that read shadow hints,
+input, and on the object's own pixels where the hint says the scene shades it (:func:`shaded_object_region`). ``--hint-ablation`` adds, for models that read shadow hints,
 the same weights run without them (what the hint path does over the learned-only path).
 ``--anchor-stats`` prints what the anchor's fit reads (largest |log gain| over channels, misfit) on the
 flicker sequences, the clean sequences and the first frame after each missed cut (how its limits were
@@ -76,6 +76,14 @@ def shadow_region(clip: Clip) -> np.ndarray | None:
     if clip.shadow_hint is not None:
         return (clip.shadow_hint > 0.3) & own
     return None
+
+
+def shaded_object_region(clip: Clip) -> np.ndarray | None:
+    """[T, H, W] bool, the inserted object's own pixels where its shadow hint exceeds 0.3: where the scene shades
+    the object itself (the hint's part on the object, ``shadow_hint(occluders=...)``); None without hint or mask."""
+    if clip.target is None or clip.model_mask is None or clip.shadow_hint is None:
+        return None
+    return (clip.model_mask > 0.5) & (clip.shadow_hint > 0.3)
 
 
 def run_clip(method: Method, clip: Clip) -> np.ndarray:
@@ -171,6 +179,8 @@ def main() -> None:
     shifts: dict[str, dict[str, list]] = {m: defaultdict(list) for m in models}
     # {model: {stream: [squared error in the shadow region, its pixels, same for the input]}}
     shade: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(3)) for m in models}
+    shade_own: dict[str, dict[str, np.ndarray]] = {m: defaultdict(lambda: np.zeros(3)) for m in models}  # the same,
+    # on the object's own pixels the scene shades
     _, clips = holdout_clips(args.holdout, args.max_items, maskless_streams=cfg.maskless_streams) if not args.no_clean else (None, [])
     for clip in clips:
         if (args.sequences_only and clip.num_frames < 2) or (args.streams and clip.group not in args.streams):
@@ -185,11 +195,12 @@ def main() -> None:
                 split[name][clip.group] += (se[inside].sum(), inside.sum(), se[~inside].sum(), (~inside).sum())
                 inp = clip.input.astype(np.float64)
                 shifts[name][clip.group].append(((out - inp)[inside].mean(0), (clip.target - inp)[inside].mean(0)))
-            region = shadow_region(clip) if args.shadow_region else None
-            if region is not None and region.any():
-                se_out = ((out.astype(np.float64) - clip.target) ** 2).mean(-1)[region].sum()
-                se_in = ((clip.input.astype(np.float64) - clip.target) ** 2).mean(-1)[region].sum()
-                shade[name][clip.group] += (se_out, region.sum(), se_in)
+            for acc, region_of in ((shade, shadow_region), (shade_own, shaded_object_region)):
+                region = region_of(clip) if args.shadow_region else None
+                if region is not None and region.any():
+                    se_out = ((out.astype(np.float64) - clip.target) ** 2).mean(-1)[region].sum()
+                    se_in = ((clip.input.astype(np.float64) - clip.target) ** 2).mean(-1)[region].sum()
+                    acc[name][clip.group] += (se_out, region.sum(), se_in)
     flicker = flicker_clips(args.holdout, cfg) if args.flicker else []
     cuts = cut_clips(args.holdout, cfg) if args.cuts else []
     if cuts:  # a cut clip "A|B" is A's frames then B's: B starts after A's frames
@@ -216,6 +227,9 @@ def main() -> None:
                   f"in mask made {np.array2string(made, precision=4, sign='+')} needed {np.array2string(needed, precision=4, sign='+')}")
         for s, (se, n, se_in) in sorted(shade[name].items()):
             print(f"  {s} shadow region ({int(n)} px): MSE {se / n:.4e}, input {se_in / n:.4e}, ratio {se / se_in:.3f}")
+        for s, (se, n, se_in) in sorted(shade_own[name].items()):
+            print(f"  {s} object in the scene's shade (hint > 0.3 on its mask, {int(n)} px): MSE {se / n:.4e}, "
+                  f"input {se_in / n:.4e}, ratio {se / se_in:.3f}")
         if flicker:
             ms = [clip_metrics(run_clip(m, c), c, cfg.psnr_cap_db) for c in flicker]
             print(f"  flicker holdout ({len(ms)}): psnr {np.mean([m['psnr'] for m in ms]):.3f} "

@@ -551,7 +551,9 @@ class Scene:
         background object stays the same)."""
         bg = self.background
         if self._occluders is None or self._occluders[0] is not bg:
-            self._occluders = (bg, Caster(bg.means, bg.quats, bg.scales, bg.opacities))
+            self._occluders = (bg, Caster(bg.means.detach(), bg.quats.detach(), bg.scales.detach(),
+                                          bg.opacities.detach()))
+            self._light_maps.clear()  # maps drawn from another background
         return self._occluders[1]
 
     def _world_gaussians(self, time: float, campos: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -46,6 +46,7 @@ LIGHT_MAP_CACHE = 64  # light views kept by a shadow_hint cache
 # a cached light view serves sun directions (in the caster's frame) that round alike to 0.01: within about
 # 0.6 degrees, well inside the 4-degree sun error the enhancer is trained to tolerate
 HINT_STRIDE = 2  # the shadow test runs on 2 x 2 pixel blocks: the enhancer pools the hint to 1/4 size anyway
+OCCLUDER_MAP_PX = 64  # the scene seen from the sun around an asset: 9 cm texels across a car, drawn every frame
 OCCLUDER_REACH_M = 80.0  # how far towards the sun scene occluders of an inserted object are looked for: a 20 m
 # building under a 15-degree sun is 77 m away along the light from the end of its shadow
 
@@ -176,14 +177,17 @@ def light_map(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -
     return {**view, "alpha": alphas[0, ..., 0], "depth": out[0, ..., 0]}
 
 
-def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX,
+def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: int = OCCLUDER_MAP_PX,
                  reach_m: float = OCCLUDER_REACH_M) -> dict[str, Any]:
     """The scene's Gaussians ``occluders`` (world space) seen from the sun in the light view that frames the
-    caster ``frame``, from ``reach_m`` on its sun side to just behind it: like :func:`light_map`, a shadow map,
-    here of what may shade the inserted object itself. Only the occluders inside that narrow frustum are drawn."""
+    caster ``frame``, from ``reach_m`` on its sun side to half its radius past its centre: like
+    :func:`light_map`, a shadow map, here of what may shade the inserted object itself. Only the occluders inside
+    that narrow frustum are drawn; those further back could only shade the object's far side, which its own
+    body shades already (and the ground under it, the bulk of them, never shades it)."""
     from scene_tools.rasterize import rasterize
 
     view = light_view(frame.in_world(), direction, size, reach_m)
+    view["far"] = view["dist"] + 0.5 * view["radius"]
     R, t = view["viewmat"][:3, :3], view["viewmat"][:3, 3]
     pl = occluders.means @ R.T + t  # [N, 3] in the light camera
     margin = 3.0 * occluders.scales.max(dim=1).values
@@ -202,8 +206,9 @@ def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: 
     return {**view, "alpha": alpha, "depth": depth}
 
 
-def _shade(lm: dict[str, Any], pts: torch.Tensor, size: int, bias_m: float, ramp_m: float) -> torch.Tensor:
+def _shade(lm: dict[str, Any], pts: torch.Tensor, bias_m: float, ramp_m: float) -> torch.Tensor:
     """How much of the sun the shadow map ``lm`` blocks at world points ``pts`` [..., 3] (in ``lm``'s frame)."""
+    size = lm["alpha"].shape[-1]
     pl = pts @ lm["viewmat"][:3, :3].T + lm["viewmat"][:3, 3]  # [..., 3] in the light camera
     inv_z = 1.0 / pl[..., 2].clamp_min(1e-6)
     scale = 2.0 / size  # pixel -> grid_sample's [-1, 1] (align_corners=False)
@@ -242,7 +247,8 @@ def shadow_hint(
     combine as independent occluders: ``1 - prod(1 - hint_i)``. ``stride``: the shadow test runs at the
     centres of ``stride`` x ``stride`` pixel blocks and is upsampled bilinearly (the enhancer reads the hint
     at a quarter of the frame's resolution; 1 = every pixel). ``cache``: a dict that keeps the light views
-    of keyed casters (:class:`Caster`) between calls; at most :data:`LIGHT_MAP_CACHE` entries are kept.
+    of keyed casters (:class:`Caster`) between calls (and their occluder maps while they keep their pose); at
+    most :data:`LIGHT_MAP_CACHE` entries are kept.
     ``occluders``: the scene's Gaussians in world space (a :class:`Caster` without pose). The casters were
     rendered as if alone under the sun; on their own pixels (``exclude``, required then) the hint is where the
     scene, up to ``reach_m`` towards the sun, blocks it (:func:`occluder_map`): a car driving into a building's
@@ -296,15 +302,13 @@ def shadow_hint(
         if lm is None:
             lm = light_map(caster, local_dir, size)
             if key is not None:
-                while len(cache) >= LIGHT_MAP_CACHE:
-                    cache.pop(next(iter(cache)))
-                cache[key] = lm
+                _cache_put(cache, key, lm)
         pts = world
         if caster.pose is not None:  # the receivers in the caster's own frame: R^T (x - t)
             Rc = torch.as_tensor(caster.pose[:3, :3], dtype=torch.float32, device=dev)
             tc = torch.as_tensor(caster.pose[:3, 3], dtype=torch.float32, device=dev)
             pts = (world - tc) @ Rc
-        lit = lit * (1.0 - _shade(lm, pts, size, bias_m, ramp_m))
+        lit = lit * (1.0 - _shade(lm, pts, bias_m, ramp_m))
     blocked = _full_size((1.0 - lit) * finite, s, depth)
     if ex is None:
         return blocked.contiguous()
@@ -314,10 +318,24 @@ def shadow_hint(
         unit = direction / np.linalg.norm(direction)
         lit_self = torch.ones(hs, ws, dtype=torch.float32, device=dev)
         for caster in casters:
-            om = occluder_map(caster, occluders, unit, size, reach_m)
-            lit_self = lit_self * (1.0 - _shade(om, world, size, bias_m, ramp_m))
+            # an asset that keeps its pose under a fixed sun (parked, a paused simulation) reuses its map
+            key = None if caster.key is None or cache is None else (
+                "occluders", id(occluders), caster.key, tuple(np.round(unit, 2)),
+                None if caster.pose is None else tuple(np.round(caster.pose[:3], 2).ravel()), reach_m)
+            om = cache.get(key) if key is not None else None
+            if om is None:
+                om = occluder_map(caster, occluders, unit, OCCLUDER_MAP_PX, reach_m)
+                if key is not None:
+                    _cache_put(cache, key, om)
+            lit_self = lit_self * (1.0 - _shade(om, world, bias_m, ramp_m))
         blocked = blocked + _full_size((1.0 - lit_self) * finite, s, depth) * ex
     return blocked.contiguous()
+
+
+def _cache_put(cache: dict, key: Any, value: dict) -> None:
+    while len(cache) >= LIGHT_MAP_CACHE:  # oldest first
+        cache.pop(next(iter(cache)))
+    cache[key] = value
 
 
 def _full_size(blocks: torch.Tensor, stride: int, depth: torch.Tensor) -> torch.Tensor:
@@ -350,5 +368,5 @@ def mesh_caster(mesh, pose: np.ndarray | None = None, spacing_m: float = 0.08, s
                   torch.full((n,), 0.95))
 
 
-__all__ = ["LIGHT_MAP_PX", "OCCLUDER_REACH_M", "Caster", "Sun", "light_map", "light_view", "mesh_caster", "occluder_map",
+__all__ = ["LIGHT_MAP_PX", "OCCLUDER_MAP_PX", "OCCLUDER_REACH_M", "Caster", "Sun", "light_map", "light_view", "mesh_caster", "occluder_map",
            "shadow_hint", "sun_direction"]

@@ -213,6 +213,33 @@ def test_scene_frames_carry_the_hint_when_the_sun_is_known(tmp_path):
         Scene(_ground(), metadata={"sun": {"azimuth": 10.0}})
 
 
+def test_scene_shades_its_inserted_asset_and_a_parked_asset_reuses_its_map():
+    """A wall on the sun's side (+y, 3 m from the box, 4 m high, sun at 35 degrees: its shadow reaches 5.7 m)
+    shades the inserted box: the hint covers the box's pixels; without the wall, or with
+    ``scene_shadows_on_assets`` off, it does not."""
+    pose = look_at(eye=(0.0, 0.0, 3.0), target=(10.0, 0.5, 0.0), up=(0.0, 0.0, 1.0))
+    wall = box_caster(centre=(10.0, 4.0), size=(12.0, 0.3), z=(0.0, 4.0), step=0.15)
+    bg = GaussianScene.concat([_ground(), GaussianScene.from_points(wall.means, torch.full((len(wall.means), 3), 0.5),
+                                                                    scale=0.09, opacity=0.97)])
+    sun = {"sun": {"azimuth_deg": 90.0, "elevation_deg": 35.0}}
+    track = ObjectTrack.static(yaw_pose(10.0, 0.5, 0.0, 0.2))
+    hints = {}
+    for name, background, config in (("wall", bg, RenderConfig()), ("open", _ground(), RenderConfig()),
+                                      ("off", bg, RenderConfig(scene_shadows_on_assets=False))):
+        scene = Scene(background, intrinsics=INTR, metadata=sun, config=config)
+        scene.insert(_box_asset(), track)
+        f = scene.render_frame(pose)
+        obj = f.inserted_mask.numpy() > 0.9
+        hints[name] = f.shadow_hint.numpy()[obj]
+        if name == "wall":  # rendered again (the parked box keeps its pose): its occluder map comes from the cache
+            assert sum(1 for k in scene._light_maps if k[0] == "occluders") == 1
+            scene.reset()
+            np.testing.assert_array_equal(scene.render_frame(pose).shadow_hint.numpy()[obj], hints[name])
+    assert obj.sum() > 50
+    assert np.median(hints["wall"]) > 0.8
+    assert hints["open"].max() < 0.1 and hints["off"].max() < 0.1
+
+
 # ---------------------------------------------------------------------------------------------- model
 def _hint_model():
     from simharmony.models.backbone import EnhancerConfig
