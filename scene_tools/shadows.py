@@ -318,21 +318,24 @@ def shadow_hint(
         unit = direction / np.linalg.norm(direction)
         lit_self = torch.ones(hs, ws, dtype=torch.float32, device=dev)
         for caster in casters:
-            # an asset that keeps its pose under a fixed sun (parked, a paused simulation) reuses its map
-            key = None if caster.key is None or cache is None else (
-                "occluders", id(occluders), caster.key, tuple(np.round(unit, 2)),
-                None if caster.pose is None else tuple(np.round(caster.pose[:3], 2).ravel()), reach_m)
-            om = cache.get(key) if key is not None else None
+            # an asset that keeps its pose under a fixed sun (parked, a paused simulation) reuses its map; one
+            # slot per asset, so a moving one does not push the light views out of the cache
+            slot = None if caster.key is None or cache is None else ("occluders", caster.key)
+            state = (id(occluders), tuple(np.round(unit, 2)), reach_m,
+                     None if caster.pose is None else tuple(np.round(caster.pose[:3], 2).ravel()))
+            kept = cache.get(slot) if slot is not None else None
+            om = kept[1] if kept is not None and kept[0] == state else None
             if om is None:
                 om = occluder_map(caster, occluders, unit, OCCLUDER_MAP_PX, reach_m)
-                if key is not None:
-                    _cache_put(cache, key, om)
+                if slot is not None:
+                    cache.pop(slot, None)
+                    _cache_put(cache, slot, (state, om))
             lit_self = lit_self * (1.0 - _shade(om, world, bias_m, ramp_m))
         blocked = blocked + _full_size((1.0 - lit_self) * finite, s, depth) * ex
     return blocked.contiguous()
 
 
-def _cache_put(cache: dict, key: Any, value: dict) -> None:
+def _cache_put(cache: dict, key: Any, value: Any) -> None:
     while len(cache) >= LIGHT_MAP_CACHE:  # oldest first
         cache.pop(next(iter(cache)))
     cache[key] = value

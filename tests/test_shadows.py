@@ -233,8 +233,16 @@ def test_scene_shades_its_inserted_asset_and_a_parked_asset_reuses_its_map():
         hints[name] = f.shadow_hint.numpy()[obj]
         if name == "wall":  # rendered again (the parked box keeps its pose): its occluder map comes from the cache
             assert sum(1 for k in scene._light_maps if k[0] == "occluders") == 1
+            slot = next(k for k in scene._light_maps if k[0] == "occluders")
+            kept = scene._light_maps[slot][1]
             scene.reset()
             np.testing.assert_array_equal(scene.render_frame(pose).shadow_hint.numpy()[obj], hints[name])
+            assert scene._light_maps[slot][1] is kept
+            scene.objects[0].track = ObjectTrack.static(yaw_pose(10.5, 0.5, 0.0, 0.2))  # moved: drawn again
+            scene.reset()
+            scene.render_frame(pose)
+            assert scene._light_maps[slot][1] is not kept
+            assert sum(1 for k in scene._light_maps if k[0] == "occluders") == 1
     assert obj.sum() > 50
     assert np.median(hints["wall"]) > 0.8
     assert hints["open"].max() < 0.1 and hints["off"].max() < 0.1

@@ -20,9 +20,10 @@ image (one random frame, T = 1) or, with probability ``sequence_prob``, the whol
   darker than the input by more than ``shadow_threshold`` (its cast shadow), dilated by a pixel; outside
   the mask the input is the target (the renders differ there only by Monte Carlo noise). ``asset_mask`` =
   the object's coverage alone, dilated by a pixel: the mask a simulator would give. ``shadow_hint`` = where
-  the object's shadow falls by shadow mapping (:func:`scene_tools.shadows.shadow_hint`: the object's mesh as
-  Gaussians, the street's sun moved by a random ``hint_sun_jitter_deg`` error, the target's depth), as a
-  simulator computes it at run time.
+  the object's shadow falls, and on the object where the rest of the street shades it, by shadow mapping
+  (:func:`scene_tools.shadows.shadow_hint`: the object's mesh and the street's standing objects as Gaussians,
+  the street's sun moved by a random ``hint_sun_jitter_deg`` error, the target's depth), as a simulator
+  computes it at run time.
 - ``rpb``: Random Poisson Blending (R2R): the object is Poisson-blended (``cv2.seamlessClone``) onto a
   random region of a reference image (the same frame index of the generator's next street, under other
   lighting), the blended foreground F_p is mixed ``alpha * F_p + (1 - alpha) * F_t`` and pasted back
