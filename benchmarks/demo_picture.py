@@ -22,7 +22,7 @@ def main() -> None:
     from simharmony.demo import load_demo_scene
     from simharmony.sim import Simulator
     from simharmony.utils.checks import arg_float, arg_int
-    from simharmony.visualize import save_png, shadow_panel, side_by_side
+    from simharmony.visualize import difference, save_png, shadow_panel, side_by_side
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="default")
@@ -44,7 +44,7 @@ def main() -> None:
     for i in args.frames:
         f = seq[i]
         raw, out = np.clip(f.raw, 0, 1), np.clip(f.harmonized, 0, 1)
-        panels = [raw, out, shadow_panel(f.shadow_hint, raw), np.clip(np.abs(out - raw) * 4.0, 0, 1)]
+        panels = [raw, out, shadow_panel(f.shadow_hint, raw), difference(out, raw)]
         labels = ["render", "harmonized", "shadow hint", "|difference| x4"]
         # the vehicle's cast shadow (else the vehicle) enlarged, render | harmonized
         interest = f.inserted_mask > 0.5

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
               "identity (harmonized == raw). Train it or pass --model PATH.", file=sys.stderr)
     sim = Simulator.from_demo(harmonizer, scale=args.scale, progress=not args.quiet)
     if sun is not None:
-        sim.scene.metadata["sun"] = sun.to_dict()
+        sim.scene.sun = sun
     if not args.keep_existing:
         for iid in list(sim.scene.inserted_ids):
             sim.scene.remove(iid)

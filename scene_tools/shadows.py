@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -120,6 +121,12 @@ class Caster:
             if self.pose.shape != (4, 4) or not np.isfinite(self.pose).all():
                 raise InvalidInputError(f"Caster.pose must be a finite [4, 4] matrix, got shape {self.pose.shape}")
 
+    @cached_property
+    def extent(self) -> torch.Tensor:
+        """[N] three standard deviations along each Gaussian's longest axis (kept: a scene's occluders are
+        culled against every frame's light view)."""
+        return 3.0 * self.scales.max(dim=1).values
+
     def in_world(self) -> Caster:
         """The same Gaussians with their means moved to world space (rotations and scales are kept: the light
         view needs only where they are and how big)."""
@@ -134,10 +141,12 @@ class Caster:
         return direction if self.pose is None else self.pose[:3, :3].T @ direction
 
 
-def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, reach_m: float = 0.0) -> dict[str, Any]:
+def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, reach_m: float = 0.0,
+               behind_radii: float = 2.0) -> dict[str, Any]:
     """A near-orthographic pinhole camera looking along ``-direction`` (towards the scene from the sun) that
     frames the caster (its Gaussians in their own frame): returns {"viewmat" [4, 4] world-to-light, "K" [3, 3]}
-    (float32), its "near" / "far" planes (``reach_m`` beyond the caster towards the sun) and its "radius"."""
+    (float32), its "near" / "far" planes (``reach_m`` beyond the caster towards the sun, ``behind_radii`` of
+    its radius past its centre), its "radius" and its "dist" from the caster's centre."""
     dev = caster.means.device
     d = np.asarray(direction, np.float64)
     d = d / np.linalg.norm(d)
@@ -160,7 +169,7 @@ def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, 
     K = np.array([[f, 0.0, size / 2.0], [0.0, f, size / 2.0], [0.0, 0.0, 1.0]])
     return {"viewmat": torch.as_tensor(view, dtype=torch.float32, device=dev),
             "K": torch.as_tensor(K, dtype=torch.float32, device=dev),
-            "near": dist - max(2.0 * radius, reach_m), "far": dist + 2.0 * radius, "radius": radius,
+            "near": dist - max(2.0 * radius, reach_m), "far": dist + behind_radii * radius, "radius": radius,
             "dist": dist}
 
 
@@ -186,11 +195,10 @@ def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: 
     body shades already (and the ground under it, the bulk of them, never shades it)."""
     from scene_tools.rasterize import rasterize
 
-    view = light_view(frame.in_world(), direction, size, reach_m)
-    view["far"] = view["dist"] + 0.5 * view["radius"]
+    view = light_view(frame.in_world(), direction, size, reach_m, behind_radii=0.5)
     R, t = view["viewmat"][:3, :3], view["viewmat"][:3, 3]
     pl = occluders.means @ R.T + t  # [N, 3] in the light camera
-    margin = 3.0 * occluders.scales.max(dim=1).values
+    margin = occluders.extent
     half_width = view["radius"] * pl[:, 2] / view["dist"]  # the frustum's half width at each Gaussian's depth
     keep = ((pl[:, 2] > view["near"] - margin) & (pl[:, 2] < view["far"] + margin)
             & (pl[:, 0].abs() < half_width + margin) & (pl[:, 1].abs() < half_width + margin))
@@ -294,9 +302,10 @@ def shadow_hint(
     R = torch.as_tensor(c2w[:3, :3], dtype=torch.float32, device=dev)
     t = torch.as_tensor(c2w[:3, 3], dtype=torch.float32, device=dev)
     world = cam @ R.T + t
+    unit = direction / np.linalg.norm(direction)
     lit = torch.ones(hs, ws, dtype=torch.float32, device=dev)  # product of (1 - hint_i)
     for caster in casters:
-        local_dir = caster.local_direction(direction / np.linalg.norm(direction))
+        local_dir = caster.local_direction(unit)
         key = None if caster.key is None or cache is None else (caster.key, tuple(np.round(local_dir, 2)), size)
         lm = cache.get(key) if key is not None else None
         if lm is None:
@@ -315,7 +324,6 @@ def shadow_hint(
     ex = ex.clamp(0.0, 1.0)
     blocked = blocked * (1.0 - ex)
     if occluders is not None and len(occluders.means):
-        unit = direction / np.linalg.norm(direction)
         lit_self = torch.ones(hs, ws, dtype=torch.float32, device=dev)
         for caster in casters:
             # an asset that keeps its pose under a fixed sun (parked, a paused simulation) reuses its map; one

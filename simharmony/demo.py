@@ -22,8 +22,16 @@ from scene_tools.scene import Scene
 from simharmony.errors import CorruptFileError, MissingFileError
 from simharmony.paths import DEMO_SCENE_DIR
 from simharmony.utils.io import PathLike, write_text_atomic
-from simharmony.visualize import (colorize_depth, colorize_flow, contact_sheet, save_png, shadow_panel, side_by_side,
-                                  write_video)
+from simharmony.visualize import (
+    colorize_depth,
+    colorize_flow,
+    contact_sheet,
+    difference,
+    save_png,
+    shadow_panel,
+    side_by_side,
+    write_video,
+)
 
 
 @dataclass
@@ -82,7 +90,7 @@ def run_demo(
     for f in seq:
         panels, labels = [f.raw], ["render"]
         if sim.harmonizer is not None:
-            panels += [f.harmonized, np.clip(np.abs(f.harmonized - np.clip(f.raw, 0, 1)) * 4.0, 0, 1)]
+            panels += [f.harmonized, difference(f.harmonized, np.clip(f.raw, 0, 1))]
             labels += ["harmonized", "|difference| x4"]
         g = f.gbuffers
         panels += [colorize_depth(f.depth), f.inserted_mask, shadow_panel(f.shadow_hint, f.raw),

@@ -62,6 +62,11 @@ def label(image: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
+def difference(a: np.ndarray, b: np.ndarray, gain: float = 4.0) -> np.ndarray:
+    """|a - b| x ``gain`` clipped to [0, 1] (float images in [0, 1]): a change made visible."""
+    return np.clip(gain * np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)), 0.0, 1.0)
+
+
 def shadow_panel(hint: np.ndarray | None, frame: np.ndarray) -> np.ndarray:
     """The shadow hint [H, W] in [0, 1] drawn over a dimmed grey copy of ``frame`` [H, W, 3] (float in [0, 1] or
     uint8) in orange, so one sees where it falls; without a hint (None), the grey frame alone."""

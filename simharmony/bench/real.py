@@ -145,7 +145,7 @@ def run_real(methods: list, real_dir: str | Path, out: Path) -> dict[str, Any]:
     from simharmony.bench.methods import run_method
     from simharmony.data.real import realdata_dir
     from simharmony.utils.io import ensure_writable_dir
-    from simharmony.visualize import contact_sheet, save_png, side_by_side, to_uint8
+    from simharmony.visualize import contact_sheet, difference, save_png, side_by_side, to_uint8
 
     root = Path(real_dir) if real_dir else realdata_dir()
     out = ensure_writable_dir(out)
@@ -163,7 +163,7 @@ def run_real(methods: list, real_dir: str | Path, out: Path) -> dict[str, Any]:
                 o, _ = run_method(m, clip)
                 per[m.name][clip.id] = float(M.fmse(o, clip.target, clip.mask, empty="nan"))
                 if m is ours and clip.id in shown:
-                    err_in, err_out = (to_uint8(np.clip(4 * np.abs(x[0] - clip.target[0]), 0, 1)) for x in (clip.input, o))
+                    err_in, err_out = (to_uint8(difference(x[0], clip.target[0])) for x in (clip.input, o))
                     sheet.append(side_by_side([to_uint8(clip.input[0]), to_uint8(o[0]), to_uint8(clip.target[0]), err_in, err_out],
                                               [clip.id, "ours", "target", "|input - target| x4", "|ours - target| x4"]))
         inp = np.array(list(per["identity"].values()))
@@ -193,7 +193,7 @@ def run_real(methods: list, real_dir: str | Path, out: Path) -> dict[str, Any]:
                            "hf_ratio": float(M.hf_artifact_ratio(o, clip.input)), "ms_per_frame": ms}
             if m is ours:
                 t = int(np.argmin(p))
-                diff = to_uint8(np.clip(8 * np.abs(o[t] - clip.input[t]), 0, 1))
+                diff = to_uint8(difference(o[t], clip.input[t], gain=8.0))
                 sheet.append(side_by_side([to_uint8(clip.input[t]), to_uint8(o[t]), diff],
                                           [f"clean {clip.input.shape[2]}x{clip.input.shape[1]}, worst t={t}", "ours",
                                            "|ours - input| x8"]))

@@ -294,6 +294,8 @@ def failure_cases(holdout: dict[str, Any], holdout_dir: Path, method: Method | N
     against the input, worst first (:func:`~simharmony.bench.stats.worst_clips`), each with the frame where
     it loses most; the clips are run again to add one row per case to ``media.failures``: input, output,
     target and both errors magnified 8x."""
+    from simharmony.visualize import difference
+
     if method is None or cfg.failure_cases == 0:
         return {}
     cases = {s: worst_clips(g["clips"], method.name, cfg.failure_cases) for s, g in holdout.items()
@@ -307,7 +309,7 @@ def failure_cases(holdout: dict[str, Any], holdout_dir: Path, method: Method | N
         out, _ = run_method(method, clip)
         per_frame = M.ssim(out, clip.target, reduction="none") - M.ssim(clip.input, clip.target, reduction="none")
         t = wanted[clip.id]["frame"] = int(np.argmin(per_frame))
-        err_in, err_out = (np.clip(8 * np.abs(x[t].astype(np.float32) - clip.target[t]), 0, 1) for x in (clip.input, out))
+        err_in, err_out = (difference(x[t], clip.target[t], gain=8.0) for x in (clip.input, out))
         rows[clip.id] = ([clip.input[t], out[t], clip.target[t], err_in, err_out],
                          [f"{clip.group} {clip.id} t={t}", f"{method.name}: dSSIM {1e4 * wanted[clip.id]['d_ssim']:+.1f}e-4",
                           "target", "|input - target| x8", f"|{method.name} - target| x8"])

@@ -445,18 +445,20 @@ def object_shadow_hint(layout, obj: int, sun, depth: np.ndarray, trajectory, idx
     o = layout.object(obj)
     mesh = o.mesh
     out = []
+    static: dict = {}  # the standing objects that do not move, sampled once for all frames
     for k, i in enumerate(idx):
         t = float(trajectory.times[i])
         caster = mesh_caster(mesh, o.pose(t))
-        occluders = street_occluders(layout, obj, t, caster.means.mean(0).numpy(), OCCLUDER_REACH_M + 10.0)
+        occluders = street_occluders(layout, obj, t, caster.means.mean(0).numpy(), OCCLUDER_REACH_M + 10.0, static)
         out.append(shadow_hint([caster], sun, depth[k], trajectory.intrinsics_at(i).K, trajectory.poses[i],
                                exclude=exclude[k], occluders=occluders).numpy())
     return np.stack(out).astype(np.float32)
 
 
-def street_occluders(layout, skip: int, t: float, centre: np.ndarray, radius_m: float):
+def street_occluders(layout, skip: int, t: float, centre: np.ndarray, radius_m: float, static: dict | None = None):
     """The street's standing objects (all but ``skip`` and the flat ground) whose bounds come within
-    ``radius_m`` of ``centre`` [3] at time ``t``, as one world-space Caster (see ``mesh_caster``)."""
+    ``radius_m`` of ``centre`` [3] at time ``t``, as one world-space Caster (see ``mesh_caster``). ``static``:
+    a dict kept between calls for one street, where the objects that do not move keep their samples."""
     import torch
 
     from scene_tools.shadows import Caster, mesh_caster
@@ -468,7 +470,13 @@ def street_occluders(layout, skip: int, t: float, centre: np.ndarray, radius_m: 
         lo, hi = o.world_bounds(t)
         if np.linalg.norm(np.clip(centre, lo, hi) - centre) > radius_m:
             continue
-        parts.append(mesh_caster(o.mesh, o.pose(t), spacing_m=OCCLUDER_SPACING_M, seed=o.instance_id))
+        keep = static is not None and not o.is_moving
+        part = static.get(o.instance_id) if keep else None
+        if part is None:
+            part = mesh_caster(o.mesh, o.pose(t), spacing_m=OCCLUDER_SPACING_M, seed=o.instance_id)
+            if keep:
+                static[o.instance_id] = part
+        parts.append(part)
     if not parts:
         return None
     return Caster(*(torch.cat([getattr(c, f) for c in parts]) for f in ("means", "quats", "scales", "opacities")))
