@@ -48,6 +48,7 @@ LIGHT_MAP_CACHE = 64  # light views kept by a shadow_hint cache
 # 0.6 degrees, well inside the 4-degree sun error the enhancer is trained to tolerate
 HINT_STRIDE = 2  # the shadow test runs on 2 x 2 pixel blocks: the enhancer pools the hint to 1/4 size anyway
 OCCLUDER_MAP_PX = 64  # the scene seen from the sun around an asset: 9 cm texels across a car, drawn every frame
+OCCLUDER_CELL_M = 2.0  # the scene's Gaussians are binned in 2 m columns along the sun (Caster.sun_columns)
 OCCLUDER_REACH_M = 80.0  # how far towards the sun scene occluders of an inserted object are looked for: a 20 m
 # building under a 15-degree sun is 77 m away along the light from the end of its shadow
 
@@ -127,6 +128,14 @@ class Caster:
         culled against every frame's light view)."""
         return 3.0 * self.scales.max(dim=1).values
 
+    def sun_columns(self, rotation: torch.Tensor) -> SunColumns:
+        """These Gaussians (world space) binned along a light view's ``rotation`` [3, 3] (world-to-light; it
+        depends on the sun alone). One kept at a time: a static scene under a fixed sun builds it once."""
+        kept = getattr(self, "_sun_columns", None)
+        if kept is None or not torch.equal(kept.rotation, rotation):
+            kept = self._sun_columns = SunColumns(self, rotation)
+        return kept
+
     def in_world(self) -> Caster:
         """The same Gaussians with their means moved to world space (rotations and scales are kept: the light
         view needs only where they are and how big)."""
@@ -139,6 +148,43 @@ class Caster:
     def local_direction(self, direction: np.ndarray) -> np.ndarray:
         """A world direction in the caster's own frame."""
         return direction if self.pose is None else self.pose[:3, :3].T @ direction
+
+
+class SunColumns:
+    """A caster's Gaussians in a light view's axes (``rotated`` [N, 3] = means @ rotation.T: x, y across the sun,
+    z along it), binned by x, y in :data:`OCCLUDER_CELL_M` cells, so that a light view framing a few metres
+    finds the Gaussians in its column without testing all of them. Gaussians larger than a cell (3-sigma
+    extent) are candidates for every view."""
+
+    def __init__(self, caster: Caster, rotation: torch.Tensor):
+        self.rotation = rotation.clone()
+        self.rotated = caster.means @ rotation.T  # [N, 3]; computed as occluder_map's full test would
+        self.extent = caster.extent  # [N]
+        large = self.extent > OCCLUDER_CELL_M
+        self.large = large.nonzero()[:, 0]  # [L] ascending
+        small = (~large).nonzero()[:, 0]
+        cells = torch.floor(self.rotated[small, :2] / OCCLUDER_CELL_M).long()  # [S, 2]
+        self.lo = cells.min(0).values if len(small) else torch.zeros(2, dtype=torch.long)
+        self.nx = int(cells[:, 0].max() - self.lo[0]) + 1 if len(small) else 1
+        key = (cells[:, 1] - self.lo[1]) * self.nx + (cells[:, 0] - self.lo[0])
+        order = torch.argsort(key, stable=True)
+        self.keys, self.small = key[order].contiguous(), small[order]  # [S] sorted by cell
+
+    def candidates(self, centre_xy: tuple[float, float], half_width: float) -> torch.Tensor:
+        """Ascending indices [M] of the Gaussians that may lie within ``half_width`` (+ their extent) of
+        ``centre_xy`` across the sun: every small one in the cells that square touches, and every large one."""
+        parts = [self.large]
+        if len(self.small):
+            reach = half_width + OCCLUDER_CELL_M  # a small Gaussian reaches at most a cell beyond its centre
+            (x0, y0), (x1, y1) = ([math.floor((c + sgn * reach) / OCCLUDER_CELL_M) for c in centre_xy] for sgn in (-1, 1))
+            lo_x, lo_y = int(self.lo[0]), int(self.lo[1])
+            x0, x1 = max(x0, lo_x) - lo_x, min(x1, lo_x + self.nx - 1) - lo_x
+            if x0 <= x1:
+                rows = torch.arange(max(y0, lo_y) - lo_y, y1 - lo_y + 1)
+                if len(rows):
+                    bounds = torch.searchsorted(self.keys, torch.stack([rows * self.nx + x0, rows * self.nx + x1 + 1]))
+                    parts += [self.small[a:b] for a, b in bounds.T.tolist() if b > a]
+        return torch.sort(torch.cat(parts)).values
 
 
 def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, reach_m: float = 0.0,
@@ -192,21 +238,26 @@ def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: 
     caster ``frame``, from ``reach_m`` on its sun side to half its radius past its centre: like
     :func:`light_map`, a shadow map, here of what may shade the inserted object itself. Only the occluders inside
     that narrow frustum are drawn; those further back could only shade the object's far side, which its own
-    body shades already (and the ground under it, the bulk of them, never shades it)."""
+    body shades already (and the ground under it, the bulk of them, never shades it). They are looked up in
+    the occluders' sun columns (:meth:`Caster.sun_columns`, built once per sun), not tested one by one."""
     from scene_tools.rasterize import rasterize
 
     view = light_view(frame.in_world(), direction, size, reach_m, behind_radii=0.5)
     R, t = view["viewmat"][:3, :3], view["viewmat"][:3, 3]
-    pl = occluders.means @ R.T + t  # [N, 3] in the light camera
-    margin = occluders.extent
+    columns = occluders.sun_columns(R)
+    # the frustum's half width grows with depth: at most radius * (far + extent) / dist for a kept Gaussian
+    widest = view["radius"] * (view["far"] + OCCLUDER_CELL_M) / view["dist"]
+    cand = columns.candidates((-float(t[0]), -float(t[1])), widest)  # [M]
+    pl = columns.rotated[cand] + t  # [M, 3] in the light camera
+    margin = columns.extent[cand]
     half_width = view["radius"] * pl[:, 2] / view["dist"]  # the frustum's half width at each Gaussian's depth
     keep = ((pl[:, 2] > view["near"] - margin) & (pl[:, 2] < view["far"] + margin)
             & (pl[:, 0].abs() < half_width + margin) & (pl[:, 1].abs() < half_width + margin))
-    alpha = torch.zeros(size, size, device=pl.device)
-    depth = torch.zeros(size, size, device=pl.device)
+    alpha = torch.zeros(size, size, device=t.device)
+    depth = torch.zeros(size, size, device=t.device)
     if bool(keep.any()):
-        idx = keep.nonzero()[:, 0]
-        ones = torch.ones(len(idx), 1, device=pl.device)
+        idx = cand[keep]
+        ones = torch.ones(len(idx), 1, device=t.device)
         out, alphas, _ = rasterize(occluders.means[idx], occluders.quats[idx], occluders.scales[idx],
                                    occluders.opacities[idx], ones, view["viewmat"][None], view["K"][None], size, size,
                                    near_plane=view["near"], far_plane=view["far"], render_mode="ED")

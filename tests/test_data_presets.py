@@ -15,7 +15,7 @@ from simharmony.errors import ConfigError
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ConfigError, match="default, holdout, real, recon_extra, relight_street, tiny"):
+    with pytest.raises(ConfigError, match="default, holdout, real, real_objects, recon_extra, relight_street, tiny"):
         get_preset("huge")
 
 
@@ -42,6 +42,14 @@ def test_default_and_holdout_recipes():
     for name in PRESETS:
         p = get_preset(name)
         assert DatasetPreset.from_dict(p.to_dict()) == p
+    # large real objects: close-up photographs beside the default corpus, masks up to half the frame
+    o = get_preset("real_objects")
+    assert o.seed not in (d.seed, h.seed, x.seed, r.seed, get_preset("real").seed)
+    names = [s.name for s in o.real_sources]
+    assert "udacity_highway" in names and any(n.startswith("lomiri-wallpapers") for n in names)
+    assert any(n.startswith("mate-backgrounds") for n in names) and abs(sum(s.weight for s in o.real_sources) - 1) < 1e-9
+    for cfg in o.stream_configs().values():
+        assert tuple(cfg.mask_area) == (0.02, 0.5) and cfg.corpus.sources == o.real_sources
     with pytest.raises(ConfigError):
         DatasetPreset(streams={"nope": 3})
     with pytest.raises(ConfigError):
@@ -97,7 +105,7 @@ def test_cli_tiny_generate_report_contact_sheet(tmp_path, capsys):
 
 def test_cli_bad_input(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "huge", "--out", str(tmp_path / "x")]) == 2
-    assert "valid presets: default, holdout, real, recon_extra, relight_street, tiny" in capsys.readouterr().err
+    assert "valid presets: default, holdout, real, real_objects, recon_extra, relight_street, tiny" in capsys.readouterr().err
     assert main(["data", "generate", "--preset", "tiny", "--out", str(tmp_path / "x"), "--shard", "3/2"]) == 2
     assert "--shard" in capsys.readouterr().err
     assert main(["data", "report", str(tmp_path / "missing")]) == 2

@@ -13,7 +13,7 @@ import torch
 from scene_tools.cameras import Intrinsics, look_at
 from scene_tools.gaussians import GaussianScene
 from scene_tools.scene import ObjectTrack, RenderConfig, Scene, yaw_pose
-from scene_tools.shadows import Caster, Sun, light_view, shadow_hint, sun_direction
+from scene_tools.shadows import OCCLUDER_CELL_M, Caster, Sun, light_view, occluder_map, shadow_hint, sun_direction
 from simharmony.errors import ConfigError, InvalidInputError, ShapeMismatchError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -124,6 +124,46 @@ def test_scene_occluders_shade_the_caster_itself(wall_height, shaded_from_x):
     with pytest.raises(InvalidInputError, match="world space"):
         shadow_hint([box_caster()], sun, depth, INTR.K, pose, exclude=ex, occluders=Caster(
             wall.means, wall.quats, wall.scales, wall.opacities, pose=np.eye(4)))
+
+
+def test_occluder_columns_find_every_gaussian_in_the_frustum():
+    """The sun-column lookup of occluder_map finds exactly the Gaussians a test of every one would keep
+    (a scattered street of small and large Gaussians, boxes at several places, several suns), so the map
+    drawn from them is the one drawn from all."""
+    g = torch.Generator().manual_seed(3)
+    n = 4000
+    means = torch.rand(n, 3, generator=g) * torch.tensor([120.0, 40.0, 12.0]) - torch.tensor([60.0, 20.0, 0.0])
+    scales = torch.rand(n, 3, generator=g) * 0.3 + 0.02
+    scales[::97] *= 20.0  # a few larger than a column cell
+    quats = torch.zeros(n, 4)
+    quats[:, 0] = 1.0
+    street = Caster(means, quats, scales, torch.full((n,), 0.8))
+    assert (street.extent > OCCLUDER_CELL_M).any() and (street.extent <= OCCLUDER_CELL_M).any()
+    for az, el in ((0.0, 45.0), (130.0, 20.0), (250.0, 70.0)):
+        direction = sun_direction(az, el)
+        for cx, cy in ((0.0, 0.0), (25.0, -8.0), (-50.0, 15.0)):
+            box = box_caster(centre=(cx, cy), size=(4.0, 2.0), z=(0.0, 1.5), step=0.25)
+            view = light_view(box, direction, 64, 80.0, behind_radii=0.5)
+            pl = street.means @ view["viewmat"][:3, :3].T + view["viewmat"][:3, 3]
+            m = street.extent
+            hw = view["radius"] * pl[:, 2] / view["dist"]
+            want = ((pl[:, 2] > view["near"] - m) & (pl[:, 2] < view["far"] + m)
+                    & (pl[:, 0].abs() < hw + m) & (pl[:, 1].abs() < hw + m)).nonzero()[:, 0]
+            t = view["viewmat"][:3, 3]
+            widest = view["radius"] * (view["far"] + OCCLUDER_CELL_M) / view["dist"]
+            found = street.sun_columns(view["viewmat"][:3, :3]).candidates((-float(t[0]), -float(t[1])), widest)
+            assert len(found) < n and bool(torch.isin(want, found).all())
+            drawn = occluder_map(box, street, direction)
+            if len(want):
+                from scene_tools.rasterize import rasterize
+
+                out, alphas, _ = rasterize(street.means[want], street.quats[want], street.scales[want],
+                                           street.opacities[want], torch.ones(len(want), 1), view["viewmat"][None],
+                                           view["K"][None], 64, 64, near_plane=view["near"], far_plane=view["far"],
+                                           render_mode="ED")
+                assert torch.equal(drawn["alpha"], alphas[0, ..., 0]) and torch.equal(drawn["depth"], out[0, ..., 0])
+            else:
+                assert drawn["alpha"].max() == 0
 
 
 def test_light_view_is_near_orthographic_and_frames_the_caster():

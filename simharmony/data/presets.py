@@ -168,6 +168,20 @@ def real_preset() -> DatasetPreset:
     return DatasetPreset(name="real", streams=dict(REAL_COUNTS), seed=23, shard_size=50, overrides={})
 
 
+# real composites of large objects: close-up photographs (simharmony.data.real.objects_corpus) and masks up to
+# half the frame, as a car near the camera covers (the "real" preset's masks stop at a quarter)
+REAL_OBJECTS_COUNTS = {"real_isp": 600, "real_identity": 200, "real_rpb": 100}
+REAL_OBJECTS_MASK_AREA = [0.02, 0.5]  # a list: presets round-trip through YAML
+
+
+def real_objects_preset() -> DatasetPreset:
+    from simharmony.data.real import objects_corpus
+
+    overrides = {k: {"mask_area": REAL_OBJECTS_MASK_AREA} for k in REAL_OBJECTS_COUNTS}
+    return DatasetPreset(name="real_objects", streams=dict(REAL_OBJECTS_COUNTS), seed=29, shard_size=50,
+                         overrides=overrides, real_sources=objects_corpus().sources)
+
+
 PRESETS: dict[str, Callable[[], DatasetPreset]] = {
     "tiny": tiny_preset,
     "default": default_preset,
@@ -175,6 +189,7 @@ PRESETS: dict[str, Callable[[], DatasetPreset]] = {
     "recon_extra": recon_extra_preset,
     "relight_street": relight_street_preset,
     "real": real_preset,
+    "real_objects": real_objects_preset,
 }
 
 

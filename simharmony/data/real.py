@@ -32,7 +32,8 @@ metadata records its source (path, name, licence) and crop.
 The corpus (:class:`RealCorpus`) is a list of :class:`RealSource` (a folder of photos, a folder of video
 frames, a video file, or one image). :func:`default_corpus` is the shipped default's training corpus:
 ``../shared/realdata/udacity_highway`` without its last :data:`UDACITY_HOLDOUT_FRAMES` frames (the clean-video
-holdout) and photographs from Debian wallpaper packages (:data:`DEBIAN_PHOTOS`). Folders that the realdata
+holdout) and photographs from Debian wallpaper packages (:data:`DEBIAN_PHOTOS`); :func:`objects_corpus` adds
+close-ups of objects (:data:`LOMIRI_PHOTOS`). Folders that the realdata
 README marks "eval only", and scikit-image's photos, are refused for training (:data:`EVAL_ONLY_NAMES`).
 """
 
@@ -163,7 +164,31 @@ DEBIAN_PHOTOS: tuple[tuple[str, str, str], ...] = (  # (path, package, licence)
     ("/usr/share/wallpapers/Path/contents/images/2560x1600.jpg", "plasma-workspace-wallpapers", "GPL-2+ (Debian copyright; upstream metadata.json: LGPL-3)"),
     ("/usr/share/wallpapers/summer_1am/contents/images/2560x1600.jpg", "plasma-workspace-wallpapers", "GPL-2+ (Debian copyright; upstream metadata.json: LGPL-3)"),
 )
-DEBIAN_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers")
+# close-up and object photographs (Ubuntu Touch wallpaper contests), per-file licences from the packages'
+# copyright files; their illustrations (Fossa, Infinite-Sea, Painting-Colors, umang, analogpattern) are left out
+LOMIRI_PHOTOS: tuple[tuple[str, str, str], ...] = tuple(
+    (f"/usr/share/backgrounds/{name}", pkg, lic) for name, pkg, lic in (
+        ("Bridge_by_Sander_Klootwijk.jpg", "lomiri-wallpapers-16.04", "CC-BY-SA-4.0"),
+        ("Dragonfly_by_Bolly.jpg", "lomiri-wallpapers-16.04", "CC-BY-SA-4.0"),
+        ("Picture_0B_by_freespace.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("Picture_1A_by_freespace.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("Wine_by_Jakkub_Mede.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("aitzgorri_by_Aitzol_Berasategi.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("free_by_Peter_Nerlich.jpg", "lomiri-wallpapers-16.04", "CC-BY-SA-4.0"),
+        ("friends_by_Aitzol_Berasategi.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("greentock_by_Peter_Nerlich.jpg", "lomiri-wallpapers-16.04", "CC-BY-SA-4.0"),
+        ("life_by_Aitzol_Berasategi.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("picosdeeuropa_by_Aitzol_Berasategi.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("seeding_by_Clements_Engelhardt.jpg", "lomiri-wallpapers-16.04", "CC0-1.0"),
+        ("sunset_by_Aitzol_Berasategi.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0"),
+        ("Kleiber_by_Lukas_Baubkus.jpg", "lomiri-wallpapers-20.04", "CC-BY-SA-3.0"),
+    ))
+DEBIAN_PACKAGES = ("mate-backgrounds", "plasma-workspace-wallpapers", "lomiri-wallpapers-16.04", "lomiri-wallpapers-20.04")
+
+
+def _photo_sources(photos: tuple[tuple[str, str, str], ...], weight: float) -> list[RealSource]:
+    return [RealSource(path=p, kind="photos", weight=weight / len(photos), name=f"{pkg}:{Path(p).name}", licence=lic)
+            for p, pkg, lic in photos]
 
 
 def default_corpus(photos_weight: float = 0.5) -> RealCorpus:
@@ -174,9 +199,15 @@ def default_corpus(photos_weight: float = 0.5) -> RealCorpus:
     sources = [RealSource(path=str(root / "udacity_highway" / "frames"), kind="video", start=0,
                           stop=UDACITY_FRAMES - UDACITY_HOLDOUT_FRAMES, weight=1.0 - photos_weight,
                           name="udacity_highway", licence="MIT")]
-    sources += [RealSource(path=p, kind="photos", weight=photos_weight / len(DEBIAN_PHOTOS), name=f"{pkg}:{Path(p).name}",
-                           licence=lic) for p, pkg, lic in DEBIAN_PHOTOS]
-    return RealCorpus(sources=sources)
+    return RealCorpus(sources=sources + _photo_sources(DEBIAN_PHOTOS, photos_weight))
+
+
+def objects_corpus() -> RealCorpus:
+    """The ``real_objects`` preset's corpus: close-ups of objects (:data:`LOMIRI_PHOTOS`, weight 0.6) beside
+    the default corpus's photographs (0.25) and training frames of the Udacity clip (0.15)."""
+    udacity = default_corpus().sources[0]
+    udacity.weight = 0.15
+    return RealCorpus(sources=[udacity, *_photo_sources(DEBIAN_PHOTOS, 0.25), *_photo_sources(LOMIRI_PHOTOS, 0.6)])
 
 
 def udacity_holdout_source() -> RealSource:
