@@ -1,6 +1,7 @@
 """What the shadow hint costs per frame, against the enhancer's own time, on the demo street.
 
     python benchmarks/bench_shadow_hint.py --threads 2 --res 512x288 --repeats 20
+    python benchmarks/bench_shadow_hint.py --threads 2 --scene-copies 1 4 16   # occluder map against scene size
 
 Renders the demo street's ego frames (its inserted vehicle, the street's sun) at ``--res``, then times, per
 frame and alternating in one run: :func:`scene_tools.shadows.shadow_hint` for the inserted vehicle as
@@ -9,6 +10,11 @@ cold (the asset's light view rendered every frame) and warm (that light view reu
 while the asset drives straight under a fixed sun), and the warm hint without the scene's shadow on the asset; the enhancer (``--model``, default weights/enhancer) on the frame with mask, depth and, for models that read it,
 the hint. Prints medians and the hint's cost as a share of the enhancer's time (the issue's bar: at most 10 %
 at 512x288). The G-buffer render itself is not counted: the simulator pays it with or without the hint.
+
+``--scene-copies N ...``: instead, the demo street's Gaussians repeated N times (60 m apart across the road, a
+larger capture at the same density); per size, the median time of the asset's occluder map
+(:func:`scene_tools.shadows.occluder_map`, which finds the occluders through the scene's sun columns) against
+a reference that tests every Gaussian against the light frustum and draws the same map (checked equal).
 """
 
 from __future__ import annotations
@@ -40,8 +46,12 @@ def main() -> None:
     p.add_argument("--res", default="512x288", help="WxH")
     p.add_argument("--repeats", type=arg_int(1), default=20, help="frames timed (after 3 warm-up frames)")
     p.add_argument("--threads", type=arg_int(1), default=2)
+    p.add_argument("--scene-copies", type=arg_int(1), nargs="+", default=None,
+                   help="time the occluder map against scene size instead (module docstring)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.scene_copies:
+        return occluder_map_vs_scene_size(args.scene_copies, args.repeats)
     w, h = (int(v) for v in args.res.lower().split("x"))
 
     scene = Scene.load(DEMO_SCENE_DIR)
@@ -86,6 +96,58 @@ def main() -> None:
     mo = statistics.median(cast_only_ms[3:])
     print(f"of which the scene's shadow on the asset (its occluder map, {len(occ.means)} scene Gaussians culled to "
           f"the asset's light frustum, drawn every frame): {mh - mo:.2f} ms; the cast shadow alone, warm: {mo:.2f} ms")
+
+
+
+def occluder_map_vs_scene_size(copies: list[int], repeats: int) -> None:
+    from scene_tools.cameras import Trajectory
+    from scene_tools.rasterize import rasterize
+    from scene_tools.scene import Scene
+    from scene_tools.shadows import Caster, light_view, occluder_map
+    from simharmony.paths import DEMO_SCENE_DIR
+
+    scene = Scene.load(DEMO_SCENE_DIR)
+    traj = Trajectory.from_dict(scene.metadata["ego_trajectory"])
+    occ = scene.shadow_occluders()
+    unit = scene.sun.direction / np.linalg.norm(scene.sun.direction)
+
+    def every_gaussian(caster: Caster, street: Caster) -> torch.Tensor:
+        """The reference: every Gaussian tested against the frustum, the kept ones drawn; -> alpha [S, S]."""
+        view = light_view(caster.in_world(), unit, 64, 80.0, behind_radii=0.5)
+        pl = street.means @ view["viewmat"][:3, :3].T + view["viewmat"][:3, 3]
+        m, hw = street.extent, view["radius"] * pl[:, 2] / view["dist"]
+        idx = ((pl[:, 2] > view["near"] - m) & (pl[:, 2] < view["far"] + m) & (pl[:, 0].abs() < hw + m)
+               & (pl[:, 1].abs() < hw + m)).nonzero()[:, 0]
+        _, alphas, _ = rasterize(street.means[idx], street.quats[idx], street.scales[idx], street.opacities[idx],
+                                 torch.ones(len(idx), 1), view["viewmat"][None], view["K"][None], 64, 64,
+                                 near_plane=view["near"], far_plane=view["far"], render_mode="ED")
+        return alphas[0, ..., 0]
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; the demo vehicle along its drive, sun {scene.sun}")
+    for n in copies:
+        shift = torch.tensor([[0.0, 60.0 * k, 0.0] for k in range(n)]).repeat_interleave(len(occ.means), 0)
+        street = Caster(occ.means.repeat(n, 1) + shift, occ.quats.repeat(n, 1), occ.scales.repeat(n, 1),
+                        occ.opacities.repeat(n))
+        t0 = time.perf_counter()
+        street.sun_columns(light_view(scene.shadow_casters(0.0)[0].in_world(), unit, 64, 80.0)["viewmat"][:3, :3])
+        build_ms = (time.perf_counter() - t0) * 1e3
+        ref_ms, col_ms = [], []
+        for i in range(repeats + 2):
+            caster = scene.shadow_casters(float(traj.times[i % len(traj)]))[0]
+            t0 = time.perf_counter()
+            want = every_gaussian(caster, street)
+            t1 = time.perf_counter()
+            got = occluder_map(caster, street, unit)["alpha"]
+            t2 = time.perf_counter()
+            if not torch.equal(want, got):
+                raise SystemExit(f"occluder map differs from the reference at {n} copies, frame {i}")
+            if i >= 2:
+                ref_ms.append((t1 - t0) * 1e3)
+                col_ms.append((t2 - t1) * 1e3)
+        print(f"{len(street.means):8d} scene Gaussians: occluder map median {statistics.median(col_ms):.2f} ms "
+              f"(every Gaussian tested: {statistics.median(ref_ms):.2f} ms; maps equal); sun columns built once "
+              f"per sun in {build_ms:.1f} ms")
 
 
 if __name__ == "__main__":

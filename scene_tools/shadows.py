@@ -171,7 +171,7 @@ class SunColumns:
         self.keys, self.small = key[order].contiguous(), small[order]  # [S] sorted by cell
 
     def candidates(self, centre_xy: tuple[float, float], half_width: float) -> torch.Tensor:
-        """Ascending indices [M] of the Gaussians that may lie within ``half_width`` (+ their extent) of
+        """Indices [M] (unordered) of the Gaussians that may lie within ``half_width`` (+ their extent) of
         ``centre_xy`` across the sun: every small one in the cells that square touches, and every large one."""
         parts = [self.large]
         if len(self.small):
@@ -184,7 +184,7 @@ class SunColumns:
                 if len(rows):
                     bounds = torch.searchsorted(self.keys, torch.stack([rows * self.nx + x0, rows * self.nx + x1 + 1]))
                     parts += [self.small[a:b] for a, b in bounds.T.tolist() if b > a]
-        return torch.sort(torch.cat(parts)).values
+        return torch.cat(parts)
 
 
 def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, reach_m: float = 0.0,
@@ -256,7 +256,7 @@ def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: 
     alpha = torch.zeros(size, size, device=t.device)
     depth = torch.zeros(size, size, device=t.device)
     if bool(keep.any()):
-        idx = cand[keep]
+        idx = torch.sort(cand[keep]).values  # the occluders' own order, as a test of all of them keeps it
         ones = torch.ones(len(idx), 1, device=t.device)
         out, alphas, _ = rasterize(occluders.means[idx], occluders.quats[idx], occluders.scales[idx],
                                    occluders.opacities[idx], ones, view["viewmat"][None], view["K"][None], size, size,
@@ -374,8 +374,11 @@ def shadow_hint(
         return blocked.contiguous()
     ex = ex.clamp(0.0, 1.0)
     blocked = blocked * (1.0 - ex)
-    if occluders is not None and len(occluders.means):
-        lit_self = torch.ones(hs, ws, dtype=torch.float32, device=dev)
+    crop = _blocks_around(ex, s, hs, ws) if occluders is not None and len(occluders.means) else None
+    if crop is not None:
+        # only the blocks the asset's pixels are interpolated from: the rest of the frame is not the asset's
+        y0, y1, x0, x1 = crop
+        lit_self = torch.ones(y1 - y0, x1 - x0, dtype=torch.float32, device=dev)
         for caster in casters:
             # an asset that keeps its pose under a fixed sun (parked, a paused simulation) reuses its map; one
             # slot per asset, so a moving one does not push the light views out of the cache
@@ -389,9 +392,22 @@ def shadow_hint(
                 if slot is not None:
                     cache.pop(slot, None)
                     _cache_put(cache, slot, (state, om))
-            lit_self = lit_self * (1.0 - _shade(om, world, bias_m, ramp_m))
-        blocked = blocked + _full_size((1.0 - lit_self) * finite, s, depth) * ex
+            lit_self = lit_self * (1.0 - _shade(om, world[y0:y1, x0:x1], bias_m, ramp_m))
+        rows, cols = slice(y0 * s, min(y1 * s, h)), slice(x0 * s, min(x1 * s, w))
+        shade = _full_size((1.0 - lit_self) * finite[y0:y1, x0:x1], s, depth[rows, cols])
+        blocked[rows, cols] += shade * ex[rows, cols]
     return blocked.contiguous()
+
+
+def _blocks_around(ex: torch.Tensor, stride: int, hs: int, ws: int, margin: int = 2) -> tuple[int, int, int, int] | None:
+    """The block rows [y0, y1) and columns [x0, x1) of a ``stride`` grid ([hs, ws] blocks) that cover where
+    ``ex`` [H, W] > 0 with ``margin`` blocks to spare (bilinear upsampling reads one block beyond a pixel's
+    own, so values inside stay those of the whole map); None where ``ex`` is empty."""
+    rows, cols = (ex > 0).any(dim=1).nonzero()[:, 0], (ex > 0).any(dim=0).nonzero()[:, 0]
+    if not len(rows):
+        return None
+    return (max(int(rows[0]) // stride - margin, 0), min(int(rows[-1]) // stride + 1 + margin, hs),
+            max(int(cols[0]) // stride - margin, 0), min(int(cols[-1]) // stride + 1 + margin, ws))
 
 
 def _cache_put(cache: dict, key: Any, value: Any) -> None:
