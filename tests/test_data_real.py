@@ -24,6 +24,7 @@ from simharmony.data.real import (
     generate_real_video,
     object_mask,
     read_video,
+    segment_mask,
     srgb_eotf,
 )
 from simharmony.errors import ConfigError, FileFormatError, MissingFileError
@@ -126,6 +127,36 @@ def test_object_masks_are_soft_and_sized():
         m = object_mask(rng, 72, 128, area=(0.05, 0.2))
         assert m.dtype == np.float32 and 0 <= m.min() and m.max() == 1
         assert 0.01 < (m > 0.5).mean() < 0.4
+
+
+def test_segment_masks_follow_the_pictures_edges(corpus):
+    """On a picture of flat patches (noise added), an edge-following mask lies inside the patches it covers:
+    none is cut in two. Sizes stay in range, and the ISP stream uses such masks when asked."""
+    rng = np.random.default_rng(1)
+    labels = np.zeros((72, 128), np.int64)
+    labels[:, 64:] = 1
+    labels[10:40, 20:50] = 2  # a box on the left half
+    labels[45:70, 80:120] = 3  # a box on the right half
+    colours = np.array([[0.2, 0.3, 0.7], [0.8, 0.7, 0.2], [0.9, 0.1, 0.1], [0.1, 0.8, 0.3]], np.float32)
+    image = (colours[labels] + rng.normal(0, 0.01, (72, 128, 3))).astype(np.float32)
+    seen = set()
+    for _ in range(20):
+        m = segment_mask(rng, image, area=(0.05, 0.6))
+        inside = m > 0.5
+        assert m.dtype == np.float32 and m.max() == 1 and 0.03 < inside.mean() < 0.65
+        covered = [k for k in range(4) if inside[labels == k].any()]
+        for k in covered:  # a patch the mask enters it covers whole (the soft edge aside)
+            core = cv2.erode((labels == k).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+            assert inside[core].mean() > 0.97, (k, inside[core].mean())
+        seen.add(tuple(covered))
+    assert len(seen) >= 2  # different seeds reach different patches
+    plain = list(generate_real_isp(RealIspStreamConfig(corpus=corpus, **SMALL), seed=2, count=4))
+    again = list(generate_real_isp(RealIspStreamConfig(corpus=corpus, segment_prob=0.0, **SMALL), seed=2, count=4))
+    edges = list(generate_real_isp(RealIspStreamConfig(corpus=corpus, segment_prob=1.0, **SMALL), seed=2, count=4))
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(plain, again))
+    assert not all(np.array_equal(a.mask, b.mask) for a, b in zip(plain, edges))
+    with pytest.raises(ConfigError, match="segment_prob"):
+        RealIspStreamConfig(segment_prob=1.5)
 
 
 def test_srgb_eotf_inverts_the_renderers_oetf():

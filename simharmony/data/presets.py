@@ -168,8 +168,9 @@ def real_preset() -> DatasetPreset:
     return DatasetPreset(name="real", streams=dict(REAL_COUNTS), seed=23, shard_size=50, overrides={})
 
 
-# real composites of large objects: close-up photographs (simharmony.data.real.objects_corpus) and masks up to
-# half the frame, as a car near the camera covers (the "real" preset's masks stop at a quarter)
+# real composites of large objects: close-up photographs (simharmony.data.real.objects_corpus), masks up to
+# half the frame, as a car near the camera covers (the "real" preset's masks stop at a quarter), and half of the
+# changed and of the already-right regions outlined by the picture's own edges, as an inserted object is
 REAL_OBJECTS_COUNTS = {"real_isp": 600, "real_identity": 200, "real_rpb": 100}
 REAL_OBJECTS_MASK_AREA = [0.02, 0.5]  # a list: presets round-trip through YAML
 
@@ -178,6 +179,8 @@ def real_objects_preset() -> DatasetPreset:
     from simharmony.data.real import objects_corpus
 
     overrides = {k: {"mask_area": REAL_OBJECTS_MASK_AREA} for k in REAL_OBJECTS_COUNTS}
+    for k in ("real_isp", "real_identity"):
+        overrides[k]["segment_prob"] = 0.5
     return DatasetPreset(name="real_objects", streams=dict(REAL_OBJECTS_COUNTS), seed=29, shard_size=50,
                          overrides=overrides, real_sources=objects_corpus().sources)
 

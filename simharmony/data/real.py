@@ -329,6 +329,40 @@ def object_mask(rng: np.random.Generator, height: int, width: int, area: tuple[f
     return soft_mask(binary, float(rng.uniform(*sigma)))
 
 
+def segment_mask(rng: np.random.Generator, image: np.ndarray, area: tuple[float, float] = (0.02, 0.25),
+                 sigma: tuple[float, float] = (0.6, 2.0)) -> np.ndarray:
+    """A soft mask [H, W] float32 that follows the image's own edges, as a real object's outline does: the
+    region a colour flood fill from a random pixel of an edge-preserving smoothed copy of ``image`` [H, W, 3]
+    (in [0, 1]) reaches, its tolerance raised step by step until the region covers a fraction drawn from
+    ``area``, holes filled. A mask shaped by :func:`object_mask` cuts across the picture, so a changed region
+    shows at its border; here it does not, and only the region's look against the rest can tell. Falls back
+    to :func:`object_mask` when no seed gives a region of that size."""
+    height, width = image.shape[:2]
+    smooth = cv2.bilateralFilter((np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8), 9, 40.0, 5.0)
+    lo, hi = float(area[0]), float(area[1])
+    target = float(rng.uniform(lo, hi))
+    for _seed in range(6):
+        seed = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+        region = None
+        for tol in (2, 4, 6, 9, 13, 18, 25, 35):
+            filled = np.zeros((height + 2, width + 2), np.uint8)
+            cv2.floodFill(smooth, filled, seed, (0, 0, 0), (tol,) * 3, (tol,) * 3,
+                          flags=4 | cv2.FLOODFILL_MASK_ONLY | (255 << 8))
+            grown = filled[1:-1, 1:-1]
+            if grown.mean() / 255.0 > hi:
+                break
+            region = grown
+            if grown.mean() / 255.0 >= target:
+                break
+        if region is None:
+            continue
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        solid = cv2.drawContours(np.zeros_like(region), contours, -1, 1, thickness=cv2.FILLED)
+        if lo <= solid.mean() <= hi:
+            return soft_mask(solid.astype(bool), float(rng.uniform(*sigma)))
+    return object_mask(rng, height, width, area, sigma)
+
+
 def dis_flow(frames: np.ndarray, fb_tolerance: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Backward flow of a video without geometry: frames [T, H, W, 3] in [0, 1] -> (flow [T, H, W, 2],
     valid [T, H, W] bool), the project's convention (pixel p at t shows what p + flow[p] shows at t - 1;
@@ -386,12 +420,14 @@ class RealIspStreamConfig(_RealCommon, Config):
     """``real_isp``: ISP region mismatch on real views (module docstring). ``isp``: the ISP ranges (those of
     the synthetic ISP stream); ``mask_area`` (fraction of the image) and ``mask_sigma`` (px) of the object
     mask; ``min_change``: parameters are redrawn (up to 8 times) until the mean absolute change inside the
-    mask is at least this."""
+    mask is at least this; ``segment_prob``: the share of masks that follow the picture's own edges
+    (:func:`segment_mask`) instead of cutting across it (:func:`object_mask`)."""
 
     isp: IspRanges = field(default_factory=IspRanges)
     mask_area: tuple[float, float] = (0.02, 0.25)
     mask_sigma: tuple[float, float] = (0.6, 2.0)
     min_change: float = 0.02
+    segment_prob: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_real()
@@ -422,11 +458,13 @@ class RealRpbStreamConfig(_RealCommon, Config):
 @dataclass
 class RealIdentityStreamConfig(_RealCommon, Config):
     """``real_identity``: input = target. With probability ``mask_prob`` the item carries an object mask
-    (an inserted object that is already right), else an empty mask (nothing inserted)."""
+    (an inserted object that is already right), else an empty mask (nothing inserted); ``segment_prob`` as
+    for ``real_isp``."""
 
     mask_prob: float = 0.5
     mask_area: tuple[float, float] = (0.02, 0.25)
     mask_sigma: tuple[float, float] = (0.6, 2.0)
+    segment_prob: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_real()
@@ -460,6 +498,8 @@ def _check_mask_ranges(cfg) -> None:
     a, s = tuple(cfg.mask_area), tuple(cfg.mask_sigma)
     require(len(a) == 2 and 0 < a[0] <= a[1] <= 0.8, o, f"mask_area={cfg.mask_area} must be (low, high) within (0, 0.8]")
     require(len(s) == 2 and 0 <= s[0] <= s[1], o, f"mask_sigma={cfg.mask_sigma} must be (low, high) with 0 <= low <= high")
+    p = getattr(cfg, "segment_prob", 0.0)
+    require(all_finite(p) and 0 <= p <= 1, o, f"segment_prob={p!r} must be in [0, 1]")
 
 
 class _Sampler:
@@ -554,6 +594,15 @@ def isp_region_mismatch(image: np.ndarray, mask: np.ndarray, rng: np.random.Gene
     return np.clip(comp, 0, 1).astype(np.float32), params, change
 
 
+def _stream_mask(rng: np.random.Generator, cfg: RealIspStreamConfig | RealIdentityStreamConfig,
+                 view: np.ndarray) -> np.ndarray:
+    """The item's object mask: along the view's edges with probability ``cfg.segment_prob``, else across it
+    (no draw at ``segment_prob`` 0, so earlier datasets regenerate unchanged)."""
+    if cfg.segment_prob > 0 and rng.uniform() < cfg.segment_prob:
+        return segment_mask(rng, view, cfg.mask_area, cfg.mask_sigma)
+    return object_mask(rng, cfg.height, cfg.width, cfg.mask_area, cfg.mask_sigma)
+
+
 def generate_real_isp(config: RealIspStreamConfig | None = None, seed: int = 0, count: int | None = None) -> Iterator[PairItem]:
     """``real_isp`` items (module docstring), deterministic in ``seed``; endless if ``count`` is None."""
     cfg = config or RealIspStreamConfig()
@@ -561,7 +610,7 @@ def generate_real_isp(config: RealIspStreamConfig | None = None, seed: int = 0, 
     views = _Sampler(cfg, rng)
     for index in _counter(count):
         target, prov = views.view()
-        mask = object_mask(rng, cfg.height, cfg.width, cfg.mask_area, cfg.mask_sigma)
+        mask = _stream_mask(rng, cfg, target)
         inp, params, change = isp_region_mismatch(target, mask, rng, cfg.isp, cfg.min_change)
         yield _item("real_isp", seed, index, inp[None], target[None], mask[None], prov,
                     {"isp": params.to_dict(), "mean_abs_change_in_mask": round(change, 6)})
@@ -605,8 +654,7 @@ def generate_real_identity(config: RealIdentityStreamConfig | None = None, seed:
     for index in _counter(count):
         target, prov = views.view()
         with_mask = bool(rng.uniform() < cfg.mask_prob)
-        mask = object_mask(rng, cfg.height, cfg.width, cfg.mask_area, cfg.mask_sigma) if with_mask \
-            else np.zeros((cfg.height, cfg.width), np.float32)
+        mask = _stream_mask(rng, cfg, target) if with_mask else np.zeros((cfg.height, cfg.width), np.float32)
         yield _item("real_identity", seed, index, target[None], target[None], mask[None], prov, {"with_mask": with_mask})
 
 
