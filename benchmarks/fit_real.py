@@ -5,6 +5,7 @@ the model improves. Each item is one frame through a fresh ``Harmonizer`` stream
 
     python benchmarks/fit_real.py runs/v7 runs/real/final                  # data/real, 20 items per stream
     python benchmarks/fit_real.py runs/real/final --data data/real --items 40
+    python benchmarks/fit_real.py weights/enhancer --data data/real_objects_dev --streams real_isp --items 100
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("models", nargs="+", help="model folders (Enhancer.save_pretrained)")
     p.add_argument("--data", default="data/real", help="a dataset folder with real_isp / real_rpb items")
     p.add_argument("--items", type=int, default=20, help="items per stream, evenly spaced")
+    p.add_argument("--streams", nargs="+", default=["real_isp", "real_rpb"], help="streams of --data to fit")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     for name in args.models:
         h = Harmonizer.from_pretrained(name)
         line = [name]
-        for stream in ("real_isp", "real_rpb"):
+        for stream in args.streams:
             ds = ShardDataset(args.data, streams=[stream])
             rows = []
             for i in range(0, len(ds), max(1, len(ds) // args.items)):
