@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from simharmony.errors import MissingFileError, SimHarmonyError
+from simharmony.errors import ConfigError, MissingFileError, SimHarmonyError
 from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
 
 
@@ -122,8 +122,6 @@ def _cmd_assets(args: argparse.Namespace) -> int:
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
-    from simharmony.errors import ConfigError
-
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
@@ -144,6 +142,17 @@ def _cmd_data_generate(args: argparse.Namespace) -> int:
         from simharmony.data.real import RealSource
 
         preset.real_sources = [RealSource(path=p, licence=args.real_licence) for p in args.real_source]
+    if args.seed is not None:  # the same recipe, other items: a development split
+        preset.name, preset.seed = f"{preset.name}_seed{args.seed}", args.seed
+    if args.items:
+        counts = {}
+        for entry in args.items:
+            stream, _, n = entry.partition("=")
+            if stream not in preset.streams or not n.isdigit():
+                raise ConfigError(f"--items takes STREAM=COUNT for a stream of preset {args.preset!r} "
+                                  f"({', '.join(preset.streams)}), got {entry!r}")
+            counts[stream] = int(n)
+        preset.streams = counts
     started = time.perf_counter()
     record = generate_preset(preset, args.out, shard=_parse_shard(args.shard), progress=not args.quiet,
                              workers=args.workers)
@@ -271,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     dt = sub.add_parser("data", help="paired training data: generate presets, report PSNR in masks, contact sheet")
     dsub = dt.add_subparsers(dest="data_command", required=True)
     g = dsub.add_parser("generate", help="generate (or resume) a preset's shards")
-    g.add_argument("--preset", default="tiny", help="tiny, default, recon_extra, relight_street, real or holdout")
+    g.add_argument("--preset", default="tiny", help="tiny, default, holdout, recon_extra, relight_street, real or real_objects")
     g.add_argument("--out", required=True, help="dataset folder")
     g.add_argument("--shard", default="0/1", help="i/n: make only this machine's share of the shards")
     g.add_argument("--workers", type=arg_int(1), default=1,
@@ -282,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the real streams' images: a folder of photos or video frames, or a video (repeatable; "
                         "default: the Udacity clip without its last 60 frames and the Debian photographs)")
     g.add_argument("--real-licence", default="", help="licence recorded for --real-source images")
+    g.add_argument("--seed", type=int, default=None, help="another dataset seed: the preset's recipe, other items")
+    g.add_argument("--items", nargs="+", default=None, metavar="STREAM=COUNT",
+                   help="make only these streams, this many items each (e.g. real_isp=100)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     g.set_defaults(func=_cmd_data_generate)
     rp = dsub.add_parser("report", help="PSNR(input, target) inside the mask per stream, and generation times")

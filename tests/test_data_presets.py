@@ -102,11 +102,22 @@ def test_cli_tiny_generate_report_contact_sheet(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "tiny", "--out", str(out), "--cache-dir", str(cache), "--quiet"]) == 0
     assert {p.name: p.stat().st_mtime_ns for p in (out / "shards").glob("*.safetensors")} == before
 
+    # another seed and only some streams: the same recipe's other items (a development split)
+    dev = tmp_path / "dev"
+    assert main(["data", "generate", "--preset", "tiny", "--out", str(dev), "--cache-dir", str(cache), "--quiet",
+                 "--seed", "5", "--items", "isp=1"]) == 0
+    one = ShardDataset(dev)
+    assert len(one) == 1 and ShardDataset.streams_of(one.records) == {"isp"}
+    first_isp = next(i for i in range(len(ds)) if ds.load_item(i).metadata["stream"] == "isp")
+    assert not np.array_equal(one.load_item(0).target, ds.load_item(first_isp).target)
+
 
 def test_cli_bad_input(tmp_path, capsys):
     assert main(["data", "generate", "--preset", "huge", "--out", str(tmp_path / "x")]) == 2
     assert "valid presets: default, holdout, real, real_objects, recon_extra, relight_street, tiny" in capsys.readouterr().err
     assert main(["data", "generate", "--preset", "tiny", "--out", str(tmp_path / "x"), "--shard", "3/2"]) == 2
     assert "--shard" in capsys.readouterr().err
+    assert main(["data", "generate", "--preset", "tiny", "--out", str(tmp_path / "x"), "--items", "nope=3"]) == 2
+    assert "STREAM=COUNT" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["data", "report", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
