@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from simharmony.errors import ConfigError, MissingFileError, SimHarmonyError
+from simharmony.errors import ConfigError, SimHarmonyError
 from simharmony.paths import DEMO_ASSETS_DIR, DEMO_SCENE_DIR
 
 
