@@ -159,6 +159,27 @@ def test_segment_masks_follow_the_pictures_edges(corpus):
         RealIspStreamConfig(segment_prob=1.5)
 
 
+def test_a_dataset_written_before_a_config_field_existed_still_resumes(corpus, tmp_path):
+    """generation.yaml from before ``segment_prob`` existed (the field missing) means its default: the complete
+    dataset resumes and regenerates nothing; a real change of settings is still refused."""
+    from simharmony.data.shards import generate_dataset
+    from simharmony.utils.io import load_yaml, save_yaml
+
+    cfg = {"real_isp": RealIspStreamConfig(corpus=corpus, **SMALL)}
+    out = tmp_path / "ds"
+    generate_dataset(out, {"real_isp": 2}, seed=3, shard_size=2, configs=cfg, progress=False)
+    record = load_yaml(out / "generation.yaml")
+    del record["configs"]["real_isp"]["segment_prob"]
+    save_yaml(out / "generation.yaml", record)
+    shard = next((out / "shards").glob("*.safetensors"))
+    before = shard.stat().st_mtime_ns
+    generate_dataset(out, {"real_isp": 2}, seed=3, shard_size=2, configs=cfg, progress=False)
+    assert shard.stat().st_mtime_ns == before
+    changed = {"real_isp": RealIspStreamConfig(corpus=corpus, segment_prob=0.5, **SMALL)}
+    with pytest.raises(ConfigError, match="other settings"):
+        generate_dataset(out, {"real_isp": 2}, seed=3, shard_size=2, configs=changed, progress=False)
+
+
 def test_srgb_eotf_inverts_the_renderers_oetf():
     from scene_tools.pbr import srgb_oetf
 

@@ -250,6 +250,22 @@ def _check_shard(shard) -> tuple[int, int]:
     return i, n
 
 
+def _with_new_defaults(previous: Any, cfgs: dict[str, Config]) -> Any:
+    """A stored generation record with each stream config read back through its class: a field added to a
+    stream config since the record was written takes its default (which must keep the old items), so the
+    dataset still resumes."""
+    if not isinstance(previous, dict) or not isinstance(previous.get("configs"), dict):
+        return previous
+    configs = dict(previous["configs"])
+    for name, value in configs.items():
+        if name in cfgs and isinstance(value, dict):
+            try:
+                configs[name] = type(cfgs[name]).from_dict(value).to_dict()
+            except (ConfigError, TypeError, ValueError):
+                pass  # left as stored: the comparison reports the difference
+    return {**previous, "configs": configs}
+
+
 def generate_dataset(
     out_dir: PathLike,
     streams: Mapping[str, int],
@@ -302,7 +318,7 @@ def generate_dataset(
     }
     gen_path = out / "generation.yaml"
     if gen_path.is_file():
-        previous = load_yaml(gen_path)
+        previous = _with_new_defaults(load_yaml(gen_path), cfgs)
         if previous != generation:
             raise ConfigError(
                 f"{out} already holds a dataset generated with other settings ({gen_path}); "
