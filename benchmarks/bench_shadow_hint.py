@@ -98,12 +98,18 @@ def main() -> None:
           f"the asset's light frustum, drawn every frame): {mh - mo:.2f} ms; the cast shadow alone, warm: {mo:.2f} ms")
 
 
-
 def occluder_map_vs_scene_size(copies: list[int], repeats: int) -> None:
     from scene_tools.cameras import Trajectory
-    from scene_tools.rasterize import rasterize
     from scene_tools.scene import Scene
-    from scene_tools.shadows import Caster, light_view, occluder_map
+    from scene_tools.shadows import (
+        OCCLUDER_MAP_PX,
+        OCCLUDER_REACH_M,
+        Caster,
+        draw_from_sun,
+        in_light_frustum,
+        light_view,
+        occluder_map,
+    )
     from simharmony.paths import DEMO_SCENE_DIR
 
     scene = Scene.load(DEMO_SCENE_DIR)
@@ -113,15 +119,10 @@ def occluder_map_vs_scene_size(copies: list[int], repeats: int) -> None:
 
     def every_gaussian(caster: Caster, street: Caster) -> torch.Tensor:
         """The reference: every Gaussian tested against the frustum, the kept ones drawn; -> alpha [S, S]."""
-        view = light_view(caster.in_world(), unit, 64, 80.0, behind_radii=0.5)
-        pl = street.means @ view["viewmat"][:3, :3].T + view["viewmat"][:3, 3]
-        m, hw = street.extent, view["radius"] * pl[:, 2] / view["dist"]
-        idx = ((pl[:, 2] > view["near"] - m) & (pl[:, 2] < view["far"] + m) & (pl[:, 0].abs() < hw + m)
-               & (pl[:, 1].abs() < hw + m)).nonzero()[:, 0]
-        _, alphas, _ = rasterize(street.means[idx], street.quats[idx], street.scales[idx], street.opacities[idx],
-                                 torch.ones(len(idx), 1), view["viewmat"][None], view["K"][None], 64, 64,
-                                 near_plane=view["near"], far_plane=view["far"], render_mode="ED")
-        return alphas[0, ..., 0]
+        view = light_view(caster.in_world(), unit, OCCLUDER_MAP_PX, OCCLUDER_REACH_M, behind_radii=0.5)
+        light_xyz = street.means @ view["viewmat"][:3, :3].T + view["viewmat"][:3, 3]
+        idx = in_light_frustum(light_xyz, street.extent, view).nonzero()[:, 0]
+        return draw_from_sun(street, idx, view)["alpha"]
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, load {os.getloadavg()[0]:.1f}; the demo vehicle along its drive, sun {scene.sun}")
@@ -130,7 +131,7 @@ def occluder_map_vs_scene_size(copies: list[int], repeats: int) -> None:
         street = Caster(occ.means.repeat(n, 1) + shift, occ.quats.repeat(n, 1), occ.scales.repeat(n, 1),
                         occ.opacities.repeat(n))
         t0 = time.perf_counter()
-        street.sun_columns(light_view(scene.shadow_casters(0.0)[0].in_world(), unit, 64, 80.0)["viewmat"][:3, :3])
+        street.sun_columns(light_view(scene.shadow_casters(0.0)[0].in_world(), unit)["viewmat"][:3, :3])
         build_ms = (time.perf_counter() - t0) * 1e3
         ref_ms, col_ms = [], []
         for i in range(repeats + 2):

@@ -159,8 +159,7 @@ class SunColumns:
     def __init__(self, caster: Caster, rotation: torch.Tensor):
         self.rotation = rotation.clone()
         self.rotated = caster.means @ rotation.T  # [N, 3]; computed as occluder_map's full test would
-        self.extent = caster.extent  # [N]
-        large = self.extent > OCCLUDER_CELL_M
+        large = caster.extent > OCCLUDER_CELL_M
         self.large = large.nonzero()[:, 0]  # [L] ascending
         small = (~large).nonzero()[:, 0]
         cells = torch.floor(self.rotated[small, :2] / OCCLUDER_CELL_M).long()  # [S, 2]
@@ -192,7 +191,7 @@ def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, 
     """A near-orthographic pinhole camera looking along ``-direction`` (towards the scene from the sun) that
     frames the caster (its Gaussians in their own frame): returns {"viewmat" [4, 4] world-to-light, "K" [3, 3]}
     (float32), its "near" / "far" planes (``reach_m`` beyond the caster towards the sun, ``behind_radii`` of
-    its radius past its centre), its "radius" and its "dist" from the caster's centre."""
+    its radius past its centre), its "radius", its "dist" from the caster's centre and its "size" in pixels."""
     dev = caster.means.device
     d = np.asarray(direction, np.float64)
     d = d / np.linalg.norm(d)
@@ -216,20 +215,38 @@ def light_view(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX, 
     return {"viewmat": torch.as_tensor(view, dtype=torch.float32, device=dev),
             "K": torch.as_tensor(K, dtype=torch.float32, device=dev),
             "near": dist - max(2.0 * radius, reach_m), "far": dist + behind_radii * radius, "radius": radius,
-            "dist": dist}
+            "dist": dist, "size": size}
 
 
 def light_map(caster: Caster, direction: np.ndarray, size: int = LIGHT_MAP_PX) -> dict[str, Any]:
     """The caster seen from the sun: ``light_view`` plus "alpha" [S, S] (opacity) and "depth" [S, S]
     (expected distance along the light; meaningful where alpha > 0)."""
+    view = light_view(caster, direction, size)
+    return {**view, **draw_from_sun(caster, None, view)}
+
+
+def draw_from_sun(gaussians: Caster, idx: torch.Tensor | None, view: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The Gaussians ``idx`` [M] of ``gaussians`` (None: all) drawn in the light ``view`` (:func:`light_view`)
+    between its near and far planes -> {"alpha" [S, S], "depth" [S, S] (expected distance along the light)}."""
     from scene_tools.rasterize import rasterize
 
-    view = light_view(caster, direction, size)
-    ones = torch.ones(len(caster.means), 1, device=caster.means.device)
-    out, alphas, _ = rasterize(caster.means, caster.quats, caster.scales, caster.opacities, ones, view["viewmat"][None],
-                               view["K"][None], size, size, near_plane=view["near"], far_plane=view["far"],
-                               render_mode="ED")
-    return {**view, "alpha": alphas[0, ..., 0], "depth": out[0, ..., 0]}
+    size, dev = view["size"], gaussians.means.device
+    parts = (gaussians.means, gaussians.quats, gaussians.scales, gaussians.opacities)
+    means, quats, scales, opacities = parts if idx is None else (x[idx] for x in parts)
+    if not len(means):
+        return {"alpha": torch.zeros(size, size, device=dev), "depth": torch.zeros(size, size, device=dev)}
+    ones = torch.ones(len(means), 1, device=dev)
+    out, alphas, _ = rasterize(means, quats, scales, opacities, ones, view["viewmat"][None], view["K"][None], size,
+                               size, near_plane=view["near"], far_plane=view["far"], render_mode="ED")
+    return {"alpha": alphas[0, ..., 0], "depth": out[0, ..., 0]}
+
+
+def in_light_frustum(light_xyz: torch.Tensor, extent: torch.Tensor, view: dict[str, Any]) -> torch.Tensor:
+    """[M] bool: which Gaussians (centres ``light_xyz`` [M, 3] in the light camera, 3-sigma ``extent`` [M]) may
+    touch the light ``view``'s frustum between its near and far planes."""
+    half_width = view["radius"] * light_xyz[:, 2] / view["dist"]  # the frustum's half width at each one's depth
+    return ((light_xyz[:, 2] > view["near"] - extent) & (light_xyz[:, 2] < view["far"] + extent)
+            & (light_xyz[:, 0].abs() < half_width + extent) & (light_xyz[:, 1].abs() < half_width + extent))
 
 
 def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: int = OCCLUDER_MAP_PX,
@@ -240,34 +257,20 @@ def occluder_map(frame: Caster, occluders: Caster, direction: np.ndarray, size: 
     that narrow frustum are drawn; those further back could only shade the object's far side, which its own
     body shades already (and the ground under it, the bulk of them, never shades it). They are looked up in
     the occluders' sun columns (:meth:`Caster.sun_columns`, built once per sun), not tested one by one."""
-    from scene_tools.rasterize import rasterize
-
     view = light_view(frame.in_world(), direction, size, reach_m, behind_radii=0.5)
     R, t = view["viewmat"][:3, :3], view["viewmat"][:3, 3]
     columns = occluders.sun_columns(R)
     # the frustum's half width grows with depth: at most radius * (far + extent) / dist for a kept Gaussian
     widest = view["radius"] * (view["far"] + OCCLUDER_CELL_M) / view["dist"]
     cand = columns.candidates((-float(t[0]), -float(t[1])), widest)  # [M]
-    pl = columns.rotated[cand] + t  # [M, 3] in the light camera
-    margin = columns.extent[cand]
-    half_width = view["radius"] * pl[:, 2] / view["dist"]  # the frustum's half width at each Gaussian's depth
-    keep = ((pl[:, 2] > view["near"] - margin) & (pl[:, 2] < view["far"] + margin)
-            & (pl[:, 0].abs() < half_width + margin) & (pl[:, 1].abs() < half_width + margin))
-    alpha = torch.zeros(size, size, device=t.device)
-    depth = torch.zeros(size, size, device=t.device)
-    if bool(keep.any()):
-        idx = torch.sort(cand[keep]).values  # the occluders' own order, as a test of all of them keeps it
-        ones = torch.ones(len(idx), 1, device=t.device)
-        out, alphas, _ = rasterize(occluders.means[idx], occluders.quats[idx], occluders.scales[idx],
-                                   occluders.opacities[idx], ones, view["viewmat"][None], view["K"][None], size, size,
-                                   near_plane=view["near"], far_plane=view["far"], render_mode="ED")
-        alpha, depth = alphas[0, ..., 0], out[0, ..., 0]
-    return {**view, "alpha": alpha, "depth": depth}
+    keep = in_light_frustum(columns.rotated[cand] + t, occluders.extent[cand], view)
+    idx = torch.sort(cand[keep]).values  # the occluders' own order, as a test of all of them keeps it
+    return {**view, **draw_from_sun(occluders, idx, view)}
 
 
 def _shade(lm: dict[str, Any], pts: torch.Tensor, bias_m: float, ramp_m: float) -> torch.Tensor:
     """How much of the sun the shadow map ``lm`` blocks at world points ``pts`` [..., 3] (in ``lm``'s frame)."""
-    size = lm["alpha"].shape[-1]
+    size = lm["size"]
     pl = pts @ lm["viewmat"][:3, :3].T + lm["viewmat"][:3, 3]  # [..., 3] in the light camera
     inv_z = 1.0 / pl[..., 2].clamp_min(1e-6)
     scale = 2.0 / size  # pixel -> grid_sample's [-1, 1] (align_corners=False)
@@ -446,5 +449,5 @@ def mesh_caster(mesh, pose: np.ndarray | None = None, spacing_m: float = 0.08, s
                   torch.full((n,), 0.95))
 
 
-__all__ = ["LIGHT_MAP_PX", "OCCLUDER_MAP_PX", "OCCLUDER_REACH_M", "Caster", "Sun", "light_map", "light_view", "mesh_caster", "occluder_map",
-           "shadow_hint", "sun_direction"]
+__all__ = ["LIGHT_MAP_PX", "OCCLUDER_MAP_PX", "OCCLUDER_REACH_M", "Caster", "Sun", "draw_from_sun", "in_light_frustum",
+           "light_map", "light_view", "mesh_caster", "occluder_map", "shadow_hint", "sun_direction"]

@@ -39,6 +39,7 @@ README marks "eval only", and scikit-image's photos, are refused for training (:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -205,8 +206,7 @@ def default_corpus(photos_weight: float = 0.5) -> RealCorpus:
 def objects_corpus() -> RealCorpus:
     """The ``real_objects`` preset's corpus: close-ups of objects (:data:`LOMIRI_PHOTOS`, weight 0.6) beside
     the default corpus's photographs (0.25) and training frames of the Udacity clip (0.15)."""
-    udacity = default_corpus().sources[0]
-    udacity.weight = 0.15
+    udacity = dataclasses.replace(default_corpus().sources[0], weight=0.15)
     return RealCorpus(sources=[udacity, *_photo_sources(DEBIAN_PHOTOS, 0.25), *_photo_sources(LOMIRI_PHOTOS, 0.6)])
 
 
